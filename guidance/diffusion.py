@@ -1,0 +1,156 @@
+"""Gaussian diffusion math (Ho et al. 2020; Nichol & Dhariwal 2021). Owns no network.
+
+Glossary (code name -> paper symbol):
+    betas             beta_t           forward-process variances
+    alphas            alpha_t          1 - beta_t
+    alphas_cumprod    alpha-bar_t      prod_{s<=t} alpha_s
+    x_start           x_0              a clean image in [-1, 1]
+    x_t               x_t              a noisy image at timestep t
+    eps               epsilon          the noise mixed into x_t (the network predicts it: epsilon_theta)
+    pred_xstart       x-hat_0          the x_0 predicted from x_t and eps
+
+Every method takes index tensors `t` of shape (B,) into *this* object's schedule. A respaced
+diffusion keeps a subset of the original timesteps; `timesteps[t]` gives the original index,
+which is what networks are always called with.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+SCHEDULES = ("linear", "cosine")
+
+
+def make_betas(schedule: str, num_timesteps: int = 1000) -> torch.Tensor:
+    """beta_1..beta_T as float64, shape (T,).
+
+    linear: DDPM's beta from 1e-4 to 0.02, rescaled by 1000 / T so any T gives the same process.
+    cosine: improved DDPM, alpha-bar(t) = cos^2(((t/T + s) / (1 + s)) * pi/2), s = 0.008,
+            beta_t = min(1 - alpha-bar(t+1) / alpha-bar(t), 0.999).
+    """
+    if schedule == "linear":
+        scale = 1000 / num_timesteps
+        return torch.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=torch.float64)
+    if schedule == "cosine":
+        steps = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps
+        alpha_bar = torch.cos((steps + 0.008) / 1.008 * math.pi / 2) ** 2
+        return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=0.999)
+    raise ValueError(f"unknown noise schedule {schedule!r}; choose one of {SCHEDULES}")
+
+
+def respace_timesteps(num_timesteps: int, steps: int) -> torch.Tensor:
+    """`steps` evenly spaced original timesteps in increasing order, ending at T-1 and starting at 0.
+
+    Any count from 1 to T works (guided-diffusion's "ddimN" accepts only some N). One step keeps
+    only T-1: a single jump from pure noise to the x_0 prediction.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= num_timesteps:
+        raise ValueError(f"step count must be an integer from 1 to {num_timesteps}, got {steps!r}")
+    if steps == 1:
+        return torch.tensor([num_timesteps - 1])
+    # Spacing (T-1)/(steps-1) >= 1, so rounding keeps the timesteps distinct.
+    return torch.linspace(0, num_timesteps - 1, steps, dtype=torch.float64).round().long()
+
+
+def _gather(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """values[t] as like's dtype and device, shaped (B, 1, 1, ...) to broadcast against like."""
+    out = values.to(like.device)[t.to(like.device)].to(like.dtype)
+    return out.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+class MeanVariance(NamedTuple):
+    mean: torch.Tensor
+    variance: torch.Tensor
+    log_variance: torch.Tensor
+
+
+class GaussianDiffusion:
+    """The forward process q and the posterior q(x_{t-1} | x_t, x_0) for one schedule.
+
+    `timesteps` maps this schedule's indices to the original ones (identity unless respaced).
+    Schedule arrays are float64 and cast to the input dtype on use.
+    """
+
+    def __init__(self, betas: torch.Tensor, timesteps: torch.Tensor | None = None):
+        self.betas = betas.to(torch.float64)
+        self.num_timesteps = len(betas)
+        self.timesteps = torch.arange(self.num_timesteps) if timesteps is None else timesteps.long()
+        self.alphas = 1 - self.betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, 0)
+        self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
+        # Posterior q(x_{t-1} | x_t, x_0) (DDPM eq. 7); the log variance at t=0 (where it is 0)
+        # is clipped to the t=1 value, as in guided-diffusion.
+        self.posterior_variance = self.betas * (1 - self.alphas_cumprod_prev) / (1 - self.alphas_cumprod)
+        self.posterior_log_variance_clipped = torch.log(
+            torch.cat([self.posterior_variance[1:2], self.posterior_variance[1:]])
+            if self.num_timesteps > 1 else self.betas.clone()
+        )
+        self.posterior_mean_coef1 = self.betas * self.alphas_cumprod_prev.sqrt() / (1 - self.alphas_cumprod)
+        self.posterior_mean_coef2 = (1 - self.alphas_cumprod_prev) * self.alphas.sqrt() / (1 - self.alphas_cumprod)
+
+    @classmethod
+    def from_schedule(cls, schedule: str = "linear", num_timesteps: int = 1000, steps: int | None = None):
+        """The diffusion for `schedule`, respaced to `steps` kept timesteps (all T when None)."""
+        betas = make_betas(schedule, num_timesteps)
+        kept = respace_timesteps(num_timesteps, num_timesteps if steps is None else steps)
+        if len(kept) == num_timesteps:
+            return cls(betas)
+        # Keep alpha-bar at the kept steps: beta'_i = 1 - alpha-bar_{s_i} / alpha-bar_{s_{i-1}}.
+        alpha_bar = torch.cumprod(1 - betas, 0)[kept]
+        prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
+        return cls(1 - alpha_bar / prev, timesteps=kept)
+
+    def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(alpha-bar_t) x_0 + sqrt(1 - alpha-bar_t) eps  (DDPM eq. 4)."""
+        return (_gather(self.alphas_cumprod.sqrt(), t, x_start) * x_start
+                + _gather((1 - self.alphas_cumprod).sqrt(), t, x_start) * noise)
+
+    def predict_xstart_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """x-hat_0 = (x_t - sqrt(1 - alpha-bar_t) eps) / sqrt(alpha-bar_t)  (eq. 4 solved for x_0)."""
+        return (_gather((1 / self.alphas_cumprod).sqrt(), t, x_t) * x_t
+                - _gather((1 / self.alphas_cumprod - 1).sqrt(), t, x_t) * eps)
+
+    def predict_eps_from_xstart(self, x_t: torch.Tensor, t: torch.Tensor, pred_xstart: torch.Tensor) -> torch.Tensor:
+        """eps = (x_t / sqrt(alpha-bar_t) - x_0) / sqrt(1 / alpha-bar_t - 1)  (the inverse of the above)."""
+        return ((_gather((1 / self.alphas_cumprod).sqrt(), t, x_t) * x_t - pred_xstart)
+                / _gather((1 / self.alphas_cumprod - 1).sqrt(), t, x_t))
+
+    def q_posterior_mean_variance(self, x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> MeanVariance:
+        """q(x_{t-1} | x_t, x_0) = N(mu-tilde, beta-tilde)  (DDPM eq. 6-7):
+
+        mu-tilde_t  = sqrt(alpha-bar_{t-1}) beta_t / (1 - alpha-bar_t) x_0
+                      + sqrt(alpha_t) (1 - alpha-bar_{t-1}) / (1 - alpha-bar_t) x_t
+        beta-tilde_t = (1 - alpha-bar_{t-1}) / (1 - alpha-bar_t) beta_t
+        """
+        mean = (_gather(self.posterior_mean_coef1, t, x_t) * x_start
+                + _gather(self.posterior_mean_coef2, t, x_t) * x_t)
+        return MeanVariance(mean, _gather(self.posterior_variance, t, x_t),
+                            _gather(self.posterior_log_variance_clipped, t, x_t))
+
+    def model_variance(self, t: torch.Tensor, like: torch.Tensor, learn_sigma: str = "small") -> MeanVariance:
+        """The fixed reverse-process variance Sigma_t (mean left empty): 'small' is beta-tilde_t,
+        'large' is beta_t (with beta-tilde_1 at t=0 so the last step keeps a finite log), DDPM sec. 3.2."""
+        if learn_sigma == "small":
+            var, log_var = self.posterior_variance, self.posterior_log_variance_clipped
+        elif learn_sigma == "large":
+            var = torch.cat([self.posterior_variance[1:2], self.betas[1:]]) if self.num_timesteps > 1 else self.betas
+            log_var = var.log()
+        else:
+            raise ValueError(f"unknown variance {learn_sigma!r}; choose 'small' or 'large'")
+        return MeanVariance(torch.empty(0), _gather(var, t, like), _gather(log_var, t, like))
+
+    def p_mean_variance(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+                        variance: str = "small", clip_denoised: bool = True) -> tuple[MeanVariance, torch.Tensor]:
+        """The model's reverse step p(x_{t-1} | x_t) from its eps prediction.
+
+        x-hat_0 = predict_xstart_from_eps(x_t, t, eps), clipped to [-1, 1] when clip_denoised;
+        mean = mu-tilde(x-hat_0, x_t); variance = the fixed Sigma_t. Returns (mean/variance, x-hat_0).
+        """
+        pred_xstart = self.predict_xstart_from_eps(x_t, t, eps)
+        if clip_denoised:
+            pred_xstart = pred_xstart.clamp(-1, 1)
+        mean = self.q_posterior_mean_variance(pred_xstart, x_t, t).mean
+        _, var, log_var = self.model_variance(t, x_t, variance)
+        return MeanVariance(mean, var, log_var), pred_xstart

@@ -1,0 +1,244 @@
+"""Networks sized for 28x28 images on a CPU: the eps-predicting UNet, the noise-conditioned
+classifier p_phi(c | x_t, t) that guides it, and the clean-image evaluator that judges samples.
+
+Both diffusion-side networks use GroupNorm, never BatchNorm, so batch items never mix and
+guidance gradients are per item. The classifier is the UNet's encoder half with a pooled head
+(guided-diffusion's EncoderUNetModel), built from the same blocks.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: int = 10000) -> torch.Tensor:
+    """Sinusoidal embedding of integer timesteps (B,) -> (B, dim), as in the Transformer."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(32, channels), channels)  # up to 32 groups that divide channels
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice, with the embedding applied as a scale and shift (FiLM) between."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float):
+        super().__init__()
+        self.in_layers = nn.Sequential(_norm(in_ch), nn.SiLU(), nn.Conv2d(in_ch, out_ch, 3, padding=1))
+        self.emb = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * out_ch))
+        self.out_norm = _norm(out_ch)
+        self.out_layers = nn.Sequential(nn.SiLU(), nn.Dropout(dropout), nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        nn.init.zeros_(self.out_layers[-1].weight)  # each block starts as the identity
+        nn.init.zeros_(self.out_layers[-1].bias)
+        self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.in_layers(x)
+        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
+        h = self.out_layers(self.out_norm(h) * (1 + scale) + shift)
+        return self.skip(x) + h
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over the H*W positions, with a residual connection."""
+
+    def __init__(self, channels: int, num_heads: int):
+        super().__init__()
+        self.norm, self.num_heads = _norm(channels), num_heads
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        b, c, h, w = x.shape
+        # (B, 3C, H, W) -> 3 x (B, heads, HW, C/heads)
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, h * w).permute(1, 0, 2, 4, 3)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, C/heads)
+        return x + self.proj(out.permute(0, 1, 3, 2).reshape(b, c, h, w))
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    image_size: int = 28            # square images; must be divisible by 2^(levels - 1)
+    in_channels: int = 1
+    base_channels: int = 48         # channels at full resolution
+    channel_mults: tuple = (1, 2, 2)  # per level; 28 -> 14 -> 7
+    num_res_blocks: int = 2         # per level on the way down (one more on the way up)
+    attention_levels: tuple = (2,)  # levels with self-attention (the 7x7 one)
+    num_heads: int = 4
+    dropout: float = 0.1
+    num_classes: int = 10           # class embedding has one more row: the null label
+
+    def __post_init__(self):
+        object.__setattr__(self, "channel_mults", tuple(self.channel_mults))
+        object.__setattr__(self, "attention_levels", tuple(self.attention_levels))
+        if self.image_size % 2 ** (len(self.channel_mults) - 1):
+            raise ValueError(f"image_size {self.image_size} must be divisible by 2^{len(self.channel_mults) - 1}")
+
+
+class _Encoder(nn.Module):
+    """Timestep embedding, stem and the downsampling path shared by the UNet and the classifier."""
+
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        ch = cfg.base_channels
+        self.emb_dim = emb_dim = 4 * ch
+        self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.stem = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
+        self.down = nn.ModuleList()
+        self.skip_channels = [ch]
+        for level, mult in enumerate(cfg.channel_mults):
+            for _ in range(cfg.num_res_blocks):
+                layers = [ResBlock(ch, cfg.base_channels * mult, emb_dim, cfg.dropout)]
+                ch = cfg.base_channels * mult
+                if level in cfg.attention_levels:
+                    layers.append(Attention(ch, cfg.num_heads))
+                self.down.append(nn.ModuleList(layers))
+                self.skip_channels.append(ch)
+            if level < len(cfg.channel_mults) - 1:
+                self.down.append(nn.ModuleList([nn.Conv2d(ch, ch, 3, stride=2, padding=1)]))
+                self.skip_channels.append(ch)
+        self.out_channels = ch
+
+    def embed(self, t: torch.Tensor) -> torch.Tensor:
+        return self.time_mlp(timestep_embedding(t, self.stem.out_channels))
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> list[torch.Tensor]:
+        """All intermediate activations (the UNet's skips); the last is the bottom of the encoder."""
+        hs = [self.stem(x)]
+        for layers in self.down:
+            h = hs[-1]
+            for layer in layers:
+                h = layer(h, emb) if isinstance(layer, (ResBlock, Attention)) else layer(h)
+            hs.append(h)
+        return hs
+
+
+class UNet(nn.Module):
+    """eps_theta(x_t, t, y): (B, C, H, W), (B,) timesteps, (B,) labels with num_classes = null."""
+
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        self.config = cfg
+        self.encoder = _Encoder(cfg)
+        ch, emb_dim = self.encoder.out_channels, self.encoder.emb_dim
+        self.class_emb = nn.Embedding(cfg.num_classes + 1, emb_dim)
+        self.middle = nn.ModuleList([ResBlock(ch, ch, emb_dim, cfg.dropout), Attention(ch, cfg.num_heads),
+                                     ResBlock(ch, ch, emb_dim, cfg.dropout)])
+        skips = list(self.encoder.skip_channels)
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.channel_mults))):
+            for block in range(cfg.num_res_blocks + 1):
+                layers = [ResBlock(ch + skips.pop(), cfg.base_channels * mult, emb_dim, cfg.dropout)]
+                ch = cfg.base_channels * mult
+                if level in cfg.attention_levels:
+                    layers.append(Attention(ch, cfg.num_heads))
+                if level > 0 and block == cfg.num_res_blocks:
+                    layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
+                    layers.append(nn.Conv2d(ch, ch, 3, padding=1))
+                self.up.append(nn.ModuleList(layers))
+        self.out = nn.Sequential(_norm(ch), nn.SiLU(), nn.Conv2d(ch, cfg.in_channels, 3, padding=1))
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+
+    @property
+    def null_label(self) -> int:
+        return self.config.num_classes
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        emb = self.encoder.embed(t) + self.class_emb(y)
+        hs = self.encoder(x, emb)
+        h = hs[-1]
+        for layer in self.middle:
+            h = layer(h, emb)
+        for layers in self.up:
+            h = torch.cat([h, hs.pop()], dim=1)
+            for layer in layers:
+                h = layer(h, emb) if isinstance(layer, (ResBlock, Attention)) else layer(h)
+        return self.out(h)
+
+
+@dataclass(frozen=True)
+class ClassifierConfig(UNetConfig):
+    base_channels: int = 32
+    num_res_blocks: int = 1
+    attention_levels: tuple = ()    # attention would cost more than the rest of this network
+    dropout: float = 0.0
+
+
+class NoisyClassifier(nn.Module):
+    """p_phi(c | x_t, t): the UNet encoder with GroupNorm, mean pooling and a linear head -> logits."""
+
+    def __init__(self, cfg: ClassifierConfig):
+        super().__init__()
+        self.config = cfg
+        self.encoder = _Encoder(cfg)
+        ch = self.encoder.out_channels
+        self.head = nn.Sequential(_norm(ch), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(ch, cfg.num_classes))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x, self.encoder.embed(t))[-1])
+
+
+@dataclass(frozen=True)
+class EvaluatorConfig:
+    """A timm ResNet for clean images; a different architecture family and seed from the
+    guidance classifier. Features are the pooled penultimate layer (for Frechet distance and
+    precision/recall)."""
+    image_size: int = 28
+    in_channels: int = 1
+    num_classes: int = 10
+    layers: tuple = (2, 2, 2, 2)
+    channels: tuple = (32, 64, 128, 256)
+    input_size: int = 64            # images are resized to this before the network
+
+    def __post_init__(self):
+        object.__setattr__(self, "layers", tuple(self.layers))
+        object.__setattr__(self, "channels", tuple(self.channels))
+
+
+class Evaluator(nn.Module):
+    """Clean-image classifier on images in [-1, 1]; forward gives logits, features() the
+    penultimate (B, channels[-1]) features."""
+
+    def __init__(self, cfg: EvaluatorConfig):
+        super().__init__()
+        self.config = cfg
+        self.net = timm.models.resnet.ResNet(
+            block=timm.models.resnet.BasicBlock, layers=cfg.layers, channels=cfg.channels,
+            in_chans=cfg.in_channels, num_classes=cfg.num_classes, stem_width=cfg.channels[0])
+
+    def _resize(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, size=self.config.input_size, mode="bilinear", align_corners=False)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_head(self.net.forward_features(self._resize(x)), pre_logits=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self._resize(x))
+
+
+MODELS = {"unet": (UNet, UNetConfig), "classifier": (NoisyClassifier, ClassifierConfig),
+          "evaluator": (Evaluator, EvaluatorConfig)}
+
+
+def build_model(kind: str, config: dict) -> nn.Module:
+    """Rebuild a network from its kind and config dict (as stored in the JSON beside its weights)."""
+    if kind not in MODELS:
+        raise ValueError(f"unknown model kind {kind!r}; choose one of {sorted(MODELS)}")
+    model_cls, config_cls = MODELS[kind]
+    return model_cls(config_cls(**config))
+
+
+def config_dict(model: nn.Module) -> dict:
+    return asdict(model.config)
