@@ -26,6 +26,7 @@ from tqdm import tqdm
 from . import checkpoints
 from .data import DataError, load_dataset
 from .diffusion import SCHEDULES, GaussianDiffusion
+from .metrics import noisy_accuracy_by_quarter
 from .models import ClassifierConfig, Evaluator, EvaluatorConfig, NoisyClassifier, UNet, UNetConfig
 
 KINDS = {"diffusion": "unet", "classifier": "classifier", "evaluator": "evaluator"}
@@ -85,8 +86,8 @@ class Trainer:
         self.class_names = data.class_names
         _, c, h, _ = data.images.shape
         self.model = build(args, len(data.class_names), h, c).to(self.device)
-        lr = args.lr or (2e-4 if args.kind == "diffusion" else 1e-3)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr,
+        self.lr = args.lr or (2e-4 if args.kind == "diffusion" else 1e-3)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.lr,
                                      weight_decay=0.0 if args.kind == "diffusion" else 0.05)
         self.ema = ModelEmaV3(self.model, decay=args.ema_decay, use_warmup=True) if args.kind == "diffusion" else None
         self.diffusion = GaussianDiffusion.from_schedule(args.schedule, args.num_timesteps)
@@ -124,21 +125,15 @@ class Trainer:
     # -- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
     def held_out_accuracy(self, n: int = 2000) -> dict:
-        """Test accuracy of the classifier (per quarter of the timestep range) or the evaluator."""
+        """Test accuracy of the evaluator, or of the classifier per quarter of the timestep range."""
         model = self.model.eval()
-        x0, y = self.test.images[:n].to(self.device), self.test.labels[:n].to(self.device)
-        out = {}
+        x0, y = self.test.images[:n], self.test.labels[:n]
         if self.args.kind == "evaluator":
-            correct = torch.cat([model(xb).argmax(1) == yb for xb, yb in zip(x0.split(500), y.split(500))])
-            out["test_acc"] = correct.float().mean().item()
+            correct = sum((model(xb.to(self.device)).argmax(1).cpu() == yb).sum() for xb, yb in zip(x0.split(500), y.split(500)))
+            out = {"test_acc": float(correct) / len(x0)}
         else:
-            g = torch.Generator(self.device).manual_seed(1234)
-            T = self.args.num_timesteps
-            for q in range(4):
-                t = torch.randint(q * T // 4, (q + 1) * T // 4, (len(x0),), device=self.device, generator=g)
-                x_t = self.diffusion.q_sample(x0, t, torch.randn(x0.shape, device=self.device, generator=g))
-                pred = torch.cat([model(a, b).argmax(1) for a, b in zip(x_t.split(500), t.split(500))])
-                out[f"acc_q{q}"] = (pred == y).float().mean().item()
+            quarters = noisy_accuracy_by_quarter(model, self.diffusion, x0, y)
+            out = {f"acc_q{q}": acc for q, acc in enumerate(quarters)}
         model.train()
         return out
 
@@ -211,9 +206,9 @@ class Trainer:
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-            if args.kind == "evaluator":  # cosine decay over the planned steps
+            if args.kind != "diffusion":  # classifiers: cosine decay over the planned steps
                 for g in self.opt.param_groups:
-                    g["lr"] = (args.lr or 1e-3) * 0.5 * (1 + math.cos(math.pi * self.step / args.steps))
+                    g["lr"] = self.lr * 0.5 * (1 + math.cos(math.pi * self.step / args.steps))
             self.opt.step()
             if self.ema:
                 self.ema.update(self.model, step=self.step)
@@ -230,7 +225,8 @@ class Trainer:
         return self.finish(final=True)
 
     def finish(self, final: bool) -> dict:
-        metrics = self.held_out_accuracy() if self.args.kind != "diffusion" else {}
+        n = len(self.test.images) if final else 2000
+        metrics = self.held_out_accuracy(n) if self.args.kind != "diffusion" else {}
         self.export(metrics)
         self.save_state()
         self.log({"step": self.step, "saved": True, "final": final, **metrics})
