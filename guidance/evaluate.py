@@ -49,6 +49,7 @@ def parse_args(argv=None):
     p.add_argument("--out", default="docs", help="folder for RESULTS.md, results.json and plots")
     p.add_argument("--data-dir", help="folder with the Fashion-MNIST idx files (default: Debian's)")
     p.add_argument("--n-per-class", type=int, default=100)
+    p.add_argument("--n-real", type=int, default=10_000, help="test images to compare against (and training images for the floor)")
     p.add_argument("--scales", type=parse_floats, default=parse_floats("0,0.5,1,2,3,5,8,12"))
     p.add_argument("--cfg-scales", type=parse_floats, default=parse_floats("0,0.5,1,2,4"))
     p.add_argument("--combined-cfg", type=float, default=1.0, help="CFG scale under the combined sweep")
@@ -61,6 +62,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--report-only", action="store_true", help="rebuild RESULTS.md and plots from results.json")
+    p.add_argument("--readme", default="README.md", help="README whose results section to refresh (if it has the markers)")
     args = p.parse_args(argv)
     if args.n_per_class < 4:
         p.error("--n-per-class must be at least 4 (k-NN recall uses k = 3)")
@@ -177,7 +179,7 @@ def write_report(results: dict, out: Path):
              "and recall (k = 3) use the evaluator's penultimate features against the "
              f"{info['n_real']} test images.", "",
              f"- Evaluator ({info['evaluator']}): test accuracy {info['evaluator_test_acc']:.2%}.",
-             f"- Frechet distance floor (10,000 training images against the test images): {info['fd_floor']:.2f}.",
+             f"- Frechet distance floor ({info['n_real']} training images against the test images): {info['fd_floor']:.2f}.",
              "- Guidance classifier accuracy on noisy test images, by timestep quarter: "
              + ", ".join(f"t in [{q * 25}%, {(q + 1) * 25}%) of T: {a:.1%}" for q, a in enumerate(info["classifier_acc"])) + ".",
              ""]
@@ -248,6 +250,30 @@ def write_model_card(folder: Path, results: dict):
     (folder / "README.md").write_text("\n".join(lines) + "\n")
 
 
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def update_readme(path: Path, results: dict):
+    """Replace the text between the results markers in the README with the classifier-guidance sweep."""
+    if not path.is_file():
+        return
+    text = path.read_text()
+    if README_START not in text or README_END not in text:
+        return
+    rows = [r for r in results["rows"] if r["sweep"] == "classifier"]
+    d = results.get("defaults", {})
+    table = ["| classifier w | fidelity | Frechet dist. | precision | recall |", "|---:|---:|---:|---:|---:|"]
+    table += [f"| {r['scale']:g}{' (default)' if r['scale'] == d.get('scale') else ''} | {r['fidelity']:.1%} | "
+              f"{r['fd']:.2f} | {r['precision']:.3f} | {r['recall']:.3f} |" for r in rows]
+    info = results["info"]
+    body = [f"Unconditional model steered by the classifier alone, {info['n_per_class']} samples per class, "
+            f"{rows[0]['steps'] if rows else '?'} DDIM steps, judged by a separate evaluator "
+            f"({info['evaluator_test_acc']:.1%} test accuracy). Written by `python -m guidance.evaluate`.", "", *table]
+    head, rest = text.split(README_START, 1)
+    tail = rest.split(README_END, 1)[1]
+    path.write_text(head + README_START + "\n" + "\n".join(body) + "\n" + README_END + tail)
+
+
 def plot(rows: list[dict], path: Path):
     import matplotlib
     matplotlib.use("Agg")
@@ -279,11 +305,12 @@ def run(args) -> dict:
     device = torch.device(args.device)
     bundle = load_bundle(args.checkpoints, device, need_evaluator=True)
     test = load_dataset("test", args.data_dir)
+    test = test._replace(images=test.images[:args.n_real], labels=test.labels[:args.n_real])
     train = load_dataset("train", args.data_dir)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     real_feats, real_preds = judge(bundle.evaluator, test.images, device)
-    floor_feats, _ = judge(bundle.evaluator, train.images[:10_000], device)
+    floor_feats, _ = judge(bundle.evaluator, train.images[:args.n_real], device)
     info = {"command": "python -m guidance.evaluate " + " ".join(sys.argv[1:]), "device": str(device),
             "n_per_class": args.n_per_class, "n_real": len(test.images), "class_names": list(bundle.class_names),
             "evaluator": "timm ResNet-18 layout, narrow", "evaluator_test_acc": float((real_preds == test.labels).float().mean()),
@@ -337,6 +364,7 @@ def main(argv=None) -> int:
         return 2
     write_report(results, out)
     write_model_card(Path(args.checkpoints), results)
+    update_readme(Path(args.readme), results)
     print(f"wrote {out / 'RESULTS.md'} and {Path(args.checkpoints) / 'README.md'}")
     return 0
 
