@@ -21,6 +21,11 @@ from .diffusion import GaussianDiffusion
 from .models import build_model, config_dict
 
 REBUILD_HINT = "rebuild it with `python -m guidance.train {kind} --out {folder}` (see checkpoints/fashion-mnist/README.md)"
+TRAIN_KIND = {"unet": "diffusion"}  # the trainer's name for a model kind, where the two differ
+
+
+def _rebuild_hint(kind: str, folder) -> str:
+    return REBUILD_HINT.format(kind=TRAIN_KIND.get(kind, kind), folder=folder)
 
 
 class CheckpointError(RuntimeError):
@@ -44,9 +49,8 @@ def read_config(folder: str | Path, name: str) -> dict:
     try:
         meta = json.loads(path.read_text())
     except FileNotFoundError:
-        raise CheckpointError(f"missing checkpoint config {path}; "
-                              + REBUILD_HINT.format(kind=name, folder=folder)) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"missing checkpoint config {path}; " + _rebuild_hint(name, folder)) from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"unreadable checkpoint config {path}: {err}") from None
     if not isinstance(meta, dict) or "kind" not in meta or "config" not in meta:
         raise CheckpointError(f"checkpoint config {path} lacks 'kind' and 'config'")
@@ -59,7 +63,7 @@ def load(folder: str | Path, name: str, device="cpu") -> tuple[nn.Module, dict]:
     folder = Path(folder)
     meta = read_config(folder, name)
     weights = folder / f"{name}.safetensors"
-    hint = REBUILD_HINT.format(kind=meta["kind"], folder=folder)
+    hint = _rebuild_hint(meta["kind"], folder)
     try:
         model = build_model(meta["kind"], meta["config"])
     except (TypeError, ValueError) as err:
@@ -98,7 +102,7 @@ def load_bundle(folder: str | Path, device="cpu", need_evaluator: bool = False) 
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder {folder} does not exist")
     unet, meta = load(folder, "unet", device)
-    classifier, cmeta = load(folder, "classifier", device)
+    classifier, _ = load(folder, "classifier", device)
     evaluator = None
     if need_evaluator or (folder / "evaluator.json").exists():
         evaluator, _ = load(folder, "evaluator", device)
@@ -106,6 +110,12 @@ def load_bundle(folder: str | Path, device="cpu", need_evaluator: bool = False) 
     if len(names) != unet.config.num_classes or classifier.config.num_classes != unet.config.num_classes:
         raise CheckpointError(f"class counts disagree in {folder}: unet {unet.config.num_classes}, "
                               f"classifier {classifier.config.num_classes}, names {len(names)}")
+    for other in (classifier, evaluator):
+        if other is not None and (other.config.image_size, other.config.in_channels) != (
+                unet.config.image_size, unet.config.in_channels):
+            raise CheckpointError(f"image sizes disagree in {folder}: unet {unet.config.image_size}px x "
+                                  f"{unet.config.in_channels} channels, {type(other).__name__} "
+                                  f"{other.config.image_size}px x {other.config.in_channels}")
     diffusion = meta.get("diffusion", {})
     return Bundle(unet, classifier, evaluator, names, diffusion.get("schedule", "cosine"),
                   int(diffusion.get("num_timesteps", 1000)))

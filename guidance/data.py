@@ -35,15 +35,21 @@ class Dataset(NamedTuple):
 def _read_idx(path: Path) -> np.ndarray:
     """Parse an idx file (optionally gzipped): magic (0, 0, dtype 0x08, ndim), dims, uint8 data."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as err:  # gzip raises EOFError on a cut-off stream
+        raise DataError(f"{path} is unreadable or truncated: {err}") from None
     if len(data) < 4 or data[:3] != b"\x00\x00\x08":
         raise DataError(f"{path} is not an idx file of unsigned bytes")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise DataError(f"{path} is truncated inside its header")
     dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
-        raise DataError(f"{path} is truncated: expected {int(np.prod(dims))} values, found {body.size}")
+        raise DataError(f"{path} holds {body.size} values where its header promises {int(np.prod(dims))} "
+                        "(truncated or corrupt)")
     return body.reshape(dims)
 
 
@@ -97,9 +103,12 @@ def load_image_folder(folder: str | Path, image_size: int = 28, channels: int = 
     for label, name in enumerate(classes):
         for path in sorted((folder / name).iterdir()):
             if path.suffix.lower() in IMAGE_SUFFIXES:
-                with Image.open(path) as im:
-                    im = im.convert("L" if channels == 1 else "RGB").resize((image_size, image_size), Image.BICUBIC)
-                    images.append(np.asarray(im))
+                try:
+                    with Image.open(path) as im:
+                        im = im.convert("L" if channels == 1 else "RGB").resize((image_size, image_size), Image.BICUBIC)
+                        images.append(np.asarray(im))
+                except OSError as err:  # PIL's UnidentifiedImageError and truncated files
+                    raise DataError(f"unreadable image {path}: {err}") from None
                 labels.append(label)
     if not images:
         raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")

@@ -30,7 +30,11 @@ def make_betas(schedule: str, num_timesteps: int = 1000) -> torch.Tensor:
     cosine: improved DDPM, alpha-bar(t) = cos^2(((t/T + s) / (1 + s)) * pi/2), s = 0.008,
             beta_t = min(1 - alpha-bar(t+1) / alpha-bar(t), 0.999).
     """
+    if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, int) or num_timesteps < 1:
+        raise ValueError(f"the number of timesteps must be a positive integer, got {num_timesteps!r}")
     if schedule == "linear":
+        if num_timesteps <= 20:  # beta_T = 0.02 * 1000 / T must stay below 1
+            raise ValueError(f"the linear schedule needs more than 20 timesteps, got {num_timesteps}")
         scale = 1000 / num_timesteps
         return torch.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=torch.float64)
     if schedule == "cosine":
@@ -52,12 +56,6 @@ def respace_timesteps(num_timesteps: int, steps: int) -> torch.Tensor:
         return torch.tensor([num_timesteps - 1])
     # Spacing (T-1)/(steps-1) >= 1, so rounding keeps the timesteps distinct.
     return torch.linspace(0, num_timesteps - 1, steps, dtype=torch.float64).round().long()
-
-
-def _gather(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """values[t] as like's dtype and device, shaped (B, 1, 1, ...) to broadcast against like."""
-    out = values.to(like.device)[t.to(like.device)].to(like.dtype)
-    return out.reshape(-1, *([1] * (like.ndim - 1)))
 
 
 class MeanVariance(NamedTuple):
@@ -89,6 +87,25 @@ class GaussianDiffusion:
         )
         self.posterior_mean_coef1 = self.betas * self.alphas_cumprod_prev.sqrt() / (1 - self.alphas_cumprod)
         self.posterior_mean_coef2 = (1 - self.alphas_cumprod_prev) * self.alphas.sqrt() / (1 - self.alphas_cumprod)
+        # The 'large' reverse variance: beta_t, with beta-tilde_1 at t=0 so the log stays finite.
+        self.large_variance = (torch.cat([self.posterior_variance[1:2], self.betas[1:]])
+                               if self.num_timesteps > 1 else self.betas)
+        self.large_log_variance = self.large_variance.log()
+        # Factors of the formulas below, once here rather than on every call.
+        self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
+        self.sqrt_one_minus_alphas_cumprod = (1 - self.alphas_cumprod).sqrt()
+        self.sqrt_recip_alphas_cumprod = (1 / self.alphas_cumprod).sqrt()
+        self.sqrt_recipm1_alphas_cumprod = (1 / self.alphas_cumprod - 1).sqrt()
+        self._tables: dict[tuple, torch.Tensor] = {}
+
+    def _gather(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """self.<name>[t] in like's dtype and on its device, shaped (B, 1, 1, ...) to broadcast
+        against like. Each table is converted once per device and dtype: a host-to-device copy on
+        every call would stall a GPU sampling loop once per call."""
+        key = (name, like.device, like.dtype)
+        if key not in self._tables:
+            self._tables[key] = getattr(self, name).to(like.device, like.dtype)
+        return self._tables[key][t.to(like.device)].reshape(-1, *([1] * (like.ndim - 1)))
 
     @classmethod
     def from_schedule(cls, schedule: str = "linear", num_timesteps: int = 1000, steps: int | None = None):
@@ -104,18 +121,18 @@ class GaussianDiffusion:
 
     def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(alpha-bar_t) x_0 + sqrt(1 - alpha-bar_t) eps  (DDPM eq. 4)."""
-        return (_gather(self.alphas_cumprod.sqrt(), t, x_start) * x_start
-                + _gather((1 - self.alphas_cumprod).sqrt(), t, x_start) * noise)
+        return (self._gather("sqrt_alphas_cumprod", t, x_start) * x_start
+                + self._gather("sqrt_one_minus_alphas_cumprod", t, x_start) * noise)
 
     def predict_xstart_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """x-hat_0 = (x_t - sqrt(1 - alpha-bar_t) eps) / sqrt(alpha-bar_t)  (eq. 4 solved for x_0)."""
-        return (_gather((1 / self.alphas_cumprod).sqrt(), t, x_t) * x_t
-                - _gather((1 / self.alphas_cumprod - 1).sqrt(), t, x_t) * eps)
+        return (self._gather("sqrt_recip_alphas_cumprod", t, x_t) * x_t
+                - self._gather("sqrt_recipm1_alphas_cumprod", t, x_t) * eps)
 
     def predict_eps_from_xstart(self, x_t: torch.Tensor, t: torch.Tensor, pred_xstart: torch.Tensor) -> torch.Tensor:
         """eps = (x_t / sqrt(alpha-bar_t) - x_0) / sqrt(1 / alpha-bar_t - 1)  (the inverse of the above)."""
-        return ((_gather((1 / self.alphas_cumprod).sqrt(), t, x_t) * x_t - pred_xstart)
-                / _gather((1 / self.alphas_cumprod - 1).sqrt(), t, x_t))
+        return ((self._gather("sqrt_recip_alphas_cumprod", t, x_t) * x_t - pred_xstart)
+                / self._gather("sqrt_recipm1_alphas_cumprod", t, x_t))
 
     def q_posterior_mean_variance(self, x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> MeanVariance:
         """q(x_{t-1} | x_t, x_0) = N(mu-tilde, beta-tilde)  (DDPM eq. 6-7):
@@ -124,22 +141,21 @@ class GaussianDiffusion:
                       + sqrt(alpha_t) (1 - alpha-bar_{t-1}) / (1 - alpha-bar_t) x_t
         beta-tilde_t = (1 - alpha-bar_{t-1}) / (1 - alpha-bar_t) beta_t
         """
-        mean = (_gather(self.posterior_mean_coef1, t, x_t) * x_start
-                + _gather(self.posterior_mean_coef2, t, x_t) * x_t)
-        return MeanVariance(mean, _gather(self.posterior_variance, t, x_t),
-                            _gather(self.posterior_log_variance_clipped, t, x_t))
+        mean = (self._gather("posterior_mean_coef1", t, x_t) * x_start
+                + self._gather("posterior_mean_coef2", t, x_t) * x_t)
+        return MeanVariance(mean, self._gather("posterior_variance", t, x_t),
+                            self._gather("posterior_log_variance_clipped", t, x_t))
 
     def model_variance(self, t: torch.Tensor, like: torch.Tensor, learn_sigma: str = "small") -> MeanVariance:
         """The fixed reverse-process variance Sigma_t (mean left empty): 'small' is beta-tilde_t,
         'large' is beta_t (with beta-tilde_1 at t=0 so the last step keeps a finite log), DDPM sec. 3.2."""
         if learn_sigma == "small":
-            var, log_var = self.posterior_variance, self.posterior_log_variance_clipped
+            var, log_var = "posterior_variance", "posterior_log_variance_clipped"
         elif learn_sigma == "large":
-            var = torch.cat([self.posterior_variance[1:2], self.betas[1:]]) if self.num_timesteps > 1 else self.betas
-            log_var = var.log()
+            var, log_var = "large_variance", "large_log_variance"
         else:
             raise ValueError(f"unknown variance {learn_sigma!r}; choose 'small' or 'large'")
-        return MeanVariance(torch.empty(0), _gather(var, t, like), _gather(log_var, t, like))
+        return MeanVariance(torch.empty(0), self._gather(var, t, like), self._gather(log_var, t, like))
 
     def p_mean_variance(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
                         variance: str = "small", clip_denoised: bool = True) -> tuple[MeanVariance, torch.Tensor]:

@@ -87,7 +87,9 @@ class GuidedDenoiser:
 
     def class_log_prob(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """log p_phi(c | x_t, t) per item, shape (B,)."""
-        log_probs = torch.log_softmax(self.classifier(x_t, t).float(), dim=-1)
+        logits = self.classifier(x_t, t)
+        # At least float32 (bf16 logits lose the small log-probabilities), never a float64 downcast.
+        log_probs = torch.log_softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
         return log_probs.gather(1, labels.to(x_t.device)[:, None])[:, 0]
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor, guidance: Guidance,

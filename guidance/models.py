@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,8 +23,12 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: int = 10000) -> to
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
-def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(math.gcd(32, channels), channels)  # up to 32 groups that divide channels
+def _norm(channels: int, min_group_size: int = 1) -> nn.GroupNorm:
+    """GroupNorm with up to 32 groups that divide channels, each at least min_group_size wide."""
+    groups = math.gcd(32, channels)  # a power of two, so halving keeps it a divisor
+    while groups > 1 and channels // groups < min_group_size:
+        groups //= 2
+    return nn.GroupNorm(groups, channels)
 
 
 class ResBlock(nn.Module):
@@ -111,7 +114,8 @@ class _Encoder(nn.Module):
         self.out_channels = ch
 
     def embed(self, t: torch.Tensor) -> torch.Tensor:
-        return self.time_mlp(timestep_embedding(t, self.stem.out_channels))
+        # In the weights' dtype, so model.double() (or .half()) works end to end.
+        return self.time_mlp(timestep_embedding(t, self.stem.out_channels).to(self.stem.weight.dtype))
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> list[torch.Tensor]:
         """All intermediate activations (the UNet's skips); the last is the bottom of the encoder."""
@@ -184,7 +188,10 @@ class NoisyClassifier(nn.Module):
         self.config = cfg
         self.encoder = _Encoder(cfg)
         ch = self.encoder.out_channels
-        self.head = nn.Sequential(_norm(ch), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(ch, cfg.num_classes))
+        # Pooling follows this norm: with one channel per group it would zero each channel's spatial
+        # mean, which is all that pooling keeps (a classifier of base width 16 or less could not learn).
+        self.head = nn.Sequential(_norm(ch, min_group_size=2), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(ch, cfg.num_classes))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(x, self.encoder.embed(t))[-1])
@@ -212,10 +219,12 @@ class Evaluator(nn.Module):
     penultimate (B, channels[-1]) features."""
 
     def __init__(self, cfg: EvaluatorConfig):
+        from timm.models.resnet import BasicBlock, ResNet  # here, not at the top: importing timm takes seconds
+
         super().__init__()
         self.config = cfg
-        self.net = timm.models.resnet.ResNet(
-            block=timm.models.resnet.BasicBlock, layers=cfg.layers, channels=cfg.channels,
+        self.net = ResNet(
+            block=BasicBlock, layers=cfg.layers, channels=cfg.channels,
             in_chans=cfg.in_channels, num_classes=cfg.num_classes, stem_width=cfg.channels[0])
 
     def _resize(self, x: torch.Tensor) -> torch.Tensor:

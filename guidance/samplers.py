@@ -6,6 +6,7 @@ classifier gradient into an eps shift (see guide.py).
 """
 from __future__ import annotations
 
+import math
 from typing import Iterator, NamedTuple
 
 import torch
@@ -56,13 +57,15 @@ def ddpm_sample(model: GuidedDenoiser, diffusion: GaussianDiffusion, shape, guid
     """Ancestral sampling, x_{t-1} = mu + sqrt(Sigma_t) z with z ~ N(0, I) and no noise at t = 0
     (DDPM Algorithm 2). Classifier guidance moves mu by w Sigma_t g (Dhariwal & Nichol Algorithm 1)."""
     x = noise(shape, device)
+    timesteps = diffusion.timesteps.to(device)
+    # Per-step scalars as Python floats: tiny tensor ops would cost more than the arithmetic.
+    alphas_cumprod, alphas, betas = (v.tolist() for v in (diffusion.alphas_cumprod, diffusion.alphas, diffusion.betas))
     for index, i in enumerate(reversed(range(diffusion.num_timesteps))):
         t = torch.full((shape[0],), i, device=device)
         _, var, _ = diffusion.model_variance(t, x, variance)
         # k_t = sqrt(1 - alpha-bar_t) sqrt(alpha_t) Sigma_t / beta_t turns w*g into a mean shift w Sigma_t g.
-        grad_coef = ((1 - diffusion.alphas_cumprod[i]).sqrt() * diffusion.alphas[i].sqrt()
-                     / diffusion.betas[i]) * var.flatten()
-        out = model(x, diffusion.timesteps.to(device)[t], guidance, grad_coef)
+        grad_coef = math.sqrt((1 - alphas_cumprod[i]) * alphas[i]) / betas[i] * var.flatten()
+        out = model(x, timesteps[t], guidance, grad_coef)
         mv, pred_xstart = diffusion.p_mean_variance(x, t, out.eps, variance, clip_denoised)
         x = mv.mean if i == 0 else mv.mean + (0.5 * mv.log_variance).exp() * noise(shape, device)
         yield _check_finite(Step(index, int(diffusion.timesteps[i]), x, pred_xstart, out.log_prob, out.guidance_norm))
@@ -78,19 +81,21 @@ def ddim_sample(model: GuidedDenoiser, diffusion: GaussianDiffusion, shape, guid
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta}")
     x = noise(shape, device)
+    timesteps = diffusion.timesteps.to(device)
+    alphas_cumprod, alphas_cumprod_prev = diffusion.alphas_cumprod.tolist(), diffusion.alphas_cumprod_prev.tolist()
     for index, i in enumerate(reversed(range(diffusion.num_timesteps))):
         t = torch.full((shape[0],), i, device=device)
-        alpha_bar, alpha_bar_prev = diffusion.alphas_cumprod[i], diffusion.alphas_cumprod_prev[i]
-        grad_coef = (1 - alpha_bar).sqrt().expand(shape[0])
-        out = model(x, diffusion.timesteps.to(device)[t], guidance, grad_coef)
+        alpha_bar, alpha_bar_prev = alphas_cumprod[i], alphas_cumprod_prev[i]
+        grad_coef = torch.full((shape[0],), math.sqrt(1 - alpha_bar), dtype=torch.float64, device=device)
+        out = model(x, timesteps[t], guidance, grad_coef)
         pred_xstart = diffusion.predict_xstart_from_eps(x, t, out.eps)
         if clip_denoised:
             pred_xstart = pred_xstart.clamp(-1, 1)
         eps = diffusion.predict_eps_from_xstart(x, t, pred_xstart)
-        sigma = eta * ((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)).sqrt()
-        x = alpha_bar_prev.sqrt().item() * pred_xstart + (1 - alpha_bar_prev - sigma ** 2).sqrt().item() * eps
+        sigma = eta * math.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev))
+        x = math.sqrt(alpha_bar_prev) * pred_xstart + math.sqrt(max(0.0, 1 - alpha_bar_prev - sigma ** 2)) * eps
         if sigma > 0 and i > 0:
-            x = x + sigma.item() * noise(shape, device)
+            x = x + sigma * noise(shape, device)
         yield _check_finite(Step(index, int(diffusion.timesteps[i]), x, pred_xstart, out.log_prob, out.guidance_norm))
 
 

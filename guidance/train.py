@@ -219,7 +219,7 @@ class Trainer:
             if self.step % args.log_every == 0:
                 bar.set_postfix(loss=f"{running:.4f}")
                 self.log({"step": self.step, "loss": running, "minutes": round(self.elapsed / 60, 2)})
-            if self.step % args.save_every == 0:
+            if self.step % args.save_every == 0 and self.step < args.steps:
                 self.finish(final=False)
         bar.close()
         return self.finish(final=True)

@@ -1,0 +1,206 @@
+"""The sampling command line (run as a subprocess and in-process through runpy) and the library
+function behind it, guidance.generation.generate, on tiny checkpoints."""
+import importlib
+import re
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import guidance
+from guidance.checkpoints import load_bundle, save
+from guidance.generation import ItemNoise, class_index, generate
+
+from conftest import tiny_classifier, tiny_unet
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASS_NAMES = ["Ant", "Bee", "Cat"]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("checkpoints")
+    diffusion = {"schedule": "linear", "num_timesteps": 50}
+    save(tiny_unet(), folder, "unet", class_names=CLASS_NAMES, diffusion=diffusion)
+    save(tiny_classifier(), folder, "classifier", class_names=CLASS_NAMES, diffusion=diffusion)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bundle(checkpoints):
+    return load_bundle(checkpoints)
+
+
+@pytest.fixture(scope="module")
+def subprocess_runs(checkpoints, tmp_path_factory) -> dict:
+    """Two real command-line runs, started together (each spends seconds importing torch)."""
+    out = tmp_path_factory.mktemp("cli")
+    runs = {"npz": ["--class", "bee", "--scale", "2", "--steps", "4", "--sampler", "ddpm", "--n", "5",
+                    "--batch-size", "2", "--seed", "3", "--out", str(out / "bees.npz")],
+            "bad": ["--class", "zebra", "--out", str(out / "zebras.npz")]}
+    procs = {name: subprocess.Popen([sys.executable, "-m", "guidance.sample", "--threads", "1", "--device", "cpu",
+                                     "--checkpoints", str(checkpoints), *args],
+                                    cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name, args in runs.items()}
+    results = {}
+    for name, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=120)
+        results[name] = (proc.returncode, stdout, stderr, out)
+    return results
+
+
+def cli_in_process(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["guidance.sample", "--threads", "1", "--device", "cpu", *args])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_module("guidance.sample", run_name="__main__")
+    return exit_.value.code, capsys.readouterr().err
+
+
+def test_npz_output_matches_the_library(subprocess_runs, bundle):
+    code, stdout, stderr, folder = subprocess_runs["npz"]
+    assert code == 0, stderr
+    assert "wrote 5 images of class 1 (Bee)" in stdout
+    assert "12/12" in stderr  # tqdm: 3 batches x 4 steps
+    with np.load(folder / "bees.npz") as data:
+        images, labels = data["images"], data["labels"]
+    assert images.dtype == np.uint8 and images.shape == (5, 8, 8)
+    assert labels.dtype == np.int64 and labels.tolist() == [1] * 5
+    expected = generate(bundle, 1, scale=2.0, steps=4, sampler="ddpm", n=5, batch_size=2, seed=3)
+    np.testing.assert_array_equal(images, expected.images[:, 0].numpy())
+
+
+def test_bad_argument_exits_2_with_a_message(subprocess_runs):
+    code, _, stderr, folder = subprocess_runs["bad"]
+    assert code == 2
+    assert "unknown class 'zebra'" in stderr and "Ant, Bee, Cat" in stderr
+    assert not (folder / "zebras.npz").exists()
+
+
+def test_png_output_is_a_grid(checkpoints, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "grid.png"
+    code, _ = cli_in_process(monkeypatch, capsys, "--checkpoints", str(checkpoints), "--class", "0",
+                             "--cfg-scale", "1.5", "--steps", "3", "--n", "5", "--out", str(out))
+    assert code == 0
+    with Image.open(out) as image:
+        assert image.mode == "L" and image.size == (3 * 10 + 2, 2 * 10 + 2)  # 3 columns of 8px + 2px padding
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--class", "Zebra"], "unknown class"),
+    (["--class", "3"], "out of range"),
+    (["--class", "-1"], "out of range"),
+    (["--steps", "-1"], "from 1 to 50"),
+    (["--steps", "0"], "from 1 to 50"),
+    (["--steps", "51"], "from 1 to 50"),
+    (["--eta", "1.5"], r"\[0, 1\]"),
+    (["--eta", "-0.1"], r"\[0, 1\]"),
+    (["--eta", "0.5", "--sampler", "ddpm"], "DDIM"),
+    (["--scale", "nan"], "finite"),
+    (["--cfg-scale", "inf"], "finite"),
+    (["--n", "0"], "n must be a positive"),
+    (["--batch-size", "0"], "batch size must be a positive"),
+    (["--out", "images.jpg"], r"\.npz, \.png"),
+    (["--out", "images"], r"\.npz, \.png"),
+    (["--sampler", "euler"], "invalid choice"),
+    (["--steps", "ten"], "invalid int"),
+    (["--checkpoints", "/nonexistent/folder"], "does not exist"),
+])
+def test_bad_arguments(checkpoints, tmp_path, monkeypatch, capsys, args, message):
+    flags = {"--checkpoints": str(checkpoints), "--class": "Ant", "--steps": "3", "--out": str(tmp_path / "x.npz")}
+    flags.update(zip(args[::2], args[1::2]))
+    code, err = cli_in_process(monkeypatch, capsys, *[item for pair in flags.items() for item in pair])
+    assert code == 2
+    assert "usage: python -m guidance.sample" in err
+    assert re.search(message, err), err
+    assert not list(tmp_path.iterdir())
+
+
+def test_missing_checkpoint_file(checkpoints, tmp_path, monkeypatch, capsys):
+    for name in ("unet.json", "unet.safetensors"):
+        (tmp_path / name).write_bytes((checkpoints / name).read_bytes())
+    code, err = cli_in_process(monkeypatch, capsys, "--checkpoints", str(tmp_path), "--class", "0",
+                               "--out", str(tmp_path / "x.npz"))
+    assert code == 2 and "classifier.json" in err
+
+
+def test_in_process_run_writes_rgb_free_npz(checkpoints, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "cats.NPZ"
+    code, _ = cli_in_process(monkeypatch, capsys, "--checkpoints", str(checkpoints), "--class", "CAT",
+                             "--steps", "2", "--n", "3", "--out", str(out))
+    assert code == 0 and out.is_file() and not Path(str(out) + ".npz").exists()
+    with np.load(out) as data:
+        assert data["images"].shape == (3, 8, 8) and data["labels"].tolist() == [2, 2, 2]
+
+
+def test_importing_the_command_line_is_refused():
+    with pytest.raises(ImportError, match="guidance.generation"):
+        importlib.import_module("guidance.sample")
+    assert guidance.sample is guidance.samplers.sample  # still the sampler function
+
+
+@pytest.mark.parametrize("sampler, eta", [("ddpm", 0.0), ("ddim", 0.6), ("ddim", 0.0)])
+def test_results_do_not_depend_on_the_batch_size(bundle, sampler, eta):
+    runs = [generate(bundle, [0, 1, 2, 1, 0], scale=3.0, cfg_scale=1.0, steps=5, sampler=sampler, eta=eta,
+                     n=5, batch_size=b, seed=9).images for b in (1, 2, 5, 64)]
+    for other in runs[1:]:
+        # Equal but for an occasional 1/255 from batch-size-dependent float32 rounding in the networks.
+        assert (other.int() - runs[0].int()).abs().max() <= 1
+        assert (other == runs[0]).float().mean() > 0.99
+    # A prefix of a longer run is the shorter run.
+    longer = generate(bundle, [0, 1, 2, 1, 0, 2, 2], scale=3.0, cfg_scale=1.0, steps=5, sampler=sampler,
+                      eta=eta, n=7, batch_size=4, seed=9).images
+    assert (longer[:5].int() - runs[0].int()).abs().max() <= 1
+
+
+def test_seeds_give_different_images(bundle):
+    a, b = (generate(bundle, 0, steps=3, n=2, seed=s).images for s in (0, 1))
+    assert not torch.equal(a, b)
+    assert not torch.equal(a[0], a[1])  # images within a run differ too
+
+
+def test_without_cfg_the_class_reaches_only_the_classifier(bundle):
+    """cfg_scale None is the unconditional model: at scale 0 the class changes nothing; with
+    cfg_scale 0 (the conditional model) or classifier guidance it does."""
+    def run(label, **kw):
+        return generate(bundle, label, steps=3, n=3, seed=4, **kw).images
+
+    assert torch.equal(run(0), run(2))
+    assert not torch.equal(run(0, cfg_scale=0.0), run(2, cfg_scale=0.0))
+    assert not torch.equal(run(0, scale=5.0), run(2, scale=5.0))
+    assert not torch.equal(run(0), run(0, cfg_scale=0.0))
+
+
+def test_generate_labels_and_progress(bundle):
+    seen = []
+    samples = generate(bundle, [2, 0, 1], steps=4, n=3, batch_size=2, on_step=seen.append)
+    assert samples.labels.tolist() == [2, 0, 1] and samples.images.dtype == torch.uint8
+    assert samples.images.shape == (3, 1, 8, 8)
+    assert [s.index for s in seen] == [0, 1, 2, 3] * 2
+    with pytest.raises(ValueError, match="one label or one per image"):
+        generate(bundle, [0, 1], n=3)
+
+
+def test_item_noise_depends_only_on_seed_and_index():
+    whole = ItemNoise(5, range(4))((4, 1, 2, 2), "cpu")
+    tail = ItemNoise(5, range(2, 4))((2, 1, 2, 2), "cpu")
+    assert torch.equal(whole[2:], tail)
+    assert not torch.equal(whole[0], whole[1])
+    assert not torch.equal(ItemNoise(6, [0])((1, 1, 2, 2), "cpu"), whole[:1])
+    with pytest.raises(ValueError, match="batch of 3"):
+        ItemNoise(5, range(2))((3, 1, 2, 2), "cpu")
+
+
+@pytest.mark.parametrize("value, index", [("bee", 1), ("BEE", 1), (" Bee ", 1), ("1", 1), (2, 2), ("0", 0)])
+def test_class_index(value, index):
+    assert class_index(CLASS_NAMES, value) == index
+
+
+@pytest.mark.parametrize("value", ["zebra", "3", "-1", "", "b"])
+def test_class_index_rejects(value):
+    with pytest.raises(ValueError, match="choose"):
+        class_index(CLASS_NAMES, value)

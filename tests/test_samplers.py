@@ -1,0 +1,243 @@
+"""Sampler contracts with tiny random networks: shapes, step records, determinism, scale 0,
+noise use, shared noise across guidance strengths, the DDPM guidance step, and failures."""
+import copy
+
+import pytest
+import torch
+
+from guidance import GaussianDiffusion, GuidedDenoiser, Guidance, NonFiniteError, SharedNoise, final, sample
+from guidance.samplers import ddim_sample, ddpm_sample
+
+from conftest import tiny_classifier
+
+SHAPE = (4, 1, 8, 8)
+STEPS = 5
+
+
+@pytest.fixture
+def diffusion() -> GaussianDiffusion:
+    return GaussianDiffusion.from_schedule("cosine", 100, steps=STEPS)
+
+
+@pytest.fixture
+def model(unet, classifier) -> GuidedDenoiser:
+    return GuidedDenoiser(unet, classifier, unet.null_label)
+
+
+def guidance(scale=0.0, cfg_scale=None, labels=(0, 1, 2, 0), **kwargs) -> Guidance:
+    return Guidance.make(list(labels), scale, cfg_scale, batch_size=len(labels), **kwargs)
+
+
+def run(model, diffusion, sampler="ddim", seed=0, shape=SHAPE, **kwargs):
+    guide = kwargs.pop("guide", None) or guidance()
+    return list(sample(model, diffusion, shape, guide, SharedNoise(seed), sampler, **kwargs))
+
+
+class ScriptedNoise:
+    """x_T from a fixed tensor, then fresh noise from its own seed; counts the draws."""
+
+    def __init__(self, x_T: torch.Tensor, seed: int):
+        self.x_T, self.generator, self.calls = x_T, torch.Generator().manual_seed(seed), 0
+
+    def __call__(self, shape, device):
+        self.calls += 1
+        return self.x_T.clone() if self.calls == 1 else torch.randn(shape, generator=self.generator)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_records_have_the_right_shapes_and_timesteps(model, diffusion, sampler):
+    for guide, has_norm in ((guidance(), False), (guidance(scale=2.0), True), (guidance(1.0, cfg_scale=1.5), True)):
+        steps = run(model, diffusion, sampler, guide=guide)
+        assert len(steps) == STEPS
+        assert [s.index for s in steps] == list(range(STEPS))
+        assert [s.timestep for s in steps] == diffusion.timesteps.flip(0).tolist()
+        assert steps[0].timestep == 99 and steps[-1].timestep == 0
+        for s in steps:
+            assert s.sample.shape == SHAPE and s.pred_xstart.shape == SHAPE
+            assert s.pred_xstart.abs().max() <= 1
+            assert s.log_prob.shape == (SHAPE[0],) and bool((s.log_prob <= 0).all())
+            assert (s.guidance_norm is not None) == has_norm
+            if has_norm:
+                assert s.guidance_norm.shape == (SHAPE[0],)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_networks_see_original_timesteps(unet, classifier, diffusion, sampler):
+    seen = []
+
+    def spy(x, t, y):
+        seen.append(t.tolist())
+        return unet(x, t, y)
+
+    list(sample(GuidedDenoiser(spy, classifier, unet.null_label), diffusion, SHAPE, guidance(),
+                SharedNoise(0), sampler))
+    assert seen == [[t] * SHAPE[0] for t in diffusion.timesteps.flip(0).tolist()]
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_seeded_determinism(model, diffusion, sampler):
+    guide = guidance(scale=3.0)
+    a = run(model, diffusion, sampler, seed=7, guide=guide, eta=0.5)
+    b = run(model, diffusion, sampler, seed=7, guide=guide, eta=0.5)
+    c = run(model, diffusion, sampler, seed=8, guide=guide, eta=0.5)
+    for x, y in zip(a, b):
+        assert torch.equal(x.sample, y.sample) and torch.equal(x.pred_xstart, y.pred_xstart)
+        assert torch.equal(x.guidance_norm, y.guidance_norm)
+    assert not torch.allclose(a[-1].sample, c[-1].sample)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_scale_zero_equals_unguided(unet, classifier, diffusion, sampler):
+    plain = run(GuidedDenoiser(unet, None, unet.null_label), diffusion, sampler, guide=guidance(0.0))
+    other_classifier = tiny_classifier(seed=5)
+    for clf in (classifier, other_classifier):
+        zero = run(GuidedDenoiser(unet, clf, unet.null_label), diffusion, sampler, guide=guidance(0.0))
+        assert all(torch.equal(p.sample, z.sample) for p, z in zip(plain, zero))
+        assert zero[-1].guidance_norm is None
+    guided = run(GuidedDenoiser(unet, classifier, unet.null_label), diffusion, sampler, guide=guidance(5.0))
+    assert not torch.allclose(plain[-1].sample, guided[-1].sample)
+
+
+def test_ddim_eta_zero_is_deterministic_given_x_T(model, diffusion):
+    x_T = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3))
+    noises = [ScriptedNoise(x_T, seed) for seed in (1, 2)]
+    a, b = (final(ddim_sample(model, diffusion, SHAPE, guidance(2.0), n, eta=0.0)) for n in noises)
+    assert torch.equal(a.sample, b.sample)
+    assert [n.calls for n in noises] == [1, 1]
+
+
+def test_ddim_with_eta_uses_fresh_noise(model, diffusion):
+    x_T = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3))
+    noises = [ScriptedNoise(x_T, seed) for seed in (1, 2)]
+    a, b = (final(ddim_sample(model, diffusion, SHAPE, guidance(2.0), n, eta=0.7)) for n in noises)
+    assert not torch.allclose(a.sample, b.sample)
+    assert [n.calls for n in noises] == [STEPS, STEPS]  # x_T, then every step but the last
+
+
+@pytest.mark.parametrize("eta", [-0.1, 1.5, float("nan")])
+def test_ddim_rejects_eta_outside_0_1(model, diffusion, eta):
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        next(ddim_sample(model, diffusion, SHAPE, guidance(), SharedNoise(0), eta=eta))
+
+
+def test_unknown_sampler_names_the_choices(model, diffusion):
+    with pytest.raises(ValueError, match="ddim.*ddpm"):
+        sample(model, diffusion, SHAPE, guidance(), SharedNoise(0), "euler")
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_shared_noise_makes_rows_with_equal_scales_identical(model, diffusion, sampler):
+    groups, scales = 3, [2.0, 0.0, 2.0, 6.0]  # one row per scale, `groups` classes per row
+    labels = list(range(groups)) * len(scales)
+    per_item = [w for w in scales for _ in range(groups)]
+    guide = Guidance.make(labels, per_item, batch_size=len(labels))
+    out = final(sample(model, diffusion, (len(labels), 1, 8, 8), guide,
+                       SharedNoise(0, repeats=len(scales)), sampler, eta=1.0)).sample
+    rows = out.reshape(len(scales), groups, 1, 8, 8)
+    assert torch.equal(rows[0], rows[2])
+    assert not torch.allclose(rows[0], rows[1]) and not torch.allclose(rows[0], rows[3])
+    # The same rows, sampled one scale at a time from the same seed, agree with the tiled batch.
+    alone = final(sample(model, diffusion, (groups, 1, 8, 8), Guidance.make(list(range(groups)), 6.0),
+                         SharedNoise(0), sampler, eta=1.0)).sample
+    torch.testing.assert_close(alone, rows[3])
+
+
+def test_shared_noise_rejects_batches_that_do_not_tile():
+    with pytest.raises(ValueError, match="multiple"):
+        SharedNoise(0, repeats=3)((4, 1, 2, 2), "cpu")
+
+
+@pytest.mark.parametrize("variance", ["small", "large"])
+def test_one_guided_ddpm_step_moves_the_mean_by_w_sigma_g(unet, classifier, variance):
+    """Dhariwal & Nichol Algorithm 1: mu + w Sigma g. The sampler only picks k_t, so this checks k_t."""
+    unet64, classifier64 = copy.deepcopy(unet).double(), copy.deepcopy(classifier).double()
+    model = GuidedDenoiser(unet64, classifier64, unet.null_label)
+    diffusion = GaussianDiffusion.from_schedule("linear", 100, steps=10)
+    labels, w = torch.tensor([0, 1, 2, 1]), 3.0
+    shape = (4, 1, 8, 8)
+
+    def first_step(scale):
+        noise = SharedNoise(11)
+        gen = ddpm_sample(model, diffusion, shape, Guidance.make(labels, scale, diagnostics=False),
+                          lambda s, d: noise(s, d).double(), variance=variance, clip_denoised=False)
+        return next(gen).sample
+
+    x_T = torch.randn(shape, generator=torch.Generator().manual_seed(11)).double()
+    t = diffusion.timesteps[-1].repeat(4)
+    x = x_T.clone().requires_grad_(True)
+    log_p = torch.log_softmax(classifier64(x, t), dim=-1)[torch.arange(4), labels]
+    g = torch.autograd.grad(log_p.sum(), x)[0]
+    sigma = diffusion.model_variance(torch.tensor([9]), x_T, variance).variance
+    expected = w * sigma * g
+    assert expected.abs().max() > 1e-3  # the check below is not vacuous
+    torch.testing.assert_close(first_step(w) - first_step(0.0), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_one_guided_ddim_step_uses_eps_minus_sqrt_one_minus_alpha_bar_w_g(unet, classifier):
+    """Dhariwal & Nichol Algorithm 2: eps-hat = eps - sqrt(1 - alpha-bar_t) w g, so (unclipped)
+    x-hat_0 moves by (1 - alpha-bar_t) / sqrt(alpha-bar_t) w g and x_{t-1} by
+    sqrt(1 - alpha-bar_t) w g (sqrt(alpha-bar_{t-1} (1 - alpha-bar_t) / alpha-bar_t) - sqrt(1 - alpha-bar_{t-1}))."""
+    model = GuidedDenoiser(copy.deepcopy(unet).double(), copy.deepcopy(classifier).double(), unet.null_label)
+    diffusion = GaussianDiffusion.from_schedule("linear", 100, steps=10)
+    labels, w, shape = torch.tensor([0, 1, 2, 1]), 3.0, (4, 1, 8, 8)
+
+    def first_step(scale):
+        noise = SharedNoise(5)
+        return next(ddim_sample(model, diffusion, shape, Guidance.make(labels, scale, diagnostics=False),
+                                lambda s, d: noise(s, d).double(), clip_denoised=False))
+
+    x_T = torch.randn(shape, generator=torch.Generator().manual_seed(5)).double().requires_grad_(True)
+    t = diffusion.timesteps[-1].repeat(4)
+    log_p = torch.log_softmax(model.classifier(x_T, t), dim=-1)[torch.arange(4), labels]
+    g = torch.autograd.grad(log_p.sum(), x_T)[0]
+    ab, ab_prev = diffusion.alphas_cumprod[-1], diffusion.alphas_cumprod[-2]
+    guided, plain = first_step(w), first_step(0.0)
+    torch.testing.assert_close(guided.pred_xstart - plain.pred_xstart, (1 - ab) / ab.sqrt() * w * g,
+                               rtol=1e-9, atol=1e-12)
+    shift = (1 - ab).sqrt() * w * g * ((ab_prev * (1 - ab) / ab).sqrt() - (1 - ab_prev).sqrt())
+    assert shift.abs().max() > 1e-3
+    torch.testing.assert_close(guided.sample - plain.sample, shift, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+@pytest.mark.parametrize("where", ["unet", "classifier"])
+def test_nan_raises_non_finite_error_at_that_step(unet, classifier, diffusion, sampler, where):
+    bad_t = int(diffusion.timesteps[2])  # the third step from the end
+
+    def poisoned(net):
+        def forward(x, t, *rest):
+            out = net(x, t, *rest)
+            return out * torch.nan if int(t[0]) == bad_t else out
+        return forward
+
+    model = (GuidedDenoiser(poisoned(unet), classifier, unet.null_label) if where == "unet"
+             else GuidedDenoiser(unet, poisoned(classifier), unet.null_label))
+    gen = sample(model, diffusion, SHAPE, guidance(1.0), SharedNoise(0), sampler)
+    done = []
+    with pytest.raises(NonFiniteError):
+        for step in gen:
+            done.append(step.timestep)
+    assert done == diffusion.timesteps.flip(0).tolist()[: STEPS - 3]
+
+
+def test_max_guidance_norm_clips_the_term_and_its_report(model, diffusion):
+    free = run(model, diffusion, guide=guidance(50.0))
+    largest = max(float(s.guidance_norm.max()) for s in free)
+    assert largest > 1.0
+    clipped = run(model, diffusion, guide=guidance(50.0, max_guidance_norm=1.0))
+    for s in clipped:
+        assert float(s.guidance_norm.max()) <= 1.0 + 1e-5
+    assert any(float(s.guidance_norm.max()) == pytest.approx(1.0, abs=1e-5) for s in clipped)
+    loose = run(model, diffusion, guide=guidance(50.0, max_guidance_norm=10 * largest))
+    assert torch.equal(loose[-1].sample, free[-1].sample)
+
+
+def test_clipped_term_has_the_reported_norm(model):
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+    t, k = torch.full((4,), 50), torch.full((4,), 0.8)
+    plain = model(x, t, guidance(0.0), k).eps
+    for cap in (None, 0.5):
+        out = model(x, t, guidance(torch.tensor([0.0, 1.0, 20.0, 20.0]), max_guidance_norm=cap), k)
+        torch.testing.assert_close((plain - out.eps).flatten(1).norm(dim=1), out.guidance_norm)
+        assert out.guidance_norm[0] == 0
+    assert out.guidance_norm.max() <= 0.5 + 1e-6
