@@ -1,0 +1,51 @@
+"""docs/screenshot.png: the app on the shipped checkpoints, after a run in headless Chromium.
+
+    python scripts/screenshot.py [--checkpoints DIR] [--tab compare|generate] [--out docs/screenshot.png]
+
+Starts `python app.py` on a free local port, opens it in Debian's Chromium (/usr/bin/chromium)
+through Playwright, presses Generate or Compare with the default settings, waits for the run to
+finish and saves a full-page screenshot.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from playwright.sync_api import sync_playwright
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from demo.server import running_app  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoints", default="checkpoints/fashion-mnist")
+    p.add_argument("--tab", choices=("compare", "generate"), default="compare")
+    p.add_argument("--out", default="docs/screenshot.png")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--timeout-s", type=float, default=600, help="longest wait for the run to finish")
+    args = p.parse_args(argv)
+
+    with running_app(args.checkpoints, threads=args.threads) as url, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM)
+        page = browser.new_page(viewport={"width": 1440, "height": 1000}, device_scale_factor=1)
+        page.goto(url)
+        page.get_by_role("tab", name=args.tab.capitalize()).click()
+        page.locator(f"#{args.tab}-button").click()
+        # The status line says "done" once the last frame has arrived; downloads appear after.
+        status = page.locator(f"#{args.tab}-status [data-testid=markdown]")
+        status.get_by_text("done").wait_for(timeout=args.timeout_s * 1000)
+        page.get_by_role("button", name="Download denoising (GIF)").wait_for(timeout=30_000)
+        page.wait_for_timeout(1000)  # let the chart finish drawing
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=args.out, full_page=True)
+        browser.close()
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
