@@ -1,9 +1,10 @@
 """One sampling run as the app sees it: rows of guidance settings that share their noise, run
 as one batch, and recorded step by step so the UI can stream, scrub and export them.
 
-A batch is laid out row-major, rows x images_per_row: item r * n + j is image j of row r. Every
-row starts from the same x_T and receives the same per-step noise (guidance.SharedNoise), so the
-rows differ only by their guidance.
+A batch is laid out row-major, rows x images_per_row: item r * n + j is image j of row r. Image j
+of every row draws x_T and each step's noise from the seed's stream j (guidance.generation.ItemNoise),
+so the rows differ only by their guidance, and a row is the same images that
+`python -m guidance.sample --seed S` draws for the same settings.
 """
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ import numpy as np
 import torch
 
 from guidance.checkpoints import Bundle
+from guidance.generation import ItemNoise
 from guidance.guide import Guidance, GuidedDenoiser
 from guidance.images import to_uint8
-from guidance.samplers import SharedNoise, Step, sample
+from guidance.samplers import Step, sample
 
 # Classifier-free guidance eps-tilde = (1 + w) eps(x_t, c) - w eps(x_t, null) is exactly the
 # unconditional eps(x_t, null) at w = -1. Rows on the unconditional UNet get this value when they
@@ -107,9 +109,9 @@ class Recording:
         self.elapsed = time.monotonic() - self.started
 
 
-def noise(settings: RunSettings) -> SharedNoise:
+def noise(settings: RunSettings) -> ItemNoise:
     """The run's noise: image j of every row gets the same x_T and the same noise at every step."""
-    return SharedNoise(settings.seed, repeats=len(settings.rows))
+    return ItemNoise(settings.seed, list(range(settings.images_per_row)) * len(settings.rows))
 
 
 def initial_noise(settings: RunSettings, shape: tuple[int, ...]) -> torch.Tensor:

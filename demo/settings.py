@@ -53,7 +53,7 @@ class Display:
                                     # small factor keeps PNG encoding cheap
     png_upscale: int = 4            # the downloadable PNG of the samples
     pad: int = 2                    # pixels between tiles, before upscaling
-    frame_interval_s: float = 0.2   # at most five frames a second: encoding stays a small cost
+    frame_interval_s: float = 0.5   # at most two frames a second: encoding stays a small cost
     gif_max_frames: int = 60        # the GIF keeps evenly spaced steps, always the last
     gif_seconds: float = 4.0        # playing time of the denoising, then the last frame holds
     gif_hold_s: float = 1.5

@@ -12,11 +12,10 @@ from PIL import Image
 
 from demo.settings import DISPLAY
 from guidance.checkpoints import Bundle, load_bundle, save
-from guidance.guide import GuidedDenoiser, Guidance
+from guidance.generation import generate
 from guidance.images import grid
 from guidance.models import (ClassifierConfig, Evaluator, EvaluatorConfig, NoisyClassifier, UNet,
                              UNetConfig)
-from guidance.samplers import SharedNoise, final, sample
 
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Sneaker", "Bag")
 NUM_TIMESTEPS = 1000
@@ -45,16 +44,13 @@ def make_checkpoints(folder) -> None:
 
 
 def library_samples(bundle: Bundle, class_index: int, scale: float, steps: int, num_images: int, seed: int,
-                    sampler: str = "ddim", eta: float = 0.0) -> torch.Tensor:
-    """The final images of the library's own sampler, called directly: (n, C, H, W) in [-1, 1]."""
-    model = GuidedDenoiser(bundle.unet, bundle.classifier, bundle.unet.null_label)
-    config = bundle.unet.config
-    shape = (num_images, config.in_channels, config.image_size, config.image_size)
-    return final(sample(model, bundle.diffusion(steps), shape, Guidance.make(class_index, scale, batch_size=num_images),
-                        SharedNoise(seed), sampler=sampler, eta=eta)).sample
+                    sampler: str = "ddim", eta: float = 0.0) -> np.ndarray:
+    """The images the command line (`python -m guidance.sample`) draws for the same settings:
+    (n, C, H, W) uint8."""
+    return generate(bundle, class_index, scale, None, steps, sampler, eta, n=num_images, seed=seed).images.numpy()
 
 
-def pixels_match(image: Image.Image, samples: torch.Tensor, ncols: int, upscale: int = DISPLAY.upscale) -> bool:
+def pixels_match(image: Image.Image, samples: torch.Tensor | np.ndarray, ncols: int, upscale: int = DISPLAY.upscale) -> bool:
     """Whether image is the grid of samples as the app draws it (uint8 rounding may differ by
     one level where thread counts change the last float bit)."""
     expected = np.asarray(grid(samples, ncols=ncols, pad=DISPLAY.pad, upscale=upscale).convert("L"), dtype=int)

@@ -24,7 +24,7 @@ from demo.launch import launch, parse_args
 from demo.settings import DEFAULTS, DISPLAY, Display
 from guidance.guide import NonFiniteError
 from guidance.images import grid
-from guidance.samplers import SharedNoise
+from guidance.generation import ItemNoise
 
 REPO = Path(__file__).resolve().parent.parent
 EVERY_STEP = Display(frame_interval_s=0.0)
@@ -73,7 +73,7 @@ def test_generate_streams_x_T_then_every_step_then_the_seeded_samples(bundle, tm
     first, last = frames[0], frames[-1]
     assert first.pred_xstart is None and "x_T" in first.status
     shape = (4, 1, 16, 16)
-    x_T = SharedNoise(3)(shape, "cpu")
+    x_T = ItemNoise(3, range(4))(shape, "cpu")
     assert pixels_match(first.x_t, x_T, ncols=2)  # 4 images lie in a 2 x 2 block
     assert "done" in last.status and "step 6 / 6" in last.status
     expected = library_samples(bundle, CLASS_NAMES.index("Trouser"), 2.0, steps=6, num_images=4, seed=3)
