@@ -27,6 +27,7 @@ from .data import DataError, load_dataset
 from .guide import Guidance, GuidedDenoiser
 from .images import grid
 from .metrics import frechet_distance, noisy_accuracy_by_quarter, precision_recall
+from .runtime import configure
 from .samplers import SharedNoise, final, sample
 
 
@@ -346,10 +347,7 @@ def run(args) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    configure(args.device, args.threads)
     out = Path(args.out)
     try:
         if args.report_only:

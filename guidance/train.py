@@ -27,6 +27,7 @@ from . import checkpoints
 from .data import DataError, load_dataset
 from .diffusion import SCHEDULES, GaussianDiffusion
 from .metrics import noisy_accuracy_by_quarter
+from .runtime import configure
 from .models import ClassifierConfig, Evaluator, EvaluatorConfig, NoisyClassifier, UNet, UNetConfig
 
 KINDS = {"diffusion": "unet", "classifier": "classifier", "evaluator": "evaluator"}
@@ -237,11 +238,7 @@ class Trainer:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+    configure(args.device, args.threads)
     try:
         data = load_dataset("train", args.data_dir, args.image_folder, args.download)
         test = load_dataset("test", args.data_dir, args.image_folder, args.download)
