@@ -12,7 +12,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -34,14 +33,13 @@ class CheckpointError(RuntimeError):
 
 def save(model: nn.Module, folder: str | Path, kind: str, **metadata) -> Path:
     """Write KIND.safetensors and KIND.json (kind, config and the metadata) into folder."""
-    name = kind
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, folder / f"{name}.safetensors")
+    save_file(state, folder / f"{kind}.safetensors")
     meta = {"kind": kind, "config": config_dict(model), **metadata}
-    (folder / f"{name}.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return folder / f"{name}.safetensors"
+    (folder / f"{kind}.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return folder / f"{kind}.safetensors"
 
 
 def read_config(folder: str | Path, name: str) -> dict:

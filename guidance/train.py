@@ -145,12 +145,12 @@ class Trainer:
         training = {"command": "python -m guidance.train " + " ".join(sys.argv[1:]), "steps": self.step,
                     "wall_time_minutes": round(self.elapsed / 60, 1), "device": str(self.device),
                     "batch_size": self.args.batch_size, "seed": self.args.seed, **metrics}
-        if self.args.kind != "evaluator":
-            training["p_uncond" if self.args.kind == "diffusion" else "loss"] = (
-                self.args.p_uncond if self.args.kind == "diffusion" else "cross-entropy on q_sample(x_0, t)")
-            extra = {"diffusion": {"schedule": self.args.schedule, "num_timesteps": self.args.num_timesteps}}
-        else:
-            extra = {}
+        if self.args.kind == "diffusion":
+            training["p_uncond"] = self.args.p_uncond
+        elif self.args.kind == "classifier":
+            training["loss"] = "cross-entropy on q_sample(x_0, t)"
+        extra = {} if self.args.kind == "evaluator" else {
+            "diffusion": {"schedule": self.args.schedule, "num_timesteps": self.args.num_timesteps}}
         checkpoints.save(model, self.args.out, KINDS[self.args.kind], class_names=list(self.class_names),
                          training=training, **extra)
 

@@ -5,6 +5,9 @@ Test modules import the fixtures they use by name from here.
 """
 from __future__ import annotations
 
+import json
+import urllib.request
+
 import numpy as np
 import pytest
 import torch
@@ -48,6 +51,17 @@ def library_samples(bundle: Bundle, class_index: int, scale: float, steps: int, 
     """The images the command line (`python -m guidance.sample`) draws for the same settings:
     (n, C, H, W) uint8."""
     return generate(bundle, class_index, scale, None, steps, sampler, eta, n=num_images, seed=seed).images.numpy()
+
+
+def raw_call_events(app_url: str, api_name: str, data_json: str) -> str:
+    """Call an endpoint with a hand-written JSON list of arguments (which may hold literals such as
+    NaN that gradio_client refuses to send) and return the server's event stream as text."""
+    request = urllib.request.Request(f"{app_url}gradio_api/call/{api_name}", data=f'{{"data": {data_json}}}'.encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        event_id = json.loads(response.read())["event_id"]
+    with urllib.request.urlopen(f"{app_url}gradio_api/call/{api_name}/{event_id}", timeout=30) as response:
+        return response.read().decode()
 
 
 def pixels_match(image: Image.Image, samples: torch.Tensor | np.ndarray, ncols: int, upscale: int = DISPLAY.upscale) -> bool:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 
 import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from app_fixtures import CLASS_NAMES, app_url, bundle, checkpoint_dir, library_samples, pixels_match  # noqa: F401
+from app_fixtures import (CLASS_NAMES, app_url, bundle, checkpoint_dir, library_samples, pixels_match,  # noqa: F401
+                          raw_call_events)
 from demo import render
 from demo.settings import DISPLAY
 
@@ -82,13 +82,7 @@ def test_the_server_validates_what_the_api_sends(client, args, message):
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
 def test_the_server_refuses_non_finite_numbers_sent_as_raw_json(app_url, value):
     """JSON has no NaN, so clients cannot send one; Python's parser accepts the literal anyway."""
-    body = f'{{"data": ["Bag", {value}, "unconditional", 0, 10, "ddim", 0, 2, 0]}}'.encode()
-    request = urllib.request.Request(f"{app_url}gradio_api/call/generate", data=body,
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        event_id = json.loads(response.read())["event_id"]
-    with urllib.request.urlopen(f"{app_url}gradio_api/call/generate/{event_id}", timeout=30) as response:
-        events = response.read().decode()
+    events = raw_call_events(app_url, "generate", f'["Bag", {value}, "unconditional", 0, 10, "ddim", 0, 2, 0]')
     assert "event: error" in events and "w must be a number from 0 to 100" in events
 
 

@@ -20,7 +20,7 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from app_fixtures import CLASS_NAMES, NUM_TIMESTEPS, app_url, checkpoint_dir  # noqa: F401
+from app_fixtures import CLASS_NAMES, NUM_TIMESTEPS, app_url, checkpoint_dir, raw_call_events  # noqa: F401
 from demo import validate
 from demo.handlers import Handlers
 from demo.settings import DISPLAY, LIMITS
@@ -162,13 +162,7 @@ def test_non_finite_numbers_in_raw_json_are_refused(app_url, api_name, position,
     Python's parser accepts them (1e999 parses as inf)."""
     values = [json.dumps(v) for v in ENDPOINTS[f"/{api_name}"].values()]
     values[position] = literal
-    body = f'{{"data": [{", ".join(values)}]}}'.encode()
-    request = urllib.request.Request(f"{app_url}gradio_api/call/{api_name}", data=body,
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        event_id = json.loads(response.read())["event_id"]
-    with urllib.request.urlopen(f"{app_url}gradio_api/call/{api_name}/{event_id}", timeout=30) as response:
-        events = response.read().decode()
+    events = raw_call_events(app_url, api_name, f"[{', '.join(values)}]")
     assert "event: error" in events and re.search(r"must be a number from 0 to \d+", events)
 
 
