@@ -1,10 +1,13 @@
 """The Gradio app around the guidance library.
 
-    settings   app defaults, request limits and server settings (one place for each number)
-    validate   every endpoint's arguments checked on the server, turned into a RunSettings
-    runs       one sampling run: rows of guidance strengths sharing noise, recorded step by step
-    render     grids, the probability chart, the per-row table, the GIF and the PNG with parameters
+    settings   app defaults (and the checkpoint folder's defaults.json), request limits, display and
+               server settings (one place for each number)
+    arguments  every endpoint's raw arguments parsed by the library into a Request, plus row labels
+    runs       one sampling run recorded step by step: images, the classifier's push, per-row numbers
+    render     grids, the two charts, the per-row table, the GIF and the PNG with parameters
     handlers   the streaming generators behind the buttons and API endpoints
+    examples   settings worth a look, loaded by one click
     ui         the layout and its wiring
     launch     command-line options, thread count, checkpoint loading, queue and launch
+    zerogpu    the Hugging Face ZeroGPU decorator, where the `spaces` package is installed
 """

@@ -1,9 +1,11 @@
-"""Settings worth a look, each loaded into the controls by one click (Understand tab)."""
+"""Settings worth a look, each loaded into the controls by one click (Understand tab). An example
+names only what it changes; everything else is the page's defaults (settings.AppDefaults, from
+the loaded checkpoints)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
-from .settings import DEFAULTS
+from .settings import AppDefaults
 
 
 @dataclass(frozen=True)
@@ -11,41 +13,51 @@ class Example:
     title: str
     note: str                   # what to look for
     tab: str                    # "generate" or "compare": the tab the click opens
-    class_name: str             # a Fashion-MNIST name; other checkpoints fall back to the default class
-    scale: float = DEFAULTS.scale
-    unet: str = DEFAULTS.unet
-    cfg_scale: float = DEFAULTS.cfg_scale
-    steps: int = DEFAULTS.steps
-    sampler: str = DEFAULTS.sampler
-    eta: float = DEFAULTS.eta
-    num_images: int = DEFAULTS.num_images
-    seed: int = DEFAULTS.seed
-    strengths: str = DEFAULTS.strengths
-    compare: str = DEFAULTS.compare
+    changes: dict = field(default_factory=dict)  # AppDefaults fields; a class_name from Fashion-MNIST
+                                                 # (other checkpoints keep their default class)
+
+    def settings(self, defaults: AppDefaults, class_names: tuple[str, ...]) -> AppDefaults:
+        changes = dict(self.changes)
+        name = changes.pop("class_name", None)
+        if name in class_names:
+            changes["class_index"] = class_names.index(name)
+        return replace(defaults, **changes)
 
 
 EXAMPLES = (
     Example("Strength sweep", "Row w=0 is the unconditional model: a mix of every class. As w grows "
             "the rows turn into sneakers, the confidence column rises and the diversity column falls.",
-            "compare", "Sneaker", strengths="0, 1, 2, 4, 8"),
+            "compare", dict(class_name="Sneaker", compare="classifier", strengths="0, 1, 2, 4, 8")),
     Example("Too much guidance", "Far past the useful range the classifier's gradient overwhelms the "
             "model: harsh, saturated shapes that the guidance classifier still rates highly. The "
             "evaluator, a different network, is harder to fool.",
-            "compare", "Ankle boot", strengths="0, 10, 30, 100", num_images=6),
+            "compare", dict(class_name="Ankle boot", compare="classifier", strengths="0, 10, 30, 100",
+                            num_images=6)),
     Example("Classifier vs classifier-free", "Each method alone at matched strengths, from the same "
             "noise: classifier guidance on the unconditional UNet against the conditional UNet "
             "pushed away from its unconditional prediction.",
-            "compare", "Dress", strengths="1, 3", compare="classifier-vs-free", num_images=6),
+            "compare", dict(class_name="Dress", strengths="1, 3", compare="classifier-vs-free", num_images=6)),
     Example("Classifier-free sweep", "w_cfg = 0 is the plain conditional model; larger w_cfg trades "
             "diversity for class fidelity, like classifier guidance but without a classifier's gradient.",
-            "compare", "Shirt", scale=0.0, unet="conditional", strengths="0, 1, 3, 6", compare="classifier-free"),
+            "compare", dict(class_name="Shirt", scale=0.0, unet="conditional", strengths="0, 1, 3, 6",
+                            compare="classifier-free")),
+    Example("One noise, every class", "The same x_T guided toward each class in turn: what the "
+            "classifier's gradient changes, and what the noise already decided.",
+            "compare", dict(compare="class", strengths="all", scale=8.0, num_images=4)),
+    Example("When to guide", "Guidance only in part of the denoising. At the noisy end (high t) it "
+            "picks the shape; at the clean end it can only touch up details.",
+            "compare", dict(class_name="Bag", compare="interval", strengths="full, 500-999, 0-499", scale=8.0)),
     Example("Watch the class appear", "Follow the chart: the classifier's belief in the class stays low "
-            "while x_t is mostly noise, then climbs as x̂_0 settles. Scrub back afterwards.",
-            "generate", "Bag", scale=4.0, steps=50),
+            "while x_t is mostly noise, then climbs as x̂_0 settles. The push column shows where the "
+            "classifier pushes each pixel; scrub back afterwards.",
+            "generate", dict(class_name="Bag", scale=4.0, steps=50)),
     Example("Stochastic DDPM", "Ancestral sampling adds fresh noise every step: x_t stays grainy until "
             "the end and the chart jitters, while x̂_0 is already clean.",
-            "generate", "Trouser", scale=2.0, steps=100, sampler="ddpm"),
+            "generate", dict(class_name="Trouser", scale=2.0, steps=100, sampler="ddpm", eta=0.0)),
+    Example("DPM-Solver++ in ten steps", "A second-order solver of the same ODE as DDIM: ten steps "
+            "already give clean images.",
+            "generate", dict(class_name="Coat", steps=10, sampler="dpm++2m", eta=0.0)),
     Example("One step", "A single jump from x_T to x̂_0: the model's blurry average of what the "
             "noise could be. Guidance sharpens it only a little.",
-            "compare", "Pullover", steps=1, strengths="0, 4, 16"),
+            "compare", dict(class_name="Pullover", steps=1, compare="classifier", strengths="0, 4, 16")),
 )

@@ -1,11 +1,12 @@
-"""What a Recording looks like: image grids, the probability chart, the per-row table, the status
-line, and the files to download (an animated GIF of the denoising, the final PNG with its
-generation parameters in a text chunk)."""
+"""What a Recording looks like: image grids (x_t, x-hat_0 and the classifier's push), the two
+charts, the per-row table, the status line, and the files to download (an animated GIF of the
+denoising, the final PNG with its generation parameters in a text chunk)."""
 from __future__ import annotations
 
 import functools
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -13,15 +14,38 @@ from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from guidance.images import grid as tile_grid
 
-from .runs import Frame, Recording, RowStats, RunSettings
-from .settings import DISPLAY, Display
+from .arguments import Run
+from .runs import Frame, Push, Recording, RowStats
+from .settings import DISPLAY, SAMPLER_CHOICES, Display
 
-PARAMETERS_KEY = "parameters"   # the PNG text chunk that holds RunSettings.parameters()
+PARAMETERS_KEY = "parameters"   # the PNG text chunk that holds Run.parameters()
 CHART_X, CHART_Y, CHART_COLOR = "step", "probability", "row"  # plain names: Vega-Lite reads fields
+NORM_Y = "norm"                 # the guidance norm chart's value field
 CHART_MAX_STEPS = 200           # chart points per row; longer runs are thinned evenly
 CHART_RAMPS = {"w": ((0x8e, 0xc0, 0xe4), (0x08, 0x30, 0x6b)),      # light to dark blue
                "w_cfg": ((0xfd, 0xae, 0x6b), (0x7f, 0x27, 0x04))}  # light to dark orange
+CATEGORY_COLORS = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f",  # Tableau 10, for rows that
+                   "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac")  # differ in kind, not strength
+PUSH_BACKGROUND = 160           # grey between the push tiles, whose 0 is white
 TABLE_COLUMNS = ("row", "classifier", "evaluator", "diversity")  # the first two: mean p(c | x)
+SAMPLER_NAMES = {value: label for label, value in SAMPLER_CHOICES}
+
+
+def _diverging_colors() -> np.ndarray:
+    """(256, 3) uint8: level 128 white, down to blue at 1 and up to red at 255 (ColorBrewer RdBu's
+    ends), linear in between; see runs.Push."""
+    v = np.clip((np.arange(256) - 128) / 127, -1, 1)[:, None]
+    white, blue, red = np.array([255, 255, 255]), np.array([0x21, 0x66, 0xac]), np.array([0xb2, 0x18, 0x2b])
+    return np.where(v < 0, white + -v * (blue - white), white + v * (red - white)).round().astype(np.uint8)
+
+
+PUSH_COLORS = _diverging_colors()
+
+
+class FrameImages(NamedTuple):
+    x_t: Image.Image
+    pred_xstart: Image.Image | None     # None before the first step
+    push: Image.Image | None            # None before the first step
 
 
 @functools.lru_cache(maxsize=8)
@@ -29,68 +53,93 @@ def _font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 
 
-def grid(images: np.ndarray, settings: RunSettings, display: Display = DISPLAY,
-         upscale: int | None = None) -> Image.Image:
-    """(B, C, H, W) uint8 as tiles upscaled with nearest-neighbour (by display.upscale unless
-    given): one block for a single row, else rows x images_per_row with each row's label written
-    on its left."""
-    up, pad = upscale or display.upscale, display.pad
-    if len(settings.rows) == 1:  # one row reads better as a near-square block
-        n = settings.images_per_row
-        return tile_grid(images, ncols=math.ceil(n / math.isqrt(n)), pad=pad, upscale=up)
-    image = tile_grid(images, ncols=settings.images_per_row, pad=pad, upscale=up)
+def grid(images: np.ndarray, run: Run, display: Display = DISPLAY, upscale: int | None = None,
+         background: int = 255) -> Image.Image:
+    """(B, C, H, W) uint8, one or three channels, as tiles upscaled with nearest-neighbour (by
+    display.upscale unless given) on `background`: one block for a single row, else rows x
+    images_per_row with each row's label written on its left."""
+    up, pad, n = upscale or display.upscale, display.pad, run.request.images_per_row
+    if len(run.labels) == 1:  # one row reads better as a near-square block
+        return tile_grid(images, ncols=math.ceil(n / math.isqrt(n)), pad=pad, upscale=up, background=background)
+    image = tile_grid(images, ncols=n, pad=pad, upscale=up, background=background)
     tile = images.shape[-2] * up
     font = _font(max(12, tile * 2 // 5))  # legible when the grid is shown scaled down
-    width = max(int(font.getlength(row.label)) for row in settings.rows) + tile // 4
+    width = max(int(font.getlength(label)) for label in run.labels) + tile // 4
     canvas = Image.new(image.mode, (width + image.width, image.height), "white")
     canvas.paste(image, (width, 0))
     draw = ImageDraw.Draw(canvas)
-    for r, row in enumerate(settings.rows):
+    for r, label in enumerate(run.labels):
         middle = (pad + r * (images.shape[-2] + pad)) * up + tile // 2
-        draw.text((tile // 8, middle), row.label, fill="black", font=font, anchor="lm")
+        draw.text((tile // 8, middle), label, fill="black", font=font, anchor="lm")
     return canvas
 
 
-def frame_images(recording: Recording, frame: Frame | None) -> tuple[Image.Image, Image.Image | None]:
-    """(x_t grid, x-hat_0 grid) after `frame`; before the first step, x_T and no prediction.
-    The grid of the last step's samples carries the parameters text chunk."""
-    settings = recording.settings
+def push_colors(push: Push) -> np.ndarray:
+    """(B, 3, H, W) uint8 RGB of a push through the diverging colour map."""
+    return PUSH_COLORS[push.levels].transpose(0, 3, 1, 2)
+
+
+def push_note(frame: Frame | None) -> str:
+    """What the push column's colours mean at this frame: s, the largest |k_t w(t) g|."""
     if frame is None:
-        return grid(recording.x_T, settings), None
-    x_t = grid(frame.sample, settings)
-    if frame.index == settings.steps - 1:
-        x_t.info[PARAMETERS_KEY] = settings.parameters()
-    return x_t, grid(frame.pred_xstart, settings)
+        return "the push appears with the first step"
+    if frame.push.scale == 0:
+        return "no classifier guidance at this step: the push is 0"
+    return f"blue −s … white 0 … red +s, with s = {frame.push.scale:.3g} (the largest |k_t w(t) g| in the batch)"
 
 
-def chart(recording: Recording, upto: int | None = None) -> pd.DataFrame:
-    """The guidance classifier's mean p(c | x_t) per row over frames[:upto], long format
-    (step 1..N, probability, row label) for gr.LinePlot. Before the first step it holds one
-    empty point per row, so the chart learns every row label from its first value."""
+def frame_images(recording: Recording, frame: Frame | None) -> FrameImages:
+    """The three grids after `frame`; before the first step, x_T alone. The grid of the last
+    step's samples carries the parameters text chunk."""
+    run = recording.run
+    if frame is None:
+        return FrameImages(grid(recording.x_T, run), None, None)
+    x_t = grid(frame.sample, run)
+    if frame.index == run.request.steps - 1:
+        x_t.info[PARAMETERS_KEY] = run.parameters()
+    return FrameImages(x_t, grid(frame.pred_xstart, run), grid(push_colors(frame.push), run, background=PUSH_BACKGROUND))
+
+
+def _per_step(recording: Recording, values, y: str, upto: int | None) -> pd.DataFrame:
+    """values(frame) -> (rows,) over frames[:upto] in long format (step 1..N, y, row label) for
+    gr.LinePlot. Before the first step it holds one empty point per row, so the chart learns
+    every row label from its first value."""
     frames = recording.frames[:upto]
     if len(frames) > CHART_MAX_STEPS:  # evenly thinned, keeping the last
         keep = np.unique(np.linspace(0, len(frames) - 1, CHART_MAX_STEPS).round().astype(int))
         frames = [frames[k] for k in keep]
-    labels = [row.label for row in recording.settings.rows]
+    labels = list(recording.run.labels)
     if not frames:
-        steps, probs, count = np.full(len(labels), np.nan), np.full(len(labels), np.nan), 1
+        steps, found, count = np.full(len(labels), np.nan), np.full(len(labels), np.nan), 1
     else:
         steps = np.repeat([f.index + 1 for f in frames], len(labels)).astype(int)
-        probs, count = np.concatenate([f.class_prob for f in frames]), len(frames)
+        found, count = np.concatenate([values(f) for f in frames]), len(frames)
     # A string dtype, so the row column stays nominal even when empty (pandas makes [] float).
-    return pd.DataFrame({CHART_X: steps, CHART_Y: probs, CHART_COLOR: pd.Series(labels * count, dtype="string")})
+    return pd.DataFrame({CHART_X: steps, y: found, CHART_COLOR: pd.Series(labels * count, dtype="string")})
 
 
-def chart_colors(settings: RunSettings) -> dict[str, str]:
+def chart(recording: Recording, upto: int | None = None) -> pd.DataFrame:
+    """The guidance classifier's mean p(c | x_t) per row and step."""
+    return _per_step(recording, lambda frame: frame.class_prob, CHART_Y, upto)
+
+
+def norm_chart(recording: Recording, upto: int | None = None) -> pd.DataFrame:
+    """The mean L2 norm of k_t w(t) g per row and step (0 where a row is not guided)."""
+    return _per_step(recording, lambda frame: frame.guidance_norm, NORM_Y, upto)
+
+
+def chart_colors(run: Run) -> dict[str, str]:
     """Row label -> colour: rows varying w in blues, rows varying w_cfg in oranges, from light to
-    dark as the strength grows."""
-    colors = {}
-    for varies, (light, dark) in CHART_RAMPS.items():
-        rows = sorted((row for row in settings.rows if row.varies == varies),
-                      key=lambda row: row.scale if varies == "w" else row.cfg_scale)
-        for k, row in enumerate(rows):
-            f = k / (len(rows) - 1) if len(rows) > 1 else 1.0
-            colors[row.label] = "#" + "".join(f"{round(a + f * (b - a)):02x}" for a, b in zip(light, dark))
+    dark as the strength grows; rows that differ otherwise (interval, schedule, threshold, class)
+    one categorical colour each."""
+    rows = list(zip(run.labels, run.shades, run.request.rows))
+    others = [label for label, shade, _ in rows if shade not in CHART_RAMPS]
+    colors = {label: CATEGORY_COLORS[k % len(CATEGORY_COLORS)] for k, label in enumerate(others)}
+    for shade, (light, dark) in CHART_RAMPS.items():
+        ramp = sorted((r for r in rows if r[1] == shade), key=lambda r: r[2].scale if shade == "w" else r[2].cfg_scale)
+        for k, (label, _, _) in enumerate(ramp):
+            f = k / (len(ramp) - 1) if len(ramp) > 1 else 1.0
+            colors[label] = "#" + "".join(f"{round(a + f * (b - a)):02x}" for a, b in zip(light, dark))
     return colors
 
 
@@ -103,27 +152,28 @@ def table_columns(with_evaluator: bool) -> list[str]:
 
 
 def table(recording: Recording, with_evaluator: bool) -> pd.DataFrame:
-    """One line per row: the mean class confidence under the guidance classifier and under the
-    evaluator, and the row's diversity, from recording.stats ("–" where not known yet)."""
-    rows, stats = recording.settings.rows, recording.stats
-    unknown = np.full(len(rows), np.nan)
+    """One line per row: the mean confidence in the row's class under the guidance classifier and
+    under the evaluator, and the row's diversity, from recording.stats ("–" where not known yet)."""
+    labels, stats = recording.run.labels, recording.stats
+    unknown = np.full(len(labels), np.nan)
     if stats is None:
         stats = RowStats(unknown, None, unknown)
     evaluator = unknown if stats.evaluator_prob is None else stats.evaluator_prob
-    lines = [(row.label, _cell(p), _cell(e), _cell(d))
-             for row, p, e, d in zip(rows, stats.classifier_prob, evaluator, stats.diversity)]
+    lines = [(label, _cell(p), _cell(e), _cell(d))
+             for label, p, e, d in zip(labels, stats.classifier_prob, evaluator, stats.diversity)]
     frame = pd.DataFrame(lines, columns=list(TABLE_COLUMNS))
     return frame[table_columns(with_evaluator)]
 
 
 def status(recording: Recording, frame: Frame | None) -> str:
     """One Markdown line: where the run is (or the frame being viewed), and how long it took."""
-    settings = recording.settings
+    run, request = recording.run, recording.run.request
     where = ("x_T, before step 1" if frame is None
-             else f"step {frame.index + 1} / {settings.steps} (from t = {frame.timestep})")
+             else f"step {frame.index + 1} / {request.steps} (from t = {frame.timestep})")
     state = "done" if recording.state == "finished" else recording.state
-    return (f"**{where}** · {state} · {recording.elapsed:.1f} s · class {settings.class_name} · "
-            f"{settings.sampler.upper()} · seed {settings.seed}")
+    target = f"class {run.class_name}" if run.class_name is not None else "a class per row"
+    return (f"**{where}** · {state} · {recording.elapsed:.1f} s · {target} · "
+            f"{SAMPLER_NAMES[request.sampler]} · seed {request.seed}")
 
 
 def save_png(image: Image.Image, parameters: str, path: Path) -> Path:
@@ -135,18 +185,23 @@ def save_png(image: Image.Image, parameters: str, path: Path) -> Path:
 
 
 def save_gif(recording: Recording, path: Path, display: Display = DISPLAY, frames: list[Frame] | None = None) -> Path:
-    """The denoising (frames, by default all the recording's) as an animated GIF: x_t beside
-    x-hat_0, at most gif_max_frames evenly spaced steps (always the last), playing in
-    gif_seconds, then holding the last frame."""
+    """The denoising (frames, by default all the recording's) as an animated GIF: x_t, x-hat_0 and
+    the push side by side above a line with the step and s, at most gif_max_frames evenly spaced
+    steps (always the last), playing in gif_seconds, then holding the last frame."""
     frames = recording.frames if frames is None else frames
     keep = np.unique(np.linspace(0, len(frames) - 1, min(len(frames), display.gif_max_frames)).round().astype(int))
+    gap, font, line = 2 * display.pad * display.upscale, _font(12), 20
     pictures = []
     for k in keep:
-        x_t, x0 = frame_images(recording, frames[k])
-        gap = 2 * display.pad * display.upscale
-        picture = Image.new("L", (x_t.width + gap + x0.width, x_t.height), 255)
-        picture.paste(x_t.convert("L"), (0, 0))
-        picture.paste(x0.convert("L"), (x_t.width + gap, 0))
+        frame, columns = frames[k], frame_images(recording, frames[k])
+        note = f"step {frame.index + 1} / {recording.run.request.steps}   push ±s, s = {frame.push.scale:.3g}"
+        width = max(sum(image.width for image in columns) + 2 * gap, int(font.getlength(note)) + 2 * gap)
+        picture = Image.new("RGB", (width, columns.x_t.height + line), "white")
+        x = 0
+        for image in columns:
+            picture.paste(image.convert("RGB"), (x, 0))
+            x += image.width + gap
+        ImageDraw.Draw(picture).text((gap, columns.x_t.height + line // 2), note, fill="black", font=font, anchor="lm")
         pictures.append(picture)
     step_ms = max(20, int(1000 * display.gif_seconds / len(pictures)))
     durations = [step_ms] * (len(pictures) - 1) + [step_ms + int(1000 * display.gif_hold_s)]

@@ -1,71 +1,42 @@
-"""One sampling run as the app sees it: rows of guidance settings that share their noise, run
-as one batch, and recorded step by step so the UI can stream, scrub and export them.
-
-A batch is laid out row-major, rows x images_per_row: item r * n + j is image j of row r. Image j
-of every row draws x_T and each step's noise from the seed's stream j (guidance.generation.ItemNoise),
-so the rows differ only by their guidance, and a row is the same images that
-`python -m guidance.sample --seed S` draws for the same settings.
+"""One sampling run as the app sees it, recorded step by step so the UI can stream, scrub and
+export it. The sampling itself is guidance.generation.stream(bundle, request): every row of the
+request in one batch, laid out row-major (item r * n + j is image j of row r), image j of every
+row drawing x_T and each step's noise from the seed's stream j, so rows differ only by their
+guidance, and a row is the same images `python -m guidance.sample --seed S` draws.
 """
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Iterator, NamedTuple
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from guidance.checkpoints import Bundle
-from guidance.generation import ItemNoise
-from guidance.guide import Guidance, GuidedDenoiser
 from guidance.images import to_uint8
-from guidance.samplers import Step, sample
+from guidance.samplers import Step
 
-# Classifier-free guidance eps-tilde = (1 + w) eps(x_t, c) - w eps(x_t, null) is exactly the
-# unconditional eps(x_t, null) at w = -1. Rows on the unconditional UNet get this value when they
-# share a batch with classifier-free rows (guidance.Guidance has one cfg_scale for the batch).
-UNCONDITIONAL_CFG = -1.0
+from .arguments import Run
 
 
-class Row(NamedTuple):
-    label: str                  # how the table, the chart legend and the grid name the row
-    scale: float                # classifier guidance w
-    cfg_scale: float | None     # classifier-free w_cfg; None = the unconditional UNet eps(x_t, null)
-    varies: str = "w"           # the strength the row stands for, "w" or "w_cfg" (sets its chart colour)
+class Push(NamedTuple):
+    """The classifier's push k_t w(t) g of one step, kept as a colour-map index: level 128 is 0,
+    1 is -scale and 255 is +scale. Colour checkpoints keep the mean over channels."""
+    levels: np.ndarray          # (B, H, W) uint8
+    scale: float                # s, the largest |push| over the batch; 0 when no item is guided
 
 
-@dataclass(frozen=True)
-class RunSettings:
-    """A validated request (see validate.py)."""
-    class_index: int
-    class_name: str
-    rows: tuple[Row, ...]
-    images_per_row: int
-    steps: int
-    sampler: str                # "ddim" or "ddpm"
-    eta: float                  # DDIM only
-    seed: int
-
-    @property
-    def batch_size(self) -> int:
-        return len(self.rows) * self.images_per_row
-
-    def guidance(self) -> Guidance:
-        """Per-item w and w_cfg, each row's values repeated over its images: (B,) tensors."""
-        n = self.images_per_row
-        scale = torch.tensor([row.scale for row in self.rows]).repeat_interleave(n)
-        cfg = None
-        if any(row.cfg_scale is not None for row in self.rows):
-            cfg = torch.tensor([UNCONDITIONAL_CFG if row.cfg_scale is None else row.cfg_scale
-                                for row in self.rows]).repeat_interleave(n)
-        return Guidance.make(self.class_index, scale, cfg, batch_size=self.batch_size)
-
-    def parameters(self) -> str:
-        """The settings as one line of JSON (embedded in the PNG and shown in the status)."""
-        record = asdict(self)
-        record["rows"] = [row._asdict() for row in self.rows]
-        return json.dumps(record, ensure_ascii=False)
+def push(term: torch.Tensor | None, shape: tuple[int, ...]) -> Push:
+    """Push of a step's guidance term (B, C, H, W), or of None (no item guided) for images of shape
+    (B, C, H, W): levels = round(128 + 127 m / s) with m the channel mean and s = max |m|."""
+    if term is None:
+        return Push(np.full((shape[0], *shape[2:]), 128, np.uint8), 0.0)
+    mean = term.detach().float().mean(1).cpu()
+    scale = float(mean.abs().max())
+    if scale == 0:
+        return Push(np.full(mean.shape, 128, np.uint8), 0.0)
+    return Push((128 + 127 * mean / scale).round().to(torch.uint8).numpy(), scale)
 
 
 class Frame(NamedTuple):
@@ -74,7 +45,9 @@ class Frame(NamedTuple):
     timestep: int               # original t of the x_t the step started from
     sample: np.ndarray          # (B, C, H, W) uint8, x_{t-1} (the image after the last step)
     pred_xstart: np.ndarray     # (B, C, H, W) uint8, x-hat_0 predicted from x_t
+    push: Push                  # the guidance term k_t w(t) g the step subtracted from eps
     class_prob: np.ndarray      # (rows,) mean p_phi(c | x_t, t) of each row, under the guidance classifier
+    guidance_norm: np.ndarray   # (rows,) mean L2 norm of each image's k_t w(t) g (0 where unguided)
 
 
 class RowStats(NamedTuple):
@@ -84,10 +57,17 @@ class RowStats(NamedTuple):
     diversity: np.ndarray       # mean pairwise RMS pixel distance in [0, 1] units; NaN for one image
 
 
+def _row_means(values: torch.Tensor | None, rows: int, missing: float) -> np.ndarray:
+    """(B,) -> (rows,) means; `missing` for every row when values is None."""
+    if values is None:
+        return np.full(rows, missing)
+    return values.detach().float().reshape(rows, -1).mean(1).cpu().numpy()
+
+
 @dataclass
 class Recording:
     """Everything a run produced so far; lives in the session (gr.State) for scrubbing and export."""
-    settings: RunSettings
+    run: Run
     x_T: np.ndarray             # (B, C, H, W) uint8, the shared starting noise
     frames: list[Frame] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
@@ -96,10 +76,11 @@ class Recording:
     stats: RowStats | None = None  # of the latest images: x-hat_0 while running, the samples when finished
 
     def add(self, step: Step) -> Frame:
-        n_rows = len(self.settings.rows)
-        prob = (step.log_prob.exp().reshape(n_rows, -1).mean(1).cpu().numpy()
-                if step.log_prob is not None else np.full(n_rows, np.nan))
-        frame = Frame(step.index, step.timestep, to_uint8(step.sample), to_uint8(step.pred_xstart), prob)
+        rows = len(self.run.request.rows)
+        prob = None if step.log_prob is None else step.log_prob.exp()
+        frame = Frame(step.index, step.timestep, to_uint8(step.sample), to_uint8(step.pred_xstart),
+                      push(step.guidance_term, tuple(step.sample.shape)), _row_means(prob, rows, np.nan),
+                      _row_means(step.guidance_norm, rows, 0.0))
         self.frames.append(frame)
         self.elapsed = time.monotonic() - self.started
         return frame
@@ -109,26 +90,10 @@ class Recording:
         self.elapsed = time.monotonic() - self.started
 
 
-def noise(settings: RunSettings) -> ItemNoise:
-    """The run's noise: image j of every row gets the same x_T and the same noise at every step."""
-    return ItemNoise(settings.seed, list(range(settings.images_per_row)) * len(settings.rows))
-
-
-def initial_noise(settings: RunSettings, shape: tuple[int, ...]) -> torch.Tensor:
-    """x_T exactly as the sampler will draw it: the first draw of the run's noise."""
-    return noise(settings)(shape, "cpu")
-
-
-def image_shape(bundle: Bundle, settings: RunSettings) -> tuple[int, int, int, int]:
-    config = bundle.unet.config
-    return settings.batch_size, config.in_channels, config.image_size, config.image_size
-
-
-def steps(bundle: Bundle, settings: RunSettings, device) -> Iterator[Step]:
-    """The library's sampler for these settings: one guidance.Step per denoising step."""
-    model = GuidedDenoiser(bundle.unet, bundle.classifier, bundle.unet.null_label)
-    return sample(model, bundle.diffusion(settings.steps), image_shape(bundle, settings), settings.guidance(),
-                  noise(settings), sampler=settings.sampler, eta=settings.eta, device=device)
+def initial_noise(run: Run, image_shape: tuple[int, int, int]) -> torch.Tensor:
+    """x_T (B, C, H, W) exactly as the sampler draws it: the first draw of the request's noise."""
+    request = run.request
+    return request.noise(range(request.batch_size))((request.batch_size, *image_shape), "cpu")
 
 
 def diversity(images: torch.Tensor, n_rows: int) -> np.ndarray:
@@ -144,19 +109,21 @@ def diversity(images: torch.Tensor, n_rows: int) -> np.ndarray:
     return (distances.sum((1, 2)) / (n * (n - 1))).cpu().numpy()
 
 
-def row_stats(bundle: Bundle, settings: RunSettings, images: torch.Tensor, t: int = 0) -> RowStats:
-    """Per-row class confidence and diversity of images (B, C, H, W) in [-1, 1], read at timestep t.
+def row_stats(bundle: Bundle, run: Run, images: torch.Tensor, t: int = 0) -> RowStats:
+    """Per-row confidence in each image's target class, and diversity, of images (B, C, H, W) in
+    [-1, 1] read at timestep t.
 
     The guidance classifier sees them as x_t at t (0: clean samples); the evaluator, when the
     checkpoint has one, sees them as clean images.
     """
-    n_rows, label = len(settings.rows), settings.class_index
+    rows = len(run.request.rows)
+    labels = run.request.labels().to(images.device)[:, None]  # (B, 1)
     with torch.no_grad():
         timesteps = torch.full((images.shape[0],), t, device=images.device)
-        probs = bundle.classifier(images, timesteps).float().softmax(-1)[:, label]
-        classifier_prob = probs.reshape(n_rows, -1).mean(1).cpu().numpy()
+        probs = bundle.classifier(images, timesteps).float().softmax(-1).gather(1, labels)[:, 0]
+        classifier_prob = _row_means(probs, rows, np.nan)
         evaluator_prob = None
         if bundle.evaluator is not None:
-            probs = bundle.evaluator(images).float().softmax(-1)[:, label]
-            evaluator_prob = probs.reshape(n_rows, -1).mean(1).cpu().numpy()
-    return RowStats(classifier_prob, evaluator_prob, diversity(images, n_rows))
+            probs = bundle.evaluator(images).float().softmax(-1).gather(1, labels)[:, 0]
+            evaluator_prob = _row_means(probs, rows, np.nan)
+    return RowStats(classifier_prob, evaluator_prob, diversity(images, rows))

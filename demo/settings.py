@@ -1,48 +1,99 @@
 """Every number the app runs on, each said once: what a fresh page shows, what one request may
-ask for, how frames are drawn and streamed, and how the server is run."""
+ask for, how frames are drawn and streamed, and how the server is run. The library's own limits
+(guidance.request: MAX_SCALE, MAX_CFG_SCALE, MAX_SEED) are not repeated here."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import NamedTuple
+
+from guidance.guide import Threshold
+from guidance.request import MAX_CFG_SCALE, MAX_SCALE
 
 SHIPPED_CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints" / "fashion-mnist"
 
 # Widget choices as (label, value); the values are what the API takes.
-SAMPLER_CHOICES = (("DDIM", "ddim"), ("DDPM", "ddpm"))
+SAMPLER_CHOICES = (("DDIM", "ddim"), ("DDPM", "ddpm"), ("DPM-Solver++(2M)", "dpm++2m"))
 UNET_CHOICES = (("unconditional ε(x_t, ∅)", "unconditional"), ("class-conditional ε(x_t, c)", "conditional"))
+SCHEDULE_CHOICES = (("constant", "constant"), ("ramp up", "ramp-up"), ("ramp down", "ramp-down"))
+THRESHOLD_CHOICES = (("clip to [-1, 1]", "clip"), ("dynamic", "dynamic"), ("none", "none"))
 COMPARE_CHOICES = (("classifier guidance w", "classifier"),
                    ("classifier-free w_cfg", "classifier-free"),
-                   ("classifier vs classifier-free", "classifier-vs-free"))
+                   ("classifier vs classifier-free", "classifier-vs-free"),
+                   ("guidance interval", "interval"),
+                   ("schedule shape", "schedule"),
+                   ("x̂_0 threshold", "threshold"),
+                   ("target class", "class"))
+
+
+class RowValues(NamedTuple):
+    """What the Compare tab's text box takes for one "rows vary" mode."""
+    label: str
+    example: str                # the value the box gets when the mode is picked
+    info: str
+
+
+ROW_VALUES = {
+    "classifier": RowValues("classifier guidance strengths w, one row each", "0, 1, 2, 4, 8",
+                            f"numbers from 0 to {MAX_SCALE:g}; the UNet and w_cfg as set on the left"),
+    "classifier-free": RowValues("classifier-free strengths w_cfg, one row each", "0, 1, 3, 6",
+                                 f"numbers from 0 to {MAX_CFG_SCALE:g}, on the class-conditional UNet; w as set on the left"),
+    "classifier-vs-free": RowValues("strengths, two rows each", "1, 3",
+                                    f"numbers from 0 to {min(MAX_SCALE, MAX_CFG_SCALE):g}; per strength s, classifier "
+                                    "guidance w = s on the unconditional UNet, then classifier-free w_cfg = s alone"),
+    "interval": RowValues("guidance intervals, one row each", "full, 0-500, 200-800, 500-999",
+                          "'full' or LO-HI in original timesteps (0 is the clean end); guidance is off "
+                          "outside the interval"),
+    "schedule": RowValues("schedule shapes, one row each", "all",
+                          "'all' or some of constant, ramp-up, ramp-down, over the interval on the left"),
+    "threshold": RowValues("x̂_0 thresholds, one row each", "all",
+                           "'all' or some of clip, dynamic, none"),
+    "class": RowValues("target classes, one row each", "all",
+                       "'all' or class names or indices separated by commas, e.g. Bag, Sneaker, Coat: "
+                       "the same noise guided toward each class"),
+}
 
 
 @dataclass(frozen=True)
 class AppDefaults:
-    """What a fresh page shows, and what the API uses for an argument left out."""
+    """What a fresh page shows, and what the API uses for an argument left out. A checkpoint
+    folder's defaults.json overrides any of these by field name (see app_defaults)."""
     class_index: int = 7            # "Sneaker" in Fashion-MNIST; 0 when a checkpoint has fewer classes
     scale: float = 5.0              # classifier guidance w, as chosen by the evaluation (docs/RESULTS.md)
     unet: str = "unconditional"     # the classifier guidance setting of Dhariwal & Nichol
     cfg_scale: float = 0.0          # classifier-free w_cfg (used with the conditional UNet)
-    steps: int = 25                 # DDIM steps, as chosen by the evaluation
+    steps: int = 25                 # sampling steps, as chosen by the evaluation
     sampler: str = "ddim"
     eta: float = 0.0                # DDIM noise: 0 deterministic given x_T, 1 DDPM-like
     num_images: int = 8             # per row
     seed: int = 0
-    strengths: str = "0, 1, 2, 4, 8"
-    compare: str = "classifier"     # what the Compare strengths set; see COMPARE_CHOICES
+    strengths: str = ROW_VALUES["classifier"].example  # the Compare rows' values, for `compare`
+    compare: str = "classifier"     # what the Compare rows vary; see COMPARE_CHOICES
+    interval: str = "full"          # guide at every step, or "LO-HI" in original timesteps
+    schedule: str = "constant"      # w(t) = w inside the interval
+    threshold: str = "clip"         # x-hat_0 clamped to [-1, 1], as in DDPM
+    threshold_percentile: float = Threshold.percentile  # of |x-hat_0|, for the dynamic threshold
+
+    def class_name(self, class_names: tuple[str, ...]) -> str:
+        return class_names[self.class_index if self.class_index < len(class_names) else 0]
+
+    def generate_values(self, class_names: tuple[str, ...]) -> tuple:
+        """The left column's values, in /generate's argument order (/compare puts strengths and
+        compare after the first)."""
+        return (self.class_name(class_names), self.scale, self.unet, self.cfg_scale, self.steps, self.sampler,
+                self.eta, self.num_images, self.seed, self.interval, self.schedule, self.threshold,
+                self.threshold_percentile)
 
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may ask for; validate.py checks every argument against these."""
-    max_scale: float = 100.0        # classifier w, far past the point where samples fall apart
-    max_cfg_scale: float = 30.0     # classifier-free w_cfg
+    """What one request may ask for beyond the library's own checks (guidance.request.check)."""
     max_images_per_row: int = 16
     max_rows: int = 10              # rows compared at once (classifier vs free makes 2 per strength)
     max_images: int = 80            # rows x images per row
     max_image_steps: int = 4000     # images x steps: about two minutes of a 2-core CPU at full size
-    max_seed: int = 2**31 - 1       # safe as a JavaScript number
-    max_strengths_chars: int = 200
+    max_text_chars: int = 200       # the Compare rows' text and the interval text
 
 
 @dataclass(frozen=True)
@@ -53,11 +104,12 @@ class Display:
                                     # small factor keeps PNG encoding cheap
     png_upscale: int = 4            # the downloadable PNG of the samples
     pad: int = 2                    # pixels between tiles, before upscaling
-    frame_interval_s: float = 0.5   # at most two frames a second: encoding stays a small cost
+    frame_interval_s: float = 0.5   # at most two frames a second: encoding stays a small cost; 0 sends
+                                    # every step (`python app.py --frame-interval`)
     gif_max_frames: int = 60        # the GIF keeps evenly spaced steps, always the last
     gif_seconds: float = 4.0        # playing time of the denoising, then the last frame holds
     gif_hold_s: float = 1.5
-    scale_slider_max: float = 30.0  # slider tops; the API and Compare accept up to Limits
+    scale_slider_max: float = 30.0  # slider tops; the API and Compare accept up to the library's limits
     cfg_slider_max: float = 10.0
 
 
@@ -73,17 +125,38 @@ class ServerSettings:
     cache_cleanup_s: int = 3600     # Gradio deletes its copies of frames and downloads after an hour
 
 
-def evaluated_defaults(folder: Path = SHIPPED_CHECKPOINTS) -> dict:
-    """The scale, step count and sampler that `python -m guidance.evaluate` chose for the shipped
-    checkpoints (their defaults.json, with the reasons in docs/RESULTS.md); {} when absent."""
+def _default_value(name: str, value):
+    """value as the type of AppDefaults.name, or None when it does not fit. An interval may also
+    be written [LO, HI] or null."""
+    kind = type(getattr(AppDefaults, name))
+    if name == "interval" and value is None:
+        return "full"
+    if name == "interval" and isinstance(value, list) and len(value) == 2 and all(type(v) is int for v in value):
+        return f"{value[0]}-{value[1]}"
+    if kind is float and type(value) in (int, float):
+        return float(value)
+    return value if type(value) is kind else None
+
+
+def app_defaults(folder: str | Path | None) -> AppDefaults:
+    """AppDefaults with the values of folder/defaults.json (which `python -m guidance.evaluate`
+    writes for its checkpoints, with its reasons) put in by field name. Keys that name no field,
+    and values of the wrong type, are ignored; a missing or unreadable file changes nothing.
+    Whether the values make a valid request is checked where the app starts (demo/launch.py)."""
+    if folder is None:
+        return AppDefaults()
     try:
-        chosen = json.loads((folder / "defaults.json").read_text())
-        return {"scale": float(chosen["scale"]), "steps": int(chosen["steps"]), "sampler": str(chosen["sampler"])}
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
+        chosen = json.loads((Path(folder) / "defaults.json").read_text())
+    except (OSError, ValueError):
+        return AppDefaults()
+    if not isinstance(chosen, dict):
+        return AppDefaults()
+    names = {f.name for f in fields(AppDefaults)}
+    values = {name: _default_value(name, value) for name, value in chosen.items() if name in names}
+    return replace(AppDefaults(), **{name: value for name, value in values.items() if value is not None})
 
 
-DEFAULTS = replace(AppDefaults(), **evaluated_defaults())
+DEFAULTS = app_defaults(SHIPPED_CHECKPOINTS)  # the shipped checkpoints' defaults, for the scripts
 LIMITS = Limits()
 DISPLAY = Display()
 SERVER = ServerSettings()

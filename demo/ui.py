@@ -8,10 +8,13 @@ from typing import NamedTuple
 
 import gradio as gr
 
+from guidance.request import MAX_SCALE, MAX_SEED
+
 from . import render
 from .examples import EXAMPLES, Example
 from .handlers import Handlers
-from .settings import (COMPARE_CHOICES, DEFAULTS, DISPLAY, LIMITS, SAMPLER_CHOICES, SERVER, UNET_CHOICES)
+from .settings import (COMPARE_CHOICES, DISPLAY, LIMITS, ROW_VALUES, SAMPLER_CHOICES, SCHEDULE_CHOICES, SERVER,
+                       THRESHOLD_CHOICES, UNET_CHOICES, AppDefaults)
 
 EXPLANATION = Path(__file__).with_name("explain.md")
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
@@ -21,12 +24,12 @@ CSS = """
 TITLE = "Classifier guidance, step by step"
 INTRO = ("A diffusion model draws images of the class you pick, steered by a noise-aware classifier "
          "with strength **w** (and, on the class-conditional UNet, by classifier-free guidance "
-         "**w_cfg**). Watch the noisy $x_t$ and the predicted clean $\\hat x_0$ as they form, compare "
-         "strengths from the same noise, and read the formulas under **Understand**.")
+         "**w_cfg**). Watch the noisy $x_t$, the predicted clean $\\hat x_0$ and the classifier's push "
+         "as they form, compare settings from the same noise, and read the formulas under **Understand**.")
 
 
 class Controls(NamedTuple):
-    """The settings column, shared by Generate and Compare."""
+    """The settings column, shared by Generate and Compare, in the endpoints' argument order."""
     class_name: gr.Dropdown
     scale: gr.Slider
     unet: gr.Radio
@@ -36,13 +39,20 @@ class Controls(NamedTuple):
     eta: gr.Slider
     num_images: gr.Slider
     seed: gr.Number
+    interval: gr.Textbox
+    schedule: gr.Radio
+    threshold: gr.Radio
+    threshold_percentile: gr.Slider
 
 
 class OutputPanel(NamedTuple):
     x_t: gr.Image
     pred_xstart: gr.Image
+    push: gr.Image
+    push_note: gr.Markdown
     status: gr.Markdown
     chart: gr.LinePlot
+    norm_chart: gr.LinePlot
     table: gr.Dataframe
     scrub: gr.Slider
     gif: gr.DownloadButton
@@ -52,7 +62,13 @@ class OutputPanel(NamedTuple):
     @property
     def stream(self) -> list:
         """The outputs of a streaming handler, in handlers.StreamOutputs order."""
-        return [self.x_t, self.pred_xstart, self.status, self.chart, self.table, self.recording]
+        return [self.x_t, self.pred_xstart, self.status, self.chart, self.table, self.push, self.push_note,
+                self.norm_chart, self.recording]
+
+    @property
+    def frame_view(self) -> list:
+        """The outputs of Handlers.show_frame, in handlers.FrameView order."""
+        return [self.x_t, self.pred_xstart, self.status, self.push, self.push_note]
 
     @property
     def after_run(self) -> list:
@@ -60,37 +76,58 @@ class OutputPanel(NamedTuple):
         return [self.scrub, self.gif, self.png, self.status]
 
 
-def _default_class(class_names: tuple[str, ...]) -> str:
-    return class_names[DEFAULTS.class_index if DEFAULTS.class_index < len(class_names) else 0]
-
-
-def _controls(class_names: tuple[str, ...], num_timesteps: int) -> Controls:
-    class_name = gr.Dropdown(list(class_names), value=_default_class(class_names), label="class c", elem_id="class")
-    scale = gr.Slider(0, DISPLAY.scale_slider_max, value=DEFAULTS.scale, step=0.25, label="classifier guidance w",
-                      info=f"0 = off; Compare and the API accept up to {LIMITS.max_scale:g}")
-    unet = gr.Radio(list(UNET_CHOICES), value=DEFAULTS.unet, label="UNet")
-    cfg_scale = gr.Slider(0, DISPLAY.cfg_slider_max, value=DEFAULTS.cfg_scale, step=0.25,
-                          label="classifier-free scale w_cfg", interactive=DEFAULTS.unet == "conditional",
+def _controls(defaults: AppDefaults, class_names: tuple[str, ...], num_timesteps: int) -> Controls:
+    d = defaults
+    class_name = gr.Dropdown(list(class_names), value=d.class_name(class_names), label="class c", elem_id="class")
+    scale = gr.Slider(0, DISPLAY.scale_slider_max, value=d.scale, step=0.25, label="classifier guidance w",
+                      info=f"0 = off; Compare and the API accept up to {MAX_SCALE:g}", elem_id="scale")
+    unet = gr.Radio(list(UNET_CHOICES), value=d.unet, label="UNet")
+    cfg_scale = gr.Slider(0, DISPLAY.cfg_slider_max, value=d.cfg_scale, step=0.25,
+                          label="classifier-free scale w_cfg", interactive=d.unet == "conditional",
                           info="needs the class-conditional UNet")
-    steps = gr.Slider(1, num_timesteps, value=DEFAULTS.steps, step=1, label="steps",
+    steps = gr.Slider(1, num_timesteps, value=d.steps, step=1, label="steps",
                       info=f"1 to T = {num_timesteps}", elem_id="steps")
-    sampler = gr.Radio(list(SAMPLER_CHOICES), value=DEFAULTS.sampler, label="sampler")
-    eta = gr.Slider(0, 1, value=DEFAULTS.eta, step=0.05, label="eta (DDIM noise)")
-    num_images = gr.Slider(1, LIMITS.max_images_per_row, value=DEFAULTS.num_images, step=1,
+    sampler = gr.Radio(list(SAMPLER_CHOICES), value=d.sampler, label="sampler", elem_id="sampler")
+    eta = gr.Slider(0, 1, value=d.eta, step=0.05, label="eta (DDIM noise)", interactive=d.sampler == "ddim")
+    num_images = gr.Slider(1, LIMITS.max_images_per_row, value=d.num_images, step=1,
                            label="images (per row in Compare)", elem_id="images")
     with gr.Row():
-        seed = gr.Number(DEFAULTS.seed, precision=0, minimum=0, maximum=LIMITS.max_seed, label="seed", scale=3)
+        seed = gr.Number(d.seed, precision=0, minimum=0, maximum=MAX_SEED, label="seed", scale=3)
         randomize = gr.Button("new seed", size="sm", scale=1, min_width=80, elem_id="randomize")
-    randomize.click(None, None, seed, js=f"() => Math.floor(Math.random() * {LIMITS.max_seed + 1})")
-    unet.change(_cfg_slider, unet, cfg_scale, queue=False, show_progress="hidden", api_visibility="private")
-    return Controls(class_name, scale, unet, cfg_scale, steps, sampler, eta, num_images, seed)
+    interval = gr.Textbox(d.interval, label="guidance interval", max_lines=1, elem_id="interval",
+                          max_length=LIMITS.max_text_chars,
+                          info=f"'full', or LO-HI in original timesteps 0 to {num_timesteps - 1} "
+                               "(0 is the clean end): guidance is off outside it")
+    schedule = gr.Radio(list(SCHEDULE_CHOICES), value=d.schedule, label="schedule",
+                        info="w(t) over the interval: constant, or a linear ramp between 0 and w")
+    threshold = gr.Radio(list(THRESHOLD_CHOICES), value=d.threshold, label="x̂_0 threshold", elem_id="threshold")
+    threshold_percentile = gr.Slider(0.5, 1, value=d.threshold_percentile, step=0.005,
+                                     label="threshold percentile", interactive=d.threshold == "dynamic",
+                                     info="of |x̂_0|, for the dynamic threshold")
+    randomize.click(None, None, seed, js=f"() => Math.floor(Math.random() * {MAX_SEED + 1})")
+    private = dict(queue=False, show_progress="hidden", api_visibility="private")
+    unet.change(partial(_only_when, "conditional", 0.0), unet, cfg_scale, **private)
+    sampler.change(partial(_only_when, "ddim", 0.0), sampler, eta, **private)
+    threshold.change(partial(_only_when, "dynamic", None), threshold, threshold_percentile, **private)
+    return Controls(class_name, scale, unet, cfg_scale, steps, sampler, eta, num_images, seed, interval, schedule,
+                    threshold, threshold_percentile)
 
 
-def _cfg_slider(unet: str) -> gr.Slider:
-    """w_cfg only applies to the conditional UNet; leaving it resets w_cfg to 0."""
-    if unet == "conditional":
+def _only_when(wanted: str, reset: float | None, chosen: str) -> gr.Slider:
+    """A slider that applies to one choice only: w_cfg to the conditional UNet, eta to DDIM, the
+    percentile to the dynamic threshold. Leaving that choice resets it (unless reset is None)."""
+    if chosen == wanted:
         return gr.Slider(interactive=True)
-    return gr.Slider(value=0, interactive=False)
+    return gr.Slider(interactive=False) if reset is None else gr.Slider(value=reset, interactive=False)
+
+
+def _row_values(mode: str) -> gr.Textbox:
+    """The Compare text box as `mode` reads it."""
+    return gr.Textbox(label=ROW_VALUES[mode].label, info=ROW_VALUES[mode].info)
+
+
+def _row_example(mode: str) -> str:
+    return ROW_VALUES[mode].example
 
 
 def _output_panel(prefix: str, with_evaluator: bool) -> OutputPanel:
@@ -105,20 +142,28 @@ def _output_panel(prefix: str, with_evaluator: bool) -> OutputPanel:
         with gr.Column(min_width=200):
             gr.Markdown("$\\hat x_0$, the clean images predicted from $x_t$", latex_delimiters=LATEX)
             pred_xstart = gr.Image(label="x̂_0 (predicted from x_t)", elem_id=f"{prefix}-x0", **images)
+        with gr.Column(min_width=200):
+            gr.Markdown("the classifier's push $k_t\\, w(t)\\, \\nabla_{x_t} \\log p_\\phi(c \\mid x_t)$ "
+                        "at this step", latex_delimiters=LATEX)
+            push = gr.Image(label="push k_t w(t) g", elem_id=f"{prefix}-push", **images)
+            push_note = gr.Markdown(elem_id=f"{prefix}-push-scale")
     status = gr.Markdown(label="status", elem_id=f"{prefix}-status")
     with gr.Row():
         chart = gr.LinePlot(x=render.CHART_X, y=render.CHART_Y, color=render.CHART_COLOR, y_lim=[0, 1],
                             x_title="step", y_title="p(c | x_t)", color_title="row",
-                            label="guidance classifier's belief in the class", scale=1)
-        table = gr.Dataframe(headers=render.table_columns(with_evaluator), interactive=False, wrap=True, scale=1,
-                             label="per row: mean p(c | x) under each network, and diversity",
-                             elem_id=f"{prefix}-table")
+                            label="guidance classifier's belief in the class", elem_id=f"{prefix}-chart")
+        norm_chart = gr.LinePlot(x=render.CHART_X, y=render.NORM_Y, color=render.CHART_COLOR,
+                                 x_title="step", y_title="‖k_t w(t) g‖", color_title="row",
+                                 label="size of the classifier's push, per image", elem_id=f"{prefix}-norm-chart")
+    table = gr.Dataframe(headers=render.table_columns(with_evaluator), interactive=False, wrap=True,
+                         label="per row: mean p(c | x) under each network, and diversity", elem_id=f"{prefix}-table")
     scrub = gr.Slider(0, 1, value=0, step=1, label="scrub the recorded steps (0 = x_T)", visible=False,
                       elem_id=f"{prefix}-scrub")
     with gr.Row():
         gif = gr.DownloadButton("Download denoising (GIF)", visible=False, size="sm")
         png = gr.DownloadButton("Download samples (PNG with parameters)", visible=False, size="sm")
-    return OutputPanel(x_t, pred_xstart, status, chart, table, scrub, gif, png, gr.State())
+    return OutputPanel(x_t, pred_xstart, push, push_note, status, chart, norm_chart, table, scrub, gif, png,
+                       gr.State())
 
 
 def _wire_run(handlers: Handlers, fn, api_name: str, button: gr.Button, stop: gr.Button, inputs: list,
@@ -131,29 +176,29 @@ def _wire_run(handlers: Handlers, fn, api_name: str, button: gr.Button, stop: gr
                        concurrency_id="sampling", concurrency_limit=concurrency_limit)
     run.then(handlers.finish, panel.recording, panel.after_run, show_progress="hidden", api_visibility="private")
     stop.click(handlers.stop, None, None, cancels=[run], queue=False, api_visibility="private")
-    panel.scrub.input(handlers.show_frame, [panel.scrub, panel.recording], [panel.x_t, panel.pred_xstart, panel.status],
+    panel.scrub.input(handlers.show_frame, [panel.scrub, panel.recording], panel.frame_view,
                       show_progress="hidden", trigger_mode="always_last", api_visibility="private")
 
 
-def _load_example(example: Example, class_names: tuple[str, ...]) -> tuple:
-    class_name = example.class_name if example.class_name in class_names else _default_class(class_names)
-    return (class_name, example.scale, example.unet, example.cfg_scale, example.steps, example.sampler,
-            example.eta, example.num_images, example.seed, example.strengths, example.compare,
-            gr.Tabs(selected=example.tab))
+def _load_example(example: Example, defaults: AppDefaults, class_names: tuple[str, ...]) -> tuple:
+    """The values of Controls, then the Compare text and mode, then the tab."""
+    s = example.settings(defaults, class_names)
+    return (*s.generate_values(class_names), s.strengths, s.compare, gr.Tabs(selected=example.tab))
 
 
 def build(handlers: Handlers, concurrency_limit: int = SERVER.concurrency_limit) -> gr.Blocks:
-    """The whole page for one loaded checkpoint bundle; at most concurrency_limit sampling runs
-    (generate and compare together) at once. Launch it with css=CSS."""
-    bundle = handlers.bundle
+    """The whole page for one loaded checkpoint bundle, showing handlers.defaults first; at most
+    concurrency_limit sampling runs (generate and compare together) at once. Launch it with css=CSS."""
+    bundle, defaults = handlers.bundle, handlers.defaults
     with gr.Blocks(title=TITLE, analytics_enabled=False,
                    delete_cache=(SERVER.cache_cleanup_s, SERVER.cache_cleanup_s)) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}", latex_delimiters=LATEX)
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
-                controls = _controls(bundle.class_names, bundle.num_timesteps)
+                controls = _controls(defaults, bundle.class_names, bundle.num_timesteps)
                 gr.Markdown(f"{len(bundle.class_names)} classes · T = {bundle.num_timesteps} · "
-                            f"{bundle.schedule} schedule · running on {handlers.device}")
+                            f"{bundle.schedule} schedule · UNet on {bundle.backend} · running on {bundle.device}",
+                            elem_id="info")
             with gr.Column(scale=3):
                 with gr.Tabs() as tabs:
                     with gr.Tab("Generate", id="generate"):
@@ -163,11 +208,12 @@ def build(handlers: Handlers, concurrency_limit: int = SERVER.concurrency_limit)
                         generate_panel = _output_panel("generate", handlers.with_evaluator)
                     with gr.Tab("Compare", id="compare"):
                         with gr.Row():
-                            strengths = gr.Textbox(DEFAULTS.strengths, label="strengths, one row each",
-                                                   max_length=LIMITS.max_strengths_chars, scale=2)
-                            mode = gr.Radio(list(COMPARE_CHOICES), value=DEFAULTS.compare, label="the rows vary",
-                                            scale=3, info="other settings come from the left column; "
-                                            "classifier vs classifier-free runs each method alone per strength")
+                            mode = gr.Radio(list(COMPARE_CHOICES), value=defaults.compare, label="the rows vary",
+                                            scale=3, elem_id="compare-mode",
+                                            info="every other setting comes from the left column")
+                            rows = ROW_VALUES[defaults.compare]
+                            strengths = gr.Textbox(defaults.strengths, label=rows.label, info=rows.info,
+                                                   max_length=LIMITS.max_text_chars, scale=2, elem_id="compare-rows")
                         with gr.Row():
                             compare = gr.Button("Compare", variant="primary", elem_id="compare-button")
                             compare_stop = gr.Button("Stop", variant="stop", elem_id="compare-stop")
@@ -183,14 +229,16 @@ def build(handlers: Handlers, concurrency_limit: int = SERVER.concurrency_limit)
                                     gr.Markdown(example.note)
                         gr.Markdown(EXPLANATION.read_text(), latex_delimiters=LATEX)
 
-        c = controls
-        settings = [c.scale, c.unet, c.cfg_scale, c.steps, c.sampler, c.eta, c.num_images, c.seed]
-        _wire_run(handlers, handlers.generate, "generate", generate, generate_stop,
-                  [c.class_name, *settings], generate_panel, concurrency_limit)
+        c = list(controls)
+        _wire_run(handlers, handlers.generate, "generate", generate, generate_stop, c, generate_panel,
+                  concurrency_limit)
         _wire_run(handlers, handlers.compare, "compare", compare, compare_stop,
-                  [c.class_name, strengths, mode, *settings], compare_panel, concurrency_limit)
+                  [c[0], strengths, mode, *c[1:]], compare_panel, concurrency_limit)
+        # The label follows the mode however it changes; picking a mode also puts its example in the box.
+        mode.change(_row_values, mode, strengths, queue=False, show_progress="hidden", api_visibility="private")
+        mode.input(_row_example, mode, strengths, queue=False, show_progress="hidden", api_visibility="private")
         for example, button in zip(EXAMPLES, example_buttons):
-            button.click(partial(_load_example, example, bundle.class_names), None,
-                         [c.class_name, *settings, strengths, mode, tabs], queue=False, api_visibility="private")
+            button.click(partial(_load_example, example, defaults, bundle.class_names), None,
+                         [*c, strengths, mode, tabs], queue=False, api_visibility="private")
         demo.unload(handlers.stop)  # a client that goes away (tab closed, API client gone) stops its run too
     return demo

@@ -1,7 +1,8 @@
 """Classifier and classifier-free guidance for diffusion models, small enough to read."""
 from .diffusion import GaussianDiffusion, make_betas, respace_timesteps
-from .guide import GuidedDenoiser, GuidedEps, Guidance, NonFiniteError
-from .samplers import SAMPLERS, SharedNoise, Step, ddim_sample, ddpm_sample, final, sample
+from .guide import GuidedDenoiser, GuidedEps, Guidance, NonFiniteError, Schedule, Threshold
+from .noise import ItemNoise
+from .samplers import SAMPLERS, Step, final, sample_loop
 
 __all__ = ["GaussianDiffusion", "make_betas", "respace_timesteps", "GuidedDenoiser", "GuidedEps", "Guidance",
-           "NonFiniteError", "SAMPLERS", "SharedNoise", "Step", "ddim_sample", "ddpm_sample", "final", "sample"]
+           "NonFiniteError", "Schedule", "Threshold", "ItemNoise", "SAMPLERS", "Step", "final", "sample_loop"]

@@ -12,19 +12,20 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .diffusion import GaussianDiffusion
+from .guide import GuidedDenoiser
 from .models import build_model, config_dict
 
 REBUILD_HINT = "rebuild it with `python -m guidance.train {kind} --out {folder}` (see checkpoints/fashion-mnist/README.md)"
-TRAIN_KIND = {"unet": "diffusion"}  # the trainer's name for a model kind, where the two differ
 
 
 def _rebuild_hint(kind: str, folder) -> str:
-    return REBUILD_HINT.format(kind=TRAIN_KIND.get(kind, kind), folder=folder)
+    return REBUILD_HINT.format(kind=kind, folder=folder)  # the trainer names kinds as the checkpoints do
 
 
 class CheckpointError(RuntimeError):
@@ -83,24 +84,50 @@ def load(folder: str | Path, name: str, device="cpu") -> tuple[nn.Module, dict]:
 @dataclass(frozen=True)
 class Bundle:
     """Everything the app and the evaluation need, loaded from one checkpoint folder."""
-    unet: nn.Module
+    unet: nn.Module                 # or a runner with the same call, config and null_label (guidance.backend)
     classifier: nn.Module | None
     evaluator: nn.Module | None
     class_names: tuple[str, ...]
     schedule: str
     num_timesteps: int
+    device: torch.device = torch.device("cpu")
+    folder: Path | None = None
 
     def diffusion(self, steps: int | None = None) -> GaussianDiffusion:
         return GaussianDiffusion.from_schedule(self.schedule, self.num_timesteps, steps)
 
+    def denoiser(self) -> GuidedDenoiser:
+        return GuidedDenoiser(self.unet, self.classifier, self.unet.null_label)
 
-def load_bundle(folder: str | Path, device="cpu", need_evaluator: bool = False) -> Bundle:
-    """Load unet, classifier (and evaluator when present or needed) from folder."""
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images the UNet makes."""
+        config = self.unet.config
+        return config.in_channels, config.image_size, config.image_size
+
+    @property
+    def backend(self) -> str:
+        """What runs the UNet forward pass: "torch" or the runtime's name."""
+        return getattr(self.unet, "backend", "torch")
+
+
+def _diffusion_record(meta: dict, path: Path) -> tuple[str, int]:
+    record = meta.get("diffusion")
+    if not isinstance(record, dict) or "schedule" not in record or "num_timesteps" not in record:
+        raise CheckpointError(f"checkpoint config {path} records no noise schedule ('diffusion': "
+                              "{'schedule', 'num_timesteps'})")
+    return str(record["schedule"]), int(record["num_timesteps"])
+
+
+def load_bundle(folder: str | Path, device="cpu", need_evaluator: bool = False, backend: str = "torch") -> Bundle:
+    """Load unet, classifier (and evaluator when present or needed) from folder. backend picks
+    what runs the UNet forward pass (guidance.backend: "torch", "auto" or a CPU runtime).
+    Refuses networks that disagree on the classes, the image size or the noise schedule."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder {folder} does not exist")
     unet, meta = load(folder, "unet", device)
-    classifier, _ = load(folder, "classifier", device)
+    classifier, classifier_meta = load(folder, "classifier", device)
     evaluator = None
     if need_evaluator or (folder / "evaluator.json").exists():
         evaluator, _ = load(folder, "evaluator", device)
@@ -114,6 +141,16 @@ def load_bundle(folder: str | Path, device="cpu", need_evaluator: bool = False) 
             raise CheckpointError(f"image sizes disagree in {folder}: unet {unet.config.image_size}px x "
                                   f"{unet.config.in_channels} channels, {type(other).__name__} "
                                   f"{other.config.image_size}px x {other.config.in_channels}")
-    diffusion = meta.get("diffusion", {})
-    return Bundle(unet, classifier, evaluator, names, diffusion.get("schedule", "cosine"),
-                  int(diffusion.get("num_timesteps", 1000)))
+    # The classifier reads the noise level from t: one trained on another schedule or T would be
+    # asked about the wrong noise levels.
+    schedule, num_timesteps = _diffusion_record(meta, folder / "unet.json")
+    classifier_schedule = _diffusion_record(classifier_meta, folder / "classifier.json")
+    if classifier_schedule != (schedule, num_timesteps):
+        raise CheckpointError(
+            f"noise schedules disagree: {folder / 'unet.json'} has {schedule} with T = {num_timesteps}, "
+            f"{folder / 'classifier.json'} has {classifier_schedule[0]} with T = {classifier_schedule[1]}; "
+            "train the classifier on the UNet's schedule")
+    if backend != "torch":
+        from .backend import select_unet
+        unet = select_unet(unet, backend, device)
+    return Bundle(unet, classifier, evaluator, names, schedule, num_timesteps, torch.device(device), folder)

@@ -156,17 +156,3 @@ class GaussianDiffusion:
         else:
             raise ValueError(f"unknown variance {learn_sigma!r}; choose 'small' or 'large'")
         return MeanVariance(torch.empty(0), self._gather(var, t, like), self._gather(log_var, t, like))
-
-    def p_mean_variance(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
-                        variance: str = "small", clip_denoised: bool = True) -> tuple[MeanVariance, torch.Tensor]:
-        """The model's reverse step p(x_{t-1} | x_t) from its eps prediction.
-
-        x-hat_0 = predict_xstart_from_eps(x_t, t, eps), clipped to [-1, 1] when clip_denoised;
-        mean = mu-tilde(x-hat_0, x_t); variance = the fixed Sigma_t. Returns (mean/variance, x-hat_0).
-        """
-        pred_xstart = self.predict_xstart_from_eps(x_t, t, eps)
-        if clip_denoised:
-            pred_xstart = pred_xstart.clamp(-1, 1)
-        mean = self.q_posterior_mean_variance(pred_xstart, x_t, t).mean
-        _, var, log_var = self.model_variance(t, x_t, variance)
-        return MeanVariance(mean, var, log_var), pred_xstart

@@ -1,23 +1,39 @@
 """Guidance as one wrapper around the eps prediction, so every sampler gets it for free.
 
 Classifier guidance (Dhariwal & Nichol 2021, Algorithms 1 and 2), with g = grad_{x_t} log p_phi(c | x_t, t):
-    eps-tilde = eps - k_t * w * g
-The sampler picks k_t. DDIM uses k_t = sqrt(1 - alpha-bar_t) (Algorithm 2). DDPM uses
-k_t = sqrt(1 - alpha-bar_t) sqrt(alpha_t) Sigma_t / beta_t, which moves the posterior mean by
-exactly w * Sigma_t * g (Algorithm 1) when x-hat_0 is not clipped. w is the paper's gradient
-scale s: sampling then targets p(x_t) p(c | x_t)^w, and w = 0 is the plain model.
+    eps-tilde = eps - k_t * w(t) * g
+The sampler picks k_t. DDIM and DPM-Solver++ use k_t = sqrt(1 - alpha-bar_t) (Algorithm 2). DDPM
+uses k_t = sqrt(1 - alpha-bar_t) sqrt(alpha_t) Sigma_t / beta_t, which moves the posterior mean by
+exactly w * Sigma_t * g (Algorithm 1) when x-hat_0 is not clipped. w is the paper's gradient scale
+s: sampling then targets p(x_t) p(c | x_t)^w, and w = 0 is the plain model.
 
 Classifier-free guidance (Ho & Salimans 2022), with the null label standing for "no class":
-    eps-tilde = (1 + w_cfg) eps(x_t, c) - w_cfg eps(x_t, null)
+    eps-tilde = (1 + w_cfg(t)) eps(x_t, c) - w_cfg(t) eps(x_t, null)
 Both can be on at once: classifier guidance is then added on top of the CFG prediction.
+
+Every setting is per batch item, so one batch can hold rows of different strengths, schedules,
+UNets (conditional or not) and x-hat_0 thresholds. A schedule scales both strengths at each step:
+w(t) = w * f(t) (see Schedule); Guidance.at(t) is the one place that computes a step's strengths.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import NamedTuple
+from dataclasses import dataclass, field
+from typing import NamedTuple, Sequence
 
 import torch
 from torch import nn
+
+SCHEDULE_SHAPES = ("constant", "ramp-up", "ramp-down")
+THRESHOLDS = ("clip", "dynamic", "none")
+
+
+SHOWN_CHARS = 60  # a rejected value is quoted back at most this long (a caller may send megabytes)
+
+
+def shown(value) -> str:
+    """repr(value), cut to SHOWN_CHARS, for error messages."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 3] + "..."
 
 
 class NonFiniteError(FloatingPointError):
@@ -25,37 +41,154 @@ class NonFiniteError(FloatingPointError):
 
 
 @dataclass(frozen=True)
+class Schedule:
+    """The factor f(t) in [0, 1] that scales a guidance strength at original timestep t.
+
+    Outside the interval [t_lo, t_hi] (inclusive; None = every timestep) f = 0: guidance in a
+    limited interval (Kynkaanniemi et al. 2024). Inside it:
+        constant   f = 1
+        ramp-up    f = (t_hi - t) / (t_hi - t_lo)   0 at the noisy end, 1 at the clean end
+        ramp-down  f = (t - t_lo) / (t_hi - t_lo)   1 at the noisy end, 0 at the clean end
+    Sampling runs from t = T-1 down to 0, so ramp-up guides more and more as the image forms.
+    A ramp needs its interval: [0, T-1] for the whole range.
+    """
+    shape: str = "constant"
+    interval: tuple[int, int] | None = None
+
+    def __post_init__(self):
+        if self.shape not in SCHEDULE_SHAPES:
+            raise ValueError(f"unknown guidance schedule {shown(self.shape)}; choose one of {', '.join(SCHEDULE_SHAPES)}")
+        if self.interval is not None:
+            lo, hi = self.interval
+            if not (isinstance(lo, int) and isinstance(hi, int)) or not 0 <= lo <= hi:
+                raise ValueError(f"a guidance interval is two timesteps 0 <= t_lo <= t_hi, got {shown(self.interval)}")
+        elif self.shape != "constant":
+            raise ValueError(f"the {self.shape} schedule needs an interval [t_lo, t_hi]")
+
+    def factor(self, t: int) -> float:
+        if self.interval is None:
+            return 1.0
+        lo, hi = self.interval
+        if not lo <= t <= hi:
+            return 0.0
+        if self.shape == "constant" or hi == lo:
+            return 1.0
+        return (hi - t) / (hi - lo) if self.shape == "ramp-up" else (t - lo) / (hi - lo)
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """What happens to each x-hat_0 before the sampler uses it.
+
+    clip     clamp to [-1, 1] (the static threshold of DDPM and guided-diffusion)
+    dynamic  Saharia et al. 2022: s = max(1, the percentile-th quantile of |x-hat_0| over the
+             image's pixels); clamp to [-s, s] and divide by s, per image
+    none     leave it as predicted
+    """
+    mode: str = "clip"
+    percentile: float = 0.995
+
+    def __post_init__(self):
+        if self.mode not in THRESHOLDS:
+            raise ValueError(f"unknown x-hat_0 threshold {shown(self.mode)}; choose one of {', '.join(THRESHOLDS)}")
+        if not 0.5 <= self.percentile <= 1:  # also refuses NaN
+            raise ValueError(f"the dynamic threshold's percentile must be from 0.5 to 1, got {shown(self.percentile)}")
+
+    def __call__(self, pred_xstart: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W)."""
+        if self.mode == "clip":
+            return pred_xstart.clamp(-1, 1)
+        if self.mode == "none":
+            return pred_xstart
+        s = torch.quantile(pred_xstart.flatten(1).abs().float(), self.percentile, dim=1).clamp(min=1)
+        s = s.to(pred_xstart.dtype).reshape(-1, *([1] * (pred_xstart.ndim - 1)))
+        return torch.maximum(torch.minimum(pred_xstart, s), -s) / s
+
+
+def _per_item(value, n: int, dtype) -> torch.Tensor:
+    return torch.as_tensor(value, dtype=dtype).reshape(-1).expand(n).clone()
+
+
+def _tuple_of(value, n: int, kind: type) -> tuple:
+    items = (value,) * n if isinstance(value, kind) else tuple(value)
+    if len(items) != n or not all(isinstance(v, kind) for v in items):
+        raise ValueError(f"give one {kind.__name__} or one per item ({n})")
+    return items
+
+
+@dataclass(frozen=True)
 class Guidance:
-    """What to steer toward, per batch item.
+    """What to steer toward, per batch item (B items).
 
     class_labels: (B,) long, the target class c.
     scale: (B,) float, classifier guidance w (0 = off).
-    cfg_scale: (B,) float, classifier-free w_cfg; None feeds the UNet the null label
-        (the unconditional model), 0 the plain conditional model.
+    conditional: (B,) bool; False feeds the UNet the null label (the unconditional model
+        eps(x_t, null)), True the class (the conditional model, with classifier-free w_cfg).
+    cfg_scale: (B,) float, classifier-free w_cfg of conditional items (0 = the plain conditional
+        model); ignored for unconditional items.
+    schedules: B Schedules scaling w and w_cfg per step.
+    thresholds: B Thresholds applied to x-hat_0.
     max_guidance_norm: clip the per-item L2 norm of the guidance term k_t * w * g (None = no clip).
-    diagnostics: also compute log p(c | x_t) when classifier guidance is off.
+    diagnostics: also compute log p(c | x_t) at steps where classifier guidance is off.
     """
     class_labels: torch.Tensor
     scale: torch.Tensor
-    cfg_scale: torch.Tensor | None = None
+    conditional: torch.Tensor
+    cfg_scale: torch.Tensor
+    schedules: tuple[Schedule, ...]
+    thresholds: tuple[Threshold, ...]
     max_guidance_norm: float | None = None
     diagnostics: bool = True
+    _factors: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
-    def make(cls, class_labels, scale=0.0, cfg_scale=None, batch_size: int | None = None, **kwargs) -> "Guidance":
-        """Build from ints, floats, lists or tensors, broadcast to batch_size items."""
+    def make(cls, class_labels, scale=0.0, cfg_scale=None, batch_size: int | None = None,
+             schedule: Schedule | Sequence[Schedule] = Schedule(), threshold: Threshold | Sequence[Threshold] = Threshold(),
+             **kwargs) -> "Guidance":
+        """Build from ints, floats, lists or tensors, broadcast to batch_size items.
+
+        cfg_scale None makes every item unconditional; a number or per-item values make every
+        item conditional with that w_cfg. For a mix, pass `conditional` (a (B,) bool) in kwargs.
+        """
         n = batch_size or len(torch.as_tensor(class_labels).reshape(-1))
-        labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1).expand(n).clone()
-        scale = torch.as_tensor(scale, dtype=torch.float32).reshape(-1).expand(n).clone()
-        if cfg_scale is not None:
-            cfg_scale = torch.as_tensor(cfg_scale, dtype=torch.float32).reshape(-1).expand(n).clone()
-        return cls(labels, scale, cfg_scale, **kwargs)
+        conditional = kwargs.pop("conditional", cfg_scale is not None)
+        return cls(_per_item(class_labels, n, torch.long), _per_item(scale, n, torch.float32),
+                   _per_item(conditional, n, torch.bool), _per_item(0.0 if cfg_scale is None else cfg_scale, n, torch.float32),
+                   _tuple_of(schedule, n, Schedule), _tuple_of(threshold, n, Threshold), **kwargs)
+
+    def __post_init__(self):
+        n = len(self.class_labels)
+        if not all(len(v) == n for v in (self.scale, self.conditional, self.cfg_scale, self.schedules, self.thresholds)):
+            raise ValueError(f"every guidance setting needs one value per item ({n})")
+
+    def __len__(self) -> int:
+        return len(self.class_labels)
+
+    def at(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(w(t), w_cfg(t)), each (B,) float: the strengths at original timestep t, after the
+        schedules (0 for unconditional items' w_cfg)."""
+        if t not in self._factors:
+            self._factors[t] = torch.tensor([s.factor(t) for s in self.schedules])
+        f = self._factors[t]
+        return self.scale * f, torch.where(self.conditional, self.cfg_scale * f, 0.0)
+
+    def threshold(self, pred_xstart: torch.Tensor) -> torch.Tensor:
+        """Each item's Threshold applied to its x-hat_0, (B, C, H, W)."""
+        first = self.thresholds[0]
+        if all(th == first for th in self.thresholds):
+            return first(pred_xstart)
+        out = torch.empty_like(pred_xstart)
+        for th in set(self.thresholds):
+            rows = torch.tensor([i for i, other in enumerate(self.thresholds) if other == th], device=pred_xstart.device)
+            out[rows] = th(pred_xstart[rows])
+        return out
 
 
 class GuidedEps(NamedTuple):
     eps: torch.Tensor                     # (B, C, H, W) guided eps-tilde
     log_prob: torch.Tensor | None         # (B,) log p_phi(c | x_t, t), None when not computed
-    guidance_norm: torch.Tensor | None    # (B,) L2 norm of k_t * w * g, None when guidance is off
+    guidance_norm: torch.Tensor | None    # (B,) L2 norm of k_t * w(t) * g, None when no item is guided
+    guidance_term: torch.Tensor | None    # (B, C, H, W) k_t * w(t) * g (after the norm clip), or None
 
 
 def _as_column(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -69,21 +202,25 @@ class GuidedDenoiser:
     log-probabilities is each item's own gradient.
     """
 
-    def __init__(self, unet: nn.Module, classifier: nn.Module | None, null_label: int):
+    def __init__(self, unet, classifier: nn.Module | None, null_label: int):
         self.unet, self.classifier, self.null_label = unet, classifier, null_label
 
-    def eps(self, x_t: torch.Tensor, t: torch.Tensor, guidance: Guidance) -> torch.Tensor:
-        """The unguided or classifier-free eps prediction, in one batched forward pass."""
-        null = torch.full_like(guidance.class_labels, self.null_label).to(x_t.device)
-        if guidance.cfg_scale is None:
-            return self.unet(x_t, t, null)
+    def eps(self, x_t: torch.Tensor, t: torch.Tensor, guidance: Guidance, cfg_scale: torch.Tensor) -> torch.Tensor:
+        """The unguided or classifier-free eps prediction, in one batched UNet call that holds each
+        conditional item once and the null label only for the items that need it: unconditional
+        items and conditional items whose w_cfg(t) is not 0."""
+        conditional = guidance.conditional.to(x_t.device)
+        needs_null = ~conditional | (cfg_scale.to(x_t.device) != 0)
         labels = guidance.class_labels.to(x_t.device)
-        if not guidance.cfg_scale.any():
-            return self.unet(x_t, t, labels)
-        eps_cond, eps_uncond = self.unet(torch.cat([x_t, x_t]), torch.cat([t, t]),
-                                         torch.cat([labels, null])).chunk(2)
-        w = _as_column(guidance.cfg_scale, x_t)
-        return (1 + w) * eps_cond - w * eps_uncond
+        if not conditional.any() or not needs_null.any():  # one kind of pass: no gathering
+            return self.unet(x_t, t, torch.where(conditional, labels, self.null_label))
+        cond, null = conditional.nonzero()[:, 0], needs_null.nonzero()[:, 0]
+        rows = torch.cat([cond, null])
+        out = self.unet(x_t[rows], t[rows], torch.cat([labels[cond], torch.full_like(null, self.null_label)]))
+        eps_cond, eps_null = torch.zeros_like(x_t), torch.zeros_like(x_t)
+        eps_cond[cond], eps_null[null] = out[:len(cond)], out[len(cond):]
+        w = _as_column(cfg_scale, x_t)
+        return torch.where(_as_column(conditional, x_t).bool(), (1 + w) * eps_cond - w * eps_null, eps_null)
 
     def class_log_prob(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """log p_phi(c | x_t, t) per item, shape (B,)."""
@@ -94,27 +231,42 @@ class GuidedDenoiser:
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor, guidance: Guidance,
                  grad_coef: torch.Tensor) -> GuidedEps:
-        """eps-tilde for x_t (B, C, H, W) at original timesteps t (B,); grad_coef is k_t, (B,)."""
+        """eps-tilde for x_t (B, C, H, W) at original timesteps t (B,), all equal (one sampling
+        step); grad_coef is k_t, (B,). The classifier's backward pass runs only on the items
+        guided at this step, and not at all when none is."""
+        scale, cfg_scale = guidance.at(int(t[0]))
         with torch.no_grad():
-            eps = self.eps(x_t, t, guidance)
+            eps = self.eps(x_t, t, guidance, cfg_scale)
+        guided = (scale != 0).to(x_t.device)
         if self.classifier is None:
-            if guidance.scale.any():
+            if guided.any():
                 raise ValueError("classifier guidance needs a classifier")
-            return GuidedEps(eps, None, None)
-        if not guidance.scale.any():
+            return GuidedEps(eps, None, None, None)
+        labels = guidance.class_labels.to(x_t.device)
+        if not guided.any():
             if not guidance.diagnostics:
-                return GuidedEps(eps, None, None)
+                return GuidedEps(eps, None, None, None)
             with torch.no_grad():
-                return GuidedEps(eps, self.class_log_prob(x_t, t, guidance.class_labels), None)
+                return GuidedEps(eps, self.class_log_prob(x_t, t, labels), None, None)
+        rows = guided.nonzero()[:, 0]
+        every = len(rows) == len(x_t)
         with torch.enable_grad():
-            x_in = x_t.detach().requires_grad_(True)
-            log_prob = self.class_log_prob(x_in, t, guidance.class_labels)
-            grad = torch.autograd.grad(log_prob.sum(), x_in)[0]
-        term = _as_column(grad_coef, x_t) * _as_column(guidance.scale, x_t) * grad
+            x_in = (x_t if every else x_t[rows]).detach().requires_grad_(True)
+            log_prob_guided = self.class_log_prob(x_in, t[rows], labels[rows])
+            grad = torch.autograd.grad(log_prob_guided.sum(), x_in)[0]
+        term = torch.zeros_like(x_t)
+        term[rows] = (_as_column(grad_coef, x_t) * _as_column(scale, x_t))[rows] * grad
         norm = term.flatten(1).norm(dim=1)
         if not torch.isfinite(norm).all():
             raise NonFiniteError("the classifier gradient is not finite")
         if guidance.max_guidance_norm is not None:
             factor = (guidance.max_guidance_norm / norm.clamp(min=1e-12)).clamp(max=1.0)
             term, norm = term * _as_column(factor, x_t), norm * factor
-        return GuidedEps(eps - term, log_prob.detach(), norm)
+        log_prob = None
+        if every:
+            log_prob = log_prob_guided.detach()
+        elif guidance.diagnostics:
+            with torch.no_grad():
+                log_prob = self.class_log_prob(x_t, t, labels)
+            log_prob[rows] = log_prob_guided.detach().to(log_prob.dtype)
+        return GuidedEps(eps - term, log_prob, norm, term)

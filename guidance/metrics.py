@@ -1,7 +1,8 @@
-"""Sample-quality metrics in an evaluator's feature space.
+"""Sample-quality metrics in an evaluator's feature space, and their noise.
 
 Frechet distance (Heusel et al. 2017) and k-NN precision and recall (Kynkaanniemi et al. 2019).
-Features are (N, D) tensors; computations run in float64.
+Features are (N, D) tensors; computations run in float64. bootstrap_scores resamples the
+generated images to measure how much each number would move with other samples.
 """
 from __future__ import annotations
 
@@ -10,19 +11,24 @@ from typing import NamedTuple
 import torch
 
 
-def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) for Gaussians fitted to features a and b.
+def _sqrt_psd(matrix: torch.Tensor) -> torch.Tensor:
+    """Symmetric square root of a symmetric positive semi-definite (D, D) matrix."""
+    vals, vecs = torch.linalg.eigh(matrix)
+    return vecs @ torch.diag(vals.clamp(min=0).sqrt()) @ vecs.T
 
-    Tr((S_a S_b)^(1/2)) is the sum of the square roots of the eigenvalues of
-    S_a^(1/2) S_b S_a^(1/2), which is symmetric, so no general matrix square root is needed.
-    """
+
+def _trace_sqrt_product(sqrt_a: torch.Tensor, cov_b: torch.Tensor) -> torch.Tensor:
+    """Tr((S_a S_b)^(1/2)): the sum of the square roots of the eigenvalues of S_a^(1/2) S_b S_a^(1/2),
+    which is symmetric, so no general matrix square root is needed."""
+    return torch.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a).clamp(min=0).sqrt().sum()
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) for Gaussians fitted to features a and b."""
     a, b = a.double(), b.double()
-    mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
-    vals, vecs = torch.linalg.eigh(cov_a)
-    sqrt_a = vecs @ torch.diag(vals.clamp(min=0).sqrt()) @ vecs.T
-    cross = torch.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a).clamp(min=0).sqrt().sum()
-    return float((mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * cross)
+    cross = _trace_sqrt_product(_sqrt_psd(cov_a), cov_b)
+    return float((a.mean(0) - b.mean(0)).square().sum() + cov_a.trace() + cov_b.trace() - 2 * cross)
 
 
 def _knn_radii(x: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:
@@ -51,12 +57,82 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> Prec
     return PrecisionRecall(float(precision), float(recall))
 
 
-def row_diversity(features: torch.Tensor) -> float:
-    """Mean pairwise L2 distance between the rows of (N, D) features (0 for N < 2)."""
-    if len(features) < 2:
-        return 0.0
-    d = torch.cdist(features.double(), features.double())
-    return float(d.sum() / (len(features) * (len(features) - 1)))
+class Scores(NamedTuple):
+    """The four numbers of one set of generated images (or, field by field, their bootstrap replicates)."""
+    fidelity: float     # share the evaluator assigns to the requested class
+    fd: float           # Frechet distance to the real features
+    precision: float    # share of generated images inside the real manifold
+    recall: float       # share of real images inside the generated manifold
+
+
+class RealReference:
+    """The real images' side of the metrics, computed once for every setting.
+
+    features (M, D): the Gaussian (mu, S) fitted to them is the Frechet reference.
+    pr_features (P, D): the real set of precision and recall, with its k-NN radii.
+    """
+
+    def __init__(self, features: torch.Tensor, pr_features: torch.Tensor, k: int = 3):
+        if len(pr_features) <= k:
+            raise ValueError(f"precision/recall with k={k} needs more than {k} real images")
+        features = features.double()
+        cov = torch.cov(features.T)
+        self.mu, self.trace, self.sqrt_cov = features.mean(0), cov.trace(), _sqrt_psd(cov)
+        self.pr_features, self.k = pr_features.double(), k
+        self.pr_radii = _knn_radii(self.pr_features, k)
+
+    def frechet(self, fake: torch.Tensor) -> float:
+        """Frechet distance of fake features (N, D) to the reference, as frechet_distance(real, fake)."""
+        fake = fake.double()
+        cov = torch.cov(fake.T)
+        return float((self.mu - fake.mean(0)).square().sum() + self.trace + cov.trace()
+                     - 2 * _trace_sqrt_product(self.sqrt_cov, cov))
+
+
+def bootstrap_scores(reference: RealReference, features: torch.Tensor, correct: torch.Tensor,
+                     strata: torch.Tensor, resamples: int, seed: int = 0) -> tuple[Scores, Scores]:
+    """Scores of generated images and `resamples` bootstrap replicates of them.
+
+    features (N, D): the generated images' features; correct (N,) bool: the evaluator agrees with
+    the requested class; strata (N,): each image's class. A replicate redraws, with replacement,
+    as many images of each class as there are (the class counts are fixed by the design). Precision
+    and fidelity are shares over the redrawn images; the Frechet distance is refitted; recall
+    rebuilds the generated manifold from the distinct redrawn images (a copy is not its own
+    neighbour: that would shrink its ball to nothing). The real images stay fixed: every setting is
+    measured against the same ones.
+
+    The same seed draws the same image indices for every setting of the same size, so replicate r
+    of two settings describes the same resample: their difference is a paired bootstrap.
+
+    Runs on the device of features and reference (both alike); the draws come from a CPU generator,
+    so they are the same on every device.
+
+    Returns (scores on all images, Scores whose fields are tuples of `resamples` replicates);
+    a recall replicate is NaN when fewer than k + 1 distinct images were drawn.
+    """
+    fake, k = features.double(), reference.k
+    in_real = _covered(fake, reference.pr_features, reference.pr_radii).double()   # (N,) precision indicator
+    fake_to_fake = torch.cdist(fake, fake)                                         # (N, N)
+    real_to_fake = torch.cdist(reference.pr_features, fake)                        # (P, N)
+    correct = correct.to(fake.device).double()
+
+    def recall(index: torch.Tensor) -> float:
+        if len(index) <= k:
+            return float("nan")
+        radii = fake_to_fake[index][:, index].kthvalue(k + 1, dim=1).values
+        return float((real_to_fake[:, index] <= radii[None]).any(dim=1).double().mean())
+
+    point = Scores(float(correct.mean()), reference.frechet(fake), float(in_real.mean()),
+                   recall(torch.arange(len(fake), device=fake.device)))
+    generator = torch.Generator().manual_seed(seed)
+    members = [torch.nonzero(strata.cpu() == c)[:, 0] for c in torch.unique(strata.cpu())]
+    replicates = []
+    for _ in range(resamples):
+        index = torch.cat([m[torch.randint(len(m), (len(m),), generator=generator)] for m in members])
+        index = index.to(fake.device)
+        replicates.append((float(correct[index].mean()), reference.frechet(fake[index]),
+                           float(in_real[index].mean()), recall(torch.unique(index))))
+    return point, Scores(*(tuple(r[m] for r in replicates) for m in range(len(Scores._fields))))
 
 
 @torch.no_grad()

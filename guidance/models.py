@@ -8,7 +8,7 @@ guidance gradients are per item. The classifier is the UNet's encoder half with 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F

@@ -5,16 +5,12 @@
 Without --cfg-scale the UNet gets the null label (the unconditional model): --scale 0 gives
 unconditional samples, --scale W pure classifier guidance. --cfg-scale 0 is the plain
 conditional model, --cfg-scale W2 the classifier-free combination (both can be on at once).
+--interval, --schedule and --threshold shape the guidance per step and the x-hat_0 clipping.
 OUT ending .npz holds `images` (uint8, (N, H, W) for one channel, else (N, C, H, W)) and
 `labels` (int64, (N,)); OUT ending .png is a grid. Image i depends on --seed and i only, not
-on --batch-size (see guidance/generation.py, which holds everything but the command line).
-
-Run it, don't import it: `import guidance.sample` would rebind the package attribute
-guidance.sample, the sampler function, to this module.
+on --batch-size (guidance/noise.py); the app and the evaluation draw the same images.
 """
-if __name__ != "__main__":
-    raise ImportError("guidance.sample is the command line `python -m guidance.sample`; "
-                      "import generate from guidance.generation")
+from __future__ import annotations
 
 import argparse
 import sys
@@ -24,11 +20,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from guidance.checkpoints import CheckpointError, load_bundle
-from guidance.generation import check_request, class_index, generate
-from guidance.guide import NonFiniteError
-from guidance.images import grid
-from guidance.samplers import SAMPLERS
+from .backend import BACKENDS, BackendError
+from .checkpoints import CheckpointError, load_bundle
+from .generation import generate
+from .guide import SCHEDULE_SHAPES, THRESHOLDS, NonFiniteError, Threshold
+from .images import grid
+from .request import Request, Row, class_index, make_schedule
+from .runtime import configure
+from .samplers import SAMPLERS
 
 FORMATS = (".npz", ".png")
 
@@ -42,14 +41,33 @@ def parser() -> argparse.ArgumentParser:
                    help="classifier-free w_cfg (default: none, the unconditional model)")
     p.add_argument("--steps", type=int, default=50, help="sampling steps, 1 to T")
     p.add_argument("--sampler", choices=SAMPLERS, default="ddim")
-    p.add_argument("--eta", type=float, default=None, help="DDIM noise, 0 (default) to 1")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise, 0 (default) to 1")
+    p.add_argument("--interval", type=int, nargs=2, metavar=("LO", "HI"), default=None,
+                   help="guide only at original timesteps LO..HI (default: every step)")
+    p.add_argument("--schedule", choices=SCHEDULE_SHAPES, default="constant",
+                   help="guidance strength over the interval (ramps go linearly from 0 to w)")
+    p.add_argument("--threshold", choices=THRESHOLDS, default="clip", help="what happens to x-hat_0")
+    p.add_argument("--threshold-percentile", type=float, default=Threshold.percentile,
+                   help="percentile of |x-hat_0| for --threshold dynamic")
+    p.add_argument("--max-guidance-norm", type=float, default=None, help="clip the guidance term's L2 norm")
     p.add_argument("--n", type=int, default=16, help="number of images")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="FILE.npz or FILE.png")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="what runs the UNet forward pass (auto: the CPU runtime when it loads, else torch)")
     return p
+
+
+def request_from_args(args, class_names, num_timesteps: int) -> Request:
+    """The Request for the parsed arguments; ValueError names what is wrong."""
+    schedule = make_schedule(args.schedule, None if args.interval is None else tuple(args.interval), num_timesteps)
+    row = Row(class_index(args.class_label, class_names), args.scale, args.cfg_scale, schedule,
+              Threshold(args.threshold, args.threshold_percentile))
+    return Request((row,), images_per_row=args.n, steps=args.steps, sampler=args.sampler, eta=args.eta,
+                   seed=args.seed, max_guidance_norm=args.max_guidance_norm)
 
 
 def main(argv=None) -> int:
@@ -58,32 +76,30 @@ def main(argv=None) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in FORMATS:
         p.error(f"--out must end in one of {', '.join(FORMATS)}, got {args.out!r}")
-    if args.threads is not None:
-        if args.threads < 1:
-            p.error("--threads must be positive")
-        torch.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        p.error("--threads must be positive")
+    if args.batch_size < 1:
+        p.error("--batch-size must be positive")
     try:
         device = torch.device(args.device)
     except RuntimeError as err:
         p.error(f"--device: {err}")
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
+    configure(device, args.threads)
     try:
-        bundle = load_bundle(args.checkpoints, device)
-    except CheckpointError as err:
+        bundle = load_bundle(args.checkpoints, device, backend=args.backend)
+        request = request_from_args(args, bundle.class_names, bundle.num_timesteps)
+    except (CheckpointError, BackendError, ValueError) as err:
         p.error(str(err))
-    eta = 0.0 if args.eta is None else args.eta
-    try:
-        label = class_index(bundle.class_names, args.class_label)
-        check_request(bundle, label, args.scale, args.cfg_scale, args.steps, args.sampler, eta, args.n, args.batch_size)
-    except ValueError as err:
-        p.error(str(err))
-
+    label = request.rows[0].class_label
     batches = -(-args.n // args.batch_size)
     with tqdm(total=batches * args.steps, unit="step", desc=bundle.class_names[label], dynamic_ncols=True) as bar:
         try:
-            samples = generate(bundle, label, args.scale, args.cfg_scale, args.steps, args.sampler, eta,
-                               args.n, args.batch_size, args.seed, on_step=lambda _: bar.update())
+            samples = generate(bundle, request, args.batch_size, on_step=lambda _: bar.update())
+        except ValueError as err:
+            bar.close()
+            p.error(str(err))
         except NonFiniteError as err:
             bar.close()
             print(f"error: {err}", file=sys.stderr)
@@ -100,4 +116,5 @@ def main(argv=None) -> int:
     return 0
 
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,47 +1,144 @@
-"""DDPM ancestral sampling and DDIM, as generators that yield one record per step.
+"""Samplers: one loop (sample_loop) around one step object per method.
 
-The UI, the command line and the evaluation all iterate these same generators. Guidance comes
-entirely from the GuidedDenoiser; a sampler only supplies k_t, the factor that turns the
-classifier gradient into an eps shift (see guide.py).
+The loop asks the guided model for eps-tilde, turns it into x-hat_0 (thresholded per item), lets
+the method take its step to the next x, and yields a Step record. The UI, the command line and
+the evaluation all iterate this same generator (through guidance.generation). A method is a
+small object with two numbers per step, k_t for the guidance (see guide.py) and the step itself,
+so a new solver is a new class, not a new loop.
+
+    ddpm     ancestral sampling (Ho et al. 2020, Algorithm 2)
+    ddim     Song et al. 2021, eq. 12; eta = 0 deterministic, eta = 1 DDPM-like noise
+    dpm++2m  DPM-Solver++(2M), multistep second order in data prediction (Lu et al. 2022,
+             Algorithm 2), a first-order first step and a first-order final step to x_0
 """
 from __future__ import annotations
 
 import math
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import torch
 
 from .diffusion import GaussianDiffusion
 from .guide import GuidedDenoiser, Guidance, NonFiniteError
 
-SAMPLERS = ("ddim", "ddpm")
+Noise = Callable[[tuple, torch.device], torch.Tensor]  # noise(shape, device) -> a fresh N(0, I) draw
 
 
 class Step(NamedTuple):
     index: int                           # 0-based position in the loop; the last is steps - 1
     timestep: int                        # original timestep t of the x_t this step started from
     sample: torch.Tensor                 # (B, C, H, W) x_{t-1}: after the last step, the image
-    pred_xstart: torch.Tensor            # (B, C, H, W) guided x-hat_0 from x_t, in [-1, 1]
+    pred_xstart: torch.Tensor            # (B, C, H, W) guided x-hat_0 from x_t, after its threshold
     log_prob: torch.Tensor | None        # (B,) log p_phi(c | x_t, t) for the target class
     guidance_norm: torch.Tensor | None   # (B,) L2 norm of the classifier guidance term
+    guidance_term: torch.Tensor | None   # (B, C, H, W) the term k_t w(t) g subtracted from eps
 
 
-class SharedNoise:
-    """Gaussian noise drawn for `groups` items and tiled `repeats` times along the batch, so a
-    batch laid out as repeats x groups (e.g. one row per guidance strength) shares x_T and every
-    step's noise. Drawn on the CPU from a seeded generator, so results do not depend on the device.
+class Previous(NamedTuple):
+    """What a multistep method keeps from the step before."""
+    index: int                           # schedule index i of that step's x_t
+    pred_xstart: torch.Tensor            # its x-hat_0
+
+
+class DDPM:
+    """x_{t-1} = mu-tilde(x-hat_0, x_t) + sqrt(Sigma_t) z, no noise at the last step. Classifier
+    guidance moves mu by w Sigma_t g (Dhariwal & Nichol Algorithm 1)."""
+    name = "ddpm"
+
+    def __init__(self, diffusion: GaussianDiffusion, variance: str = "small"):
+        self.diffusion, self.variance = diffusion, variance
+        _, var, _ = diffusion.model_variance(torch.arange(diffusion.num_timesteps), diffusion.betas, variance)
+        abar, alphas, betas = diffusion.alphas_cumprod, diffusion.alphas, diffusion.betas
+        # k_t = sqrt(1 - alpha-bar_t) sqrt(alpha_t) Sigma_t / beta_t turns w*g into a mean shift w Sigma_t g.
+        self.grad_coefs = ((1 - abar) * alphas).sqrt().mul(var.flatten()).div(betas).tolist()
+
+    def grad_coef(self, i: int) -> float:
+        return self.grad_coefs[i]
+
+    def step(self, x: torch.Tensor, i: int, pred_xstart: torch.Tensor, noise: Noise,
+             previous: Previous | None) -> torch.Tensor:
+        t = torch.full((x.shape[0],), i, device=x.device)
+        mean = self.diffusion.q_posterior_mean_variance(pred_xstart, x, t).mean
+        if i == 0:
+            return mean
+        _, _, log_var = self.diffusion.model_variance(t, x, self.variance)
+        return mean + (0.5 * log_var).exp() * noise(x.shape, x.device)
+
+
+class DDIM:
+    """x_{t-1} = sqrt(alpha-bar_{t-1}) x-hat_0 + sqrt(1 - alpha-bar_{t-1} - sigma_t^2) eps + sigma_t z,
+    sigma_t = eta sqrt((1 - alpha-bar_{t-1}) / (1 - alpha-bar_t)) sqrt(1 - alpha-bar_t / alpha-bar_{t-1}),
+    with eps recomputed from the thresholded x-hat_0."""
+    name = "ddim"
+
+    def __init__(self, diffusion: GaussianDiffusion, eta: float = 0.0):
+        if not 0.0 <= eta <= 1.0:  # also refuses NaN
+            raise ValueError(f"eta must be in [0, 1], got {eta}")
+        self.diffusion, self.eta = diffusion, eta
+        self.abar, self.abar_prev = diffusion.alphas_cumprod.tolist(), diffusion.alphas_cumprod_prev.tolist()
+
+    def grad_coef(self, i: int) -> float:
+        return math.sqrt(1 - self.abar[i])
+
+    def step(self, x: torch.Tensor, i: int, pred_xstart: torch.Tensor, noise: Noise,
+             previous: Previous | None) -> torch.Tensor:
+        abar, abar_prev = self.abar[i], self.abar_prev[i]
+        t = torch.full((x.shape[0],), i, device=x.device)
+        eps = self.diffusion.predict_eps_from_xstart(x, t, pred_xstart)
+        sigma = self.eta * math.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
+        x = math.sqrt(abar_prev) * pred_xstart + math.sqrt(max(0.0, 1 - abar_prev - sigma ** 2)) * eps
+        return x + sigma * noise(x.shape, x.device) if sigma > 0 and i > 0 else x
+
+
+class DPMSolverPP2M:
+    """DPM-Solver++(2M) in data prediction (Lu et al. 2022, Algorithm 2), for the probability-flow
+    ODE of a discrete VP schedule. With alpha_t = sqrt(alpha-bar_t), sigma_t = sqrt(1 - alpha-bar_t),
+    lambda_t = log(alpha_t / sigma_t) and h = lambda_{t-1} - lambda_t:
+
+        first order  x_{t-1} = (sigma_{t-1} / sigma_t) x_t - alpha_{t-1} (e^{-h} - 1) D_t,   D_t = x-hat_0(x_t)
+        second order the same with D = (1 + 1/(2r)) D_t - 1/(2r) D_prev, r = h_prev / h
+
+    The first step has no previous x-hat_0 and is first order (DDIM). The final step, to
+    alpha-bar = 1 (sigma = 0, h infinite), is the first-order x_0 = D_t.
     """
+    name = "dpm++2m"
 
-    def __init__(self, seed: int, repeats: int = 1):
-        self.generator = torch.Generator().manual_seed(seed)
-        self.repeats = repeats
+    def __init__(self, diffusion: GaussianDiffusion):
+        abar, abar_prev = diffusion.alphas_cumprod, diffusion.alphas_cumprod_prev
+        self.alpha, self.sigma = abar.sqrt().tolist(), (1 - abar).sqrt().tolist()
+        self.alpha_prev, self.sigma_prev = abar_prev.sqrt().tolist(), (1 - abar_prev).sqrt().tolist()
+        self.lam = (0.5 * (abar.log() - (1 - abar).log())).tolist()
+        self.lam_prev = (0.5 * (abar_prev.log() - (1 - abar_prev).log())).tolist()  # +inf at i = 0
 
-    def __call__(self, shape: torch.Size | tuple, device) -> torch.Tensor:
-        batch, *rest = shape
-        if batch % self.repeats:
-            raise ValueError(f"batch {batch} is not a multiple of the {self.repeats} noise repeats")
-        noise = torch.randn(batch // self.repeats, *rest, generator=self.generator)
-        return noise.repeat(self.repeats, *([1] * len(rest))).to(device)
+    def grad_coef(self, i: int) -> float:
+        return self.sigma[i]
+
+    def step(self, x: torch.Tensor, i: int, pred_xstart: torch.Tensor, noise: Noise,
+             previous: Previous | None) -> torch.Tensor:
+        if i == 0:
+            return pred_xstart
+        h = self.lam_prev[i] - self.lam[i]
+        data = pred_xstart
+        if previous is not None:
+            r = (self.lam[i] - self.lam[previous.index]) / h
+            data = (1 + 0.5 / r) * pred_xstart - (0.5 / r) * previous.pred_xstart
+        return (self.sigma_prev[i] / self.sigma[i]) * x - self.alpha_prev[i] * math.expm1(-h) * data
+
+
+SAMPLERS = ("ddim", "ddpm", "dpm++2m")
+
+
+def make_solver(sampler: str, diffusion: GaussianDiffusion, eta: float = 0.0, variance: str = "small"):
+    """The step object for a sampler name; eta applies to DDIM only."""
+    if sampler == "ddim":
+        return DDIM(diffusion, eta)
+    if eta != 0:
+        raise ValueError("eta applies to the DDIM sampler only")
+    if sampler == "ddpm":
+        return DDPM(diffusion, variance)
+    if sampler == "dpm++2m":
+        return DPMSolverPP2M(diffusion)
+    raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
 
 
 def _check_finite(step: Step) -> Step:
@@ -51,63 +148,24 @@ def _check_finite(step: Step) -> Step:
     return step
 
 
-def ddpm_sample(model: GuidedDenoiser, diffusion: GaussianDiffusion, shape, guidance: Guidance,
-                noise: SharedNoise, device="cpu", variance: str = "small",
-                clip_denoised: bool = True) -> Iterator[Step]:
-    """Ancestral sampling, x_{t-1} = mu + sqrt(Sigma_t) z with z ~ N(0, I) and no noise at t = 0
-    (DDPM Algorithm 2). Classifier guidance moves mu by w Sigma_t g (Dhariwal & Nichol Algorithm 1)."""
+def sample_loop(model: GuidedDenoiser, diffusion: GaussianDiffusion, shape, guidance: Guidance, noise: Noise,
+                sampler: str = "ddim", eta: float = 0.0, variance: str = "small", device="cpu") -> Iterator[Step]:
+    """Sample from x_T = noise(shape) through every timestep of `diffusion` (respaced or not),
+    yielding one Step per network evaluation. shape is (B, C, H, W) with B = len(guidance).
+    Raises NonFiniteError at the step where a NaN or inf appears."""
+    solver = make_solver(sampler, diffusion, eta, variance)
     x = noise(shape, device)
     timesteps = diffusion.timesteps.to(device)
-    # Per-step scalars as Python floats: tiny tensor ops would cost more than the arithmetic.
-    alphas_cumprod, alphas, betas = (v.tolist() for v in (diffusion.alphas_cumprod, diffusion.alphas, diffusion.betas))
+    previous = None
     for index, i in enumerate(reversed(range(diffusion.num_timesteps))):
         t = torch.full((shape[0],), i, device=device)
-        _, var, _ = diffusion.model_variance(t, x, variance)
-        # k_t = sqrt(1 - alpha-bar_t) sqrt(alpha_t) Sigma_t / beta_t turns w*g into a mean shift w Sigma_t g.
-        grad_coef = math.sqrt((1 - alphas_cumprod[i]) * alphas[i]) / betas[i] * var.flatten()
+        grad_coef = torch.full((shape[0],), solver.grad_coef(i), dtype=torch.float64, device=device)
         out = model(x, timesteps[t], guidance, grad_coef)
-        mv, pred_xstart = diffusion.p_mean_variance(x, t, out.eps, variance, clip_denoised)
-        x = mv.mean if i == 0 else mv.mean + (0.5 * mv.log_variance).exp() * noise(shape, device)
-        yield _check_finite(Step(index, int(diffusion.timesteps[i]), x, pred_xstart, out.log_prob, out.guidance_norm))
-
-
-def ddim_sample(model: GuidedDenoiser, diffusion: GaussianDiffusion, shape, guidance: Guidance,
-                noise: SharedNoise, device="cpu", eta: float = 0.0,
-                clip_denoised: bool = True) -> Iterator[Step]:
-    """DDIM (Song et al. 2021, eq. 12): x_{t-1} = sqrt(alpha-bar_{t-1}) x-hat_0
-    + sqrt(1 - alpha-bar_{t-1} - sigma_t^2) eps + sigma_t z, with
-    sigma_t = eta sqrt((1 - alpha-bar_{t-1}) / (1 - alpha-bar_t)) sqrt(1 - alpha-bar_t / alpha-bar_{t-1}).
-    eta = 0 is deterministic given x_T; eta = 1 matches DDPM's variance."""
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta must be in [0, 1], got {eta}")
-    x = noise(shape, device)
-    timesteps = diffusion.timesteps.to(device)
-    alphas_cumprod, alphas_cumprod_prev = diffusion.alphas_cumprod.tolist(), diffusion.alphas_cumprod_prev.tolist()
-    for index, i in enumerate(reversed(range(diffusion.num_timesteps))):
-        t = torch.full((shape[0],), i, device=device)
-        alpha_bar, alpha_bar_prev = alphas_cumprod[i], alphas_cumprod_prev[i]
-        grad_coef = torch.full((shape[0],), math.sqrt(1 - alpha_bar), dtype=torch.float64, device=device)
-        out = model(x, timesteps[t], guidance, grad_coef)
-        pred_xstart = diffusion.predict_xstart_from_eps(x, t, out.eps)
-        if clip_denoised:
-            pred_xstart = pred_xstart.clamp(-1, 1)
-        eps = diffusion.predict_eps_from_xstart(x, t, pred_xstart)
-        sigma = eta * math.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev))
-        x = math.sqrt(alpha_bar_prev) * pred_xstart + math.sqrt(max(0.0, 1 - alpha_bar_prev - sigma ** 2)) * eps
-        if sigma > 0 and i > 0:
-            x = x + sigma * noise(shape, device)
-        yield _check_finite(Step(index, int(diffusion.timesteps[i]), x, pred_xstart, out.log_prob, out.guidance_norm))
-
-
-def sample(model: GuidedDenoiser, diffusion: GaussianDiffusion, shape, guidance: Guidance,
-           noise: SharedNoise, sampler: str = "ddim", eta: float = 0.0, device="cpu",
-           **kwargs) -> Iterator[Step]:
-    """Dispatch to ddim_sample or ddpm_sample (eta applies to DDIM only)."""
-    if sampler == "ddim":
-        return ddim_sample(model, diffusion, shape, guidance, noise, device, eta=eta, **kwargs)
-    if sampler == "ddpm":
-        return ddpm_sample(model, diffusion, shape, guidance, noise, device, **kwargs)
-    raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+        pred_xstart = guidance.threshold(diffusion.predict_xstart_from_eps(x, t, out.eps))
+        x = solver.step(x, i, pred_xstart, noise, previous)
+        previous = Previous(i, pred_xstart)
+        yield _check_finite(Step(index, int(diffusion.timesteps[i]), x, pred_xstart, out.log_prob,
+                                 out.guidance_norm, out.guidance_term))
 
 
 def final(steps: Iterator[Step]) -> Step:

@@ -1,21 +1,25 @@
-"""Time sampling steps: unguided, classifier-guided and classifier-free, at batch 1 and 16.
+"""Time sampling steps through the library's entry point (guidance.generation.stream), per guidance
+mode, batch size and UNet backend.
 
     python scripts/benchmark_sampling.py [--checkpoints checkpoints/fashion-mnist] [--threads 2]
 
-Prints ms per sampling step, the ratio to unguided (target for classifier guidance: <= 1.3) and
-the share of the loop's wall time spent outside the networks (target: < 5%). Network time is
-measured by wrappers around the UNet and classifier calls; for classifier guidance it includes the
-backward pass through the classifier, timed from the gradient reaching the logits to it reaching
-x_t. Unguided and CFG runs skip the log p(c | x_t) diagnostic (one classifier forward per step),
-so unguided is one UNet call per step. Each figure is the fastest of --repeats runs, modes
-interleaved, since other load on a shared machine only adds time. Uses the checkpoints when
-present, else networks of the shipped sizes (UNetConfig() and ClassifierConfig()) with random
-weights, which cost the same. --out also writes the figures as JSON.
+Modes: unguided; classifier guidance; classifier-free guidance (conditional UNet with w_cfg);
+and "classifier vs free", a batch of half classifier rows (unconditional UNet) and half
+classifier-free rows, as the app's Compare runs it: the unconditional rows run one UNet pass and
+the classifier-free rows two, so its UNet rows per step are 1.5 x the batch.
+
+Prints ms per sampling step, the ratio to unguided on the same backend, the share of the loop
+spent outside the networks (measured by wrappers around the UNet and classifier calls, backward
+pass included) and, per backend, the speed-up over eager torch. Each figure is the fastest of
+--repeats runs, modes and backends interleaved, since other load only adds time. The 1-minute
+load average is printed first: figures taken on a busy machine are not figures.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,31 +28,36 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from guidance import GaussianDiffusion, GuidedDenoiser, Guidance, SharedNoise, sample  # noqa: E402
-from guidance.checkpoints import load_bundle  # noqa: E402
-from guidance.models import ClassifierConfig, NoisyClassifier, UNet, UNetConfig  # noqa: E402
+from guidance.checkpoints import Bundle, load_bundle  # noqa: E402
+from guidance.generation import stream  # noqa: E402
+from guidance.request import Request, Row  # noqa: E402
 
-MODES = {  # name -> (classifier scale w, classifier-free w_cfg)
-    "unguided": (0.0, None),
-    "classifier": (2.0, None),
-    "cfg": (0.0, 2.0),
-}
-RATIO_TARGET, OUTSIDE_TARGET = 1.3, 0.05
+
+def modes(batch: int) -> dict[str, tuple[Row, ...]]:
+    """Rows per mode for a batch of `batch` images (one image per row: every row is its own stream)."""
+    half = batch // 2
+    return {
+        "unguided": (Row(0),) * batch,
+        "classifier": (Row(0, 5.0),) * batch,
+        "cfg": (Row(0, 0.0, 2.0),) * batch,
+        "classifier vs free": (Row(0, 5.0),) * half + (Row(0, 0.0, 5.0),) * (batch - half),
+    }
 
 
 class Timed:
     """Calls a network and adds its wall time, forward and (when a gradient flows back through
-    it to its input) backward, to a shared clock."""
+    it to its input) backward, to a shared clock. Other attributes pass through (config, ...)."""
 
-    def __init__(self, net, clock: list, sync):
-        self.net, self.clock, self.sync = net, clock, sync
+    def __init__(self, net, clock: list):
+        self.net, self.clock = net, clock
         self.backward_start = 0.0
 
+    def __getattr__(self, name):
+        return getattr(self.net, name)
+
     def __call__(self, x, *args):
-        self.sync()
         start = time.perf_counter()
         out = self.net(x, *args)
-        self.sync()
         self.clock[0] += time.perf_counter() - start
         if x.requires_grad and out.requires_grad:
             out.register_hook(self._gradient_reaches_output)
@@ -56,82 +65,66 @@ class Timed:
         return out
 
     def _gradient_reaches_output(self, grad):
-        self.sync()
         self.backward_start = time.perf_counter()
 
     def _gradient_reaches_input(self, grad):
-        self.sync()
         self.clock[0] += time.perf_counter() - self.backward_start
 
 
-def networks(folder: Path, device):
-    """(unet, classifier, steps -> respaced diffusion, where they came from)."""
-    if (folder / "unet.json").is_file():
-        bundle = load_bundle(folder, device)
-        return bundle.unet, bundle.classifier, bundle.diffusion, f"checkpoints {folder}"
-    torch.manual_seed(0)
-    unet = UNet(UNetConfig()).to(device).eval().requires_grad_(False)
-    classifier = NoisyClassifier(ClassifierConfig()).to(device).eval().requires_grad_(False)
-    return (unet, classifier, lambda steps: GaussianDiffusion.from_schedule("cosine", 1000, steps),
-            "random weights (no checkpoints)")
-
-
-def measure(unet, classifier, diffusion, mode: str, batch: int, steps: int, sampler: str, device) -> dict:
-    """One sampling run of `steps` steps: ms per step and the share of time outside the networks."""
-    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+def measure(bundle: Bundle, rows: tuple[Row, ...], steps: int, sampler: str) -> tuple[float, float]:
+    """(ms per step, share of time outside the networks) of one run."""
     clock = [0.0]
-    model = GuidedDenoiser(Timed(unet, clock, sync), Timed(classifier, clock, sync), unet.null_label)
-    scale, cfg_scale = MODES[mode]
-    guidance = Guidance.make(0, scale, cfg_scale, batch_size=batch, diagnostics=False)
-    config = unet.config
-    shape = (batch, config.in_channels, config.image_size, config.image_size)
-    sync()
+    timed = dataclasses.replace(bundle, unet=Timed(bundle.unet, clock), classifier=Timed(bundle.classifier, clock))
+    request = Request(rows, images_per_row=1, steps=steps, sampler=sampler)
     start = time.perf_counter()
-    for _ in sample(model, diffusion, shape, guidance, SharedNoise(0), sampler, device=device):
+    for _ in stream(timed, request, diagnostics=False):
         pass
-    sync()
     total = time.perf_counter() - start
-    return {"mode": mode, "batch": batch, "ms_per_step": 1000 * total / steps,
-            "outside_networks": (total - clock[0]) / total}
+    return 1000 * total / steps, (total - clock[0]) / total
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoints", default="checkpoints/fashion-mnist")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-sizes", default="1,16")
+    p.add_argument("--backends", default="torch,auto", help="UNet backends to compare (guidance.backend)")
+    p.add_argument("--batch-sizes", default="8,16,40")
     p.add_argument("--steps", type=int, default=10, help="timed sampling steps per measurement")
     p.add_argument("--repeats", type=int, default=3, help="runs per measurement; the fastest counts")
-    p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
+    p.add_argument("--sampler", default="dpm++2m")
     p.add_argument("--out", help="also write the figures to this JSON file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    unet, classifier, diffusion, source = networks(Path(args.checkpoints), args.device)
-    params = lambda net: sum(p.numel() for p in net.parameters()) / 1e6
-    print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, {args.sampler}; "
-          f"UNet {params(unet):.2f}M and classifier {params(classifier):.2f}M parameters, {source}")
-    print(f"{'batch':>5}  {'mode':<10}  {'ms/step':>8}  {'x unguided':>10}  {'outside networks':>16}")
+    load = os.getloadavg()[0]
+    bundles = {name: load_bundle(args.checkpoints, "cpu", backend=name) for name in args.backends.split(",")}
+    print(f"1-minute load average at the start: {load:.2f}{'  (above 0.5: these figures are not reliable)' if load > 0.5 else ''}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.sampler}, {args.steps} steps, "
+          f"fastest of {args.repeats}; checkpoints {args.checkpoints}; backends: "
+          + ", ".join(f"{name} = {b.backend}" for name, b in bundles.items()))
+    print(f"{'batch':>5}  {'mode':<18}  {'backend':<12}  {'ms/step':>8}  {'x unguided':>10}  {'x torch':>7}  {'outside networks':>16}")
     rows = []
     for batch in (int(b) for b in args.batch_sizes.split(",")):
-        measure(unet, classifier, diffusion(2), "classifier", batch, 2, args.sampler, args.device)  # warm-up
-        best = {}
+        best: dict[tuple[str, str], tuple[float, float]] = {}
+        for bundle in bundles.values():  # warm-up: first calls allocate and compile
+            measure(bundle, modes(batch)["classifier"], 2, args.sampler)
         for _ in range(args.repeats):
-            for mode in MODES:
-                row = measure(unet, classifier, diffusion(args.steps), mode, batch, args.steps, args.sampler, args.device)
-                if mode not in best or row["ms_per_step"] < best[mode]["ms_per_step"]:
-                    best[mode] = row
-        for mode, row in best.items():
-            row["ratio_to_unguided"] = row["ms_per_step"] / best["unguided"]["ms_per_step"]
+            for mode, mode_rows in modes(batch).items():
+                for name, bundle in bundles.items():
+                    ms, outside = measure(bundle, mode_rows, args.steps, args.sampler)
+                    if (mode, name) not in best or ms < best[mode, name][0]:
+                        best[mode, name] = (ms, outside)
+        for (mode, name), (ms, outside) in best.items():
+            row = {"batch": batch, "mode": mode, "backend": bundles[name].backend, "ms_per_step": ms,
+                   "ratio_to_unguided": ms / best["unguided", name][0],
+                   "speedup_over_torch": best[mode, "torch"][0] / ms if ("unguided", "torch") in best else None,
+                   "outside_networks": outside}
             rows.append(row)
-            ratio_flag = " (target <= 1.3)" if mode == "classifier" and row["ratio_to_unguided"] > RATIO_TARGET else ""
-            outside_flag = " (target < 5%)" if row["outside_networks"] >= OUTSIDE_TARGET else ""
-            print(f"{batch:>5}  {mode:<10}  {row['ms_per_step']:>8.1f}  {row['ratio_to_unguided']:>10.2f}"
-                  f"{ratio_flag}  {100 * row['outside_networks']:>15.1f}%{outside_flag}", flush=True)
+            speedup = "" if row["speedup_over_torch"] is None else f"{row['speedup_over_torch']:.2f}"
+            print(f"{batch:>5}  {mode:<18}  {row['backend']:<12}  {ms:>8.1f}  {row['ratio_to_unguided']:>10.2f}  "
+                  f"{speedup:>7}  {100 * outside:>15.1f}%", flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps({"source": source, "threads": torch.get_num_threads(),
-                                              "device": args.device, "sampler": args.sampler,
-                                              "steps": args.steps, "repeats": args.repeats, "rows": rows}, indent=2) + "\n")
+        Path(args.out).write_text(json.dumps({"load_average": load, "threads": torch.get_num_threads(),
+                                              "sampler": args.sampler, "steps": args.steps, "rows": rows}, indent=2) + "\n")
     return 0
 
 

@@ -3,7 +3,7 @@ its memory over 100 runs.
 
     python scripts/load_test.py [--checkpoints checkpoints/fashion-mnist] [--write-docs]
 
-Starts `python app.py` on a free 127.0.0.1 port (demo.server.running_app; nothing leaves the
+Starts `python app.py` on a free 127.0.0.1 port (scripts/launcher.py; nothing leaves the
 machine) and calls its /generate endpoint through gradio_client. At each concurrency level, that
 many clients each send --requests requests back to back (every request its own seed); latency runs
 from the call to the last frame, throughput is requests finished per second of the level's wall
@@ -31,9 +31,9 @@ from gradio_client import Client
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from demo.server import running_app  # noqa: E402
 from demo.settings import DEFAULTS, SERVER  # noqa: E402
 from guidance.checkpoints import read_config  # noqa: E402
+from scripts.launcher import running_app  # noqa: E402
 
 DOCS = REPO / "docs" / "LOAD.md"
 WARM_UP_RUNS = 10

@@ -15,7 +15,7 @@ from pathlib import Path
 from playwright.sync_api import sync_playwright
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from demo.server import running_app  # noqa: E402
+from scripts.launcher import running_app  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 

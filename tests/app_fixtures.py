@@ -1,12 +1,19 @@
-"""Fixtures for the app tests: a checkpoint folder of tiny random networks (16x16 images, four
-classes, a few thousand weights each) and the real server started on it with `python app.py`.
+"""Fixtures for the app tests: checkpoint folders of tiny random networks (16x16 images, four
+classes, a few thousand weights each; grey, and a colour one) and the real server started on the
+grey one with `python app.py --frame-interval 0`, so it streams every step whatever the
+machine's speed.
 
 Test modules import the fixtures they use by name from here.
 """
 from __future__ import annotations
 
+import io
 import json
+import re
+import time
 import urllib.request
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -19,10 +26,12 @@ from guidance.generation import generate
 from guidance.images import grid
 from guidance.models import (ClassifierConfig, Evaluator, EvaluatorConfig, NoisyClassifier, UNet,
                              UNetConfig)
+from guidance.request import Request, Row
 
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Sneaker", "Bag")
 NUM_TIMESTEPS = 1000
 TINY = dict(image_size=16, channel_mults=(1, 2), num_classes=len(CLASS_NAMES))
+RUN_LINE = re.compile(r"demo\.handlers: run (\S+): (\w+) after step (\d+) of (\d+)(?:; Stop came after step (\d+))?")
 
 
 def _randomized(model: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -34,23 +43,27 @@ def _randomized(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     return model
 
 
-def make_checkpoints(folder) -> None:
+def make_checkpoints(folder, channels: int = 1) -> None:
     """unet, classifier and evaluator checkpoints of tiny random networks in folder."""
     torch.manual_seed(0)
     meta = dict(class_names=list(CLASS_NAMES), diffusion={"schedule": "cosine", "num_timesteps": NUM_TIMESTEPS})
-    unet = UNet(UNetConfig(**TINY, base_channels=8, num_res_blocks=1, attention_levels=(1,), num_heads=2, dropout=0.0))
+    unet = UNet(UNetConfig(**TINY, in_channels=channels, base_channels=8, num_res_blocks=1, attention_levels=(1,),
+                           num_heads=2, dropout=0.0))
     save(_randomized(unet, 1), folder, "unet", **meta)
-    save(_randomized(NoisyClassifier(ClassifierConfig(**TINY, base_channels=8)), 2), folder, "classifier", **meta)
-    evaluator = Evaluator(EvaluatorConfig(image_size=16, num_classes=len(CLASS_NAMES), layers=(1, 1, 1, 1),
-                                          channels=(8, 8, 8, 8), input_size=16))
+    classifier = NoisyClassifier(ClassifierConfig(**TINY, in_channels=channels, base_channels=8))
+    save(_randomized(classifier, 2), folder, "classifier", **meta)
+    evaluator = Evaluator(EvaluatorConfig(image_size=16, in_channels=channels, num_classes=len(CLASS_NAMES),
+                                          layers=(1, 1, 1, 1), channels=(8, 8, 8, 8), input_size=16))
     save(evaluator, folder, "evaluator", **meta)
 
 
 def library_samples(bundle: Bundle, class_index: int, scale: float, steps: int, num_images: int, seed: int,
-                    sampler: str = "ddim", eta: float = 0.0) -> np.ndarray:
-    """The images the command line (`python -m guidance.sample`) draws for the same settings:
-    (n, C, H, W) uint8."""
-    return generate(bundle, class_index, scale, None, steps, sampler, eta, n=num_images, seed=seed).images.numpy()
+                    sampler: str = "ddim", eta: float = 0.0, **row) -> np.ndarray:
+    """The images the command line (`python -m guidance.sample`) draws for the same settings, on the
+    unconditional UNet unless row says otherwise (Row fields): (n, C, H, W) uint8."""
+    request = Request((Row(class_index, scale, **row),), images_per_row=num_images, steps=steps, sampler=sampler,
+                      eta=eta, seed=seed)
+    return generate(bundle, request).images.numpy()
 
 
 def raw_call_events(app_url: str, api_name: str, data_json: str) -> str:
@@ -64,12 +77,57 @@ def raw_call_events(app_url: str, api_name: str, data_json: str) -> str:
         return response.read().decode()
 
 
+def fetch_file(file: dict, timeout_s: float = 60) -> bytes:
+    """The bytes of a file output as a client with download_files=False sees it ({"url": ...}).
+    Clients here never download files themselves: gradio_client turns a failed download into an
+    output holding only the exception."""
+    with urllib.request.urlopen(file["url"], timeout=timeout_s) as response:
+        return response.read()
+
+
+def fetch_image(file: dict) -> Image.Image:
+    return Image.open(io.BytesIO(fetch_file(file)))
+
+
 def pixels_match(image: Image.Image, samples: torch.Tensor | np.ndarray, ncols: int, upscale: int = DISPLAY.upscale) -> bool:
     """Whether image is the grid of samples as the app draws it (uint8 rounding may differ by
     one level where thread counts change the last float bit)."""
-    expected = np.asarray(grid(samples, ncols=ncols, pad=DISPLAY.pad, upscale=upscale).convert("L"), dtype=int)
-    actual = np.asarray(image.convert("L"), dtype=int)
+    drawn = grid(samples, ncols=ncols, pad=DISPLAY.pad, upscale=upscale)
+    expected = np.asarray(drawn, dtype=int)
+    actual = np.asarray(image.convert(drawn.mode), dtype=int)
     return actual.shape == expected.shape and np.abs(actual - expected).max() <= 1
+
+
+class RunEnd(NamedTuple):
+    """One run's line in the server log (demo.handlers), such as
+    `run 1a2b3c4d: stopped after step 13 of 1000; Stop came after step 12`."""
+    state: str                  # finished, stopped, failed or closed (cancelled, or the client went away)
+    steps_done: int
+    steps: int
+    stop_came: int | None       # steps done when Stop came
+
+
+class Server(NamedTuple):
+    url: str
+    log: Path
+
+    def runs(self, session: str) -> list[RunEnd]:
+        """The runs of a session that have ended, in order."""
+        ends = []
+        for match in RUN_LINE.finditer(self.log.read_text(errors="replace")):
+            if match[1] == session[:8]:
+                stop = None if match[5] is None else int(match[5])
+                ends.append(RunEnd(match[2], int(match[3]), int(match[4]), stop))
+        return ends
+
+    def wait_for_end(self, session: str, count: int = 1, timeout_s: float = 60) -> RunEnd:
+        """The count-th run of session to end, once the server has logged it (timeout_s only
+        bounds a broken server)."""
+        deadline = time.monotonic() + timeout_s
+        while len(ends := self.runs(session)) < count:
+            assert time.monotonic() < deadline, f"no end of run {count} of session {session[:8]} in the log"
+            time.sleep(0.05)
+        return ends[count - 1]
 
 
 @pytest.fixture(scope="session")
@@ -84,10 +142,33 @@ def bundle(checkpoint_dir) -> Bundle:
     return load_bundle(checkpoint_dir, "cpu")
 
 
-@pytest.fixture(scope="module")
-def app_url(checkpoint_dir):
-    """The real server, `python app.py --checkpoints <tiny> --port <free>`, for one test module."""
-    from demo.server import running_app
+@pytest.fixture(scope="session")
+def served_bundle(checkpoint_dir) -> Bundle:
+    """The tiny checkpoints as `python app.py` loads them (its default backend), so the images the
+    server sends can be compared with the library's for the same UNet runtime."""
+    from demo.launch import parse_args
 
-    with running_app(checkpoint_dir, threads=1) as url:
-        yield url
+    return load_bundle(checkpoint_dir, "cpu", backend=parse_args([]).backend)
+
+
+@pytest.fixture(scope="session")
+def colour_bundle(tmp_path_factory) -> Bundle:
+    folder = tmp_path_factory.mktemp("tiny-colour-checkpoints")
+    make_checkpoints(folder, channels=3)
+    return load_bundle(folder, "cpu")
+
+
+@pytest.fixture(scope="module")
+def app_server(checkpoint_dir, tmp_path_factory) -> Server:
+    """The real server, `python app.py --checkpoints <tiny> --port <free> --frame-interval 0`, for
+    one test module, with its log."""
+    from scripts.launcher import running_app
+
+    log = tmp_path_factory.mktemp("server") / "app.log"
+    with running_app(checkpoint_dir, threads=1, extra_args=("--frame-interval", "0"), log_path=log) as url:
+        yield Server(url, log)
+
+
+@pytest.fixture(scope="module")
+def app_url(app_server) -> str:
+    return app_server.url

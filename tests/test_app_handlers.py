@@ -1,11 +1,13 @@
-"""The app's handlers called directly, without a server: streaming, throttling, shared noise,
-stopping, scrubbing, downloads, validation, the page's wiring and the launcher."""
+"""The app's handlers called directly, without a server: streaming, throttling, shared noise, the
+rows Compare can vary, the classifier's push, colour checkpoints, stopping, scrubbing, downloads,
+validation, the page's wiring and the launcher."""
 from __future__ import annotations
 
 import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,18 +15,23 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
-from app_fixtures import CLASS_NAMES, NUM_TIMESTEPS, bundle, checkpoint_dir, library_samples, pixels_match  # noqa: F401
-from demo import handlers as handlers_module
-from demo import render, runs, ui, validate
+from app_fixtures import (CLASS_NAMES, NUM_TIMESTEPS, bundle, checkpoint_dir, colour_bundle,  # noqa: F401
+                          library_samples, pixels_match)
+from demo import arguments, render, runs, ui
 from demo.examples import EXAMPLES
 from demo.handlers import Handlers
+from demo import handlers as handlers_module
 from demo.launch import launch, parse_args
-from demo.settings import DEFAULTS, DISPLAY, Display
-from guidance.guide import NonFiniteError
+from demo.settings import COMPARE_CHOICES, DEFAULTS, DISPLAY, ROW_VALUES, SAMPLER_CHOICES, AppDefaults, Display
+from guidance import generation
+from guidance.guide import NonFiniteError, Schedule, Threshold
 from guidance.images import grid
-from guidance.generation import ItemNoise
+from guidance.noise import ItemNoise
+from guidance.request import Request, Row
+from guidance.samplers import SAMPLERS
 
 REPO = Path(__file__).resolve().parent.parent
 EVERY_STEP = Display(frame_interval_s=0.0)
@@ -32,19 +39,25 @@ FINAL_ONLY = Display(frame_interval_s=1e9)
 
 
 def make_handlers(bundle, tmp_path, display: Display = EVERY_STEP) -> Handlers:
-    return Handlers(bundle, "cpu", display=display, downloads=tmp_path / "downloads")
+    return Handlers(bundle, display=display, downloads=tmp_path / "downloads")
 
 
 def gen_args(**changes) -> dict:
     args = dict(class_name="Trouser", scale=2.0, unet="unconditional", cfg_scale=0.0, steps=6, sampler="ddim",
-                eta=0.0, num_images=4, seed=3)
+                eta=0.0, num_images=4, seed=3, interval="full", schedule="constant", threshold="clip",
+                threshold_percentile=0.995)
     return {**args, **changes}
 
 
 def compare_args(**changes) -> dict:
     args = dict(class_name="Sneaker", strengths="0, 4", mode="classifier", scale=0.0, unet="unconditional",
-                cfg_scale=0.0, steps=5, sampler="ddim", eta=0.0, num_images=3, seed=5)
+                cfg_scale=0.0, steps=5, sampler="ddim", eta=0.0, num_images=3, seed=5, interval="full",
+                schedule="constant", threshold="clip", threshold_percentile=0.995)
     return {**args, **changes}
+
+
+def compare_run(**changes) -> arguments.Run:
+    return arguments.compare_run(**compare_args(**changes), class_names=CLASS_NAMES, num_timesteps=NUM_TIMESTEPS)
 
 
 def error_message(call) -> str:
@@ -55,14 +68,25 @@ def error_message(call) -> str:
 
 
 def tile_rows(image: Image.Image, rows: int, cols: int, size: int = 16) -> np.ndarray:
-    """(rows, cols, H, W) tiles cut back out of a grid drawn with the default pad and upscale
+    """(rows, cols, H, W[, 3]) tiles cut back out of a grid drawn with the default pad and upscale
     (its row labels, if any, sit on the left and are dropped)."""
     pitch = (size + DISPLAY.pad) * DISPLAY.upscale
-    array = np.asarray(image.convert("L"))
+    array = np.asarray(image)
     array = array[:, array.shape[1] - (cols * pitch + DISPLAY.pad * DISPLAY.upscale):]
     start, tile = DISPLAY.pad * DISPLAY.upscale, size * DISPLAY.upscale
     corners = [[(start + r * pitch, start + c * pitch) for c in range(cols)] for r in range(rows)]
     return np.array([[array[y:y + tile, x:x + tile] for y, x in line] for line in corners])
+
+
+class CountingUNet:
+    """The bundle's UNet, counting the batch items of every call."""
+
+    def __init__(self, unet):
+        self.unet, self.config, self.null_label, self.items = unet, unet.config, unet.null_label, []
+
+    def __call__(self, x, t, y):
+        self.items.append(len(x))
+        return self.unet(x, t, y)
 
 
 # -- streaming --------------------------------------------------------------------------------
@@ -71,17 +95,33 @@ def test_generate_streams_x_T_then_every_step_then_the_seeded_samples(bundle, tm
     frames = list(make_handlers(bundle, tmp_path).generate(**gen_args()))
     assert len(frames) == 1 + 6  # x_T, then one frame per step (no throttling)
     first, last = frames[0], frames[-1]
-    assert first.pred_xstart is None and "x_T" in first.status
-    shape = (4, 1, 16, 16)
-    x_T = ItemNoise(3, range(4))(shape, "cpu")
+    assert first.pred_xstart is None and first.push is None and "x_T" in first.status
+    x_T = ItemNoise(3, range(4))((4, 1, 16, 16), "cpu")
     assert pixels_match(first.x_t, x_T, ncols=2)  # 4 images lie in a 2 x 2 block
-    assert "done" in last.status and "step 6 / 6" in last.status
+    assert [f.status.split("**")[1] for f in frames[1:]] == [
+        f"step {k} / 6 (from t = {t})" for k, t in zip(range(1, 7), (999, 799, 599, 400, 200, 0))]
+    assert "done" in last.status
     expected = library_samples(bundle, CLASS_NAMES.index("Trouser"), 2.0, steps=6, num_images=4, seed=3)
     assert pixels_match(last.x_t, expected, ncols=2)
     parameters = json.loads(last.x_t.info[render.PARAMETERS_KEY])
-    assert parameters["seed"] == 3 and parameters["class_name"] == "Trouser" and parameters["steps"] == 6
+    assert parameters["seed"] == 3 and parameters["steps"] == 6 and parameters["sampler"] == "ddim"
+    assert parameters["rows"] == [dict(class_label=1, class_name="Trouser", label="w=2 (unconditional)", scale=2.0,
+                                       cfg_scale=None, schedule=dict(shape="constant", interval=None),
+                                       threshold=dict(mode="clip", percentile=0.995), first_image=0)]
     assert [f.recording for f in frames].count(last.recording) == len(frames)  # one recording, growing
     assert len(last.recording.frames) == 6 and last.recording.state == "finished"
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "dpm++2m"])
+def test_every_sampler_gives_the_command_lines_images(bundle, tmp_path, sampler):
+    changes = dict(sampler=sampler, interval="300-900", schedule="ramp-down", threshold="dynamic",
+                   threshold_percentile=0.9)
+    last = list(make_handlers(bundle, tmp_path, FINAL_ONLY).generate(**gen_args(**changes)))[-1]
+    expected = library_samples(bundle, 1, 2.0, steps=6, num_images=4, seed=3, sampler=sampler,
+                               schedule=Schedule("ramp-down", (300, 900)), threshold=Threshold("dynamic", 0.9))
+    assert pixels_match(last.x_t, expected, ncols=2)
+    plain = library_samples(bundle, 1, 2.0, steps=6, num_images=4, seed=3, sampler=sampler)
+    assert not pixels_match(last.x_t, plain, ncols=2)  # the new settings did reach the sampler
 
 
 def test_frames_are_throttled_but_the_first_and_last_always_go_out(bundle, tmp_path):
@@ -91,14 +131,17 @@ def test_frames_are_throttled_but_the_first_and_last_always_go_out(bundle, tmp_p
     assert len(frames[1].recording.frames) == 8  # every step is still recorded for scrubbing
 
 
-def test_chart_and_table_follow_the_run(bundle, tmp_path):
+def test_charts_and_table_follow_the_run(bundle, tmp_path):
     frames = list(make_handlers(bundle, tmp_path).compare(**compare_args(strengths="0, 1, 4")))
-    first_chart = frames[0].chart
-    assert isinstance(first_chart, gr.LinePlot)  # the first value of a run also sets axis range and colours
-    final_chart = frames[-1].chart
-    assert isinstance(final_chart, pd.DataFrame)
-    assert len(final_chart) == 5 * 3 and sorted(set(final_chart[render.CHART_X])) == [1, 2, 3, 4, 5]
-    assert final_chart[render.CHART_Y].between(0, 1).all()
+    for first in (frames[0].chart, frames[0].norm_chart):
+        assert isinstance(first, gr.LinePlot)  # the first value of a run also sets axis range and colours
+    chart, norms = frames[-1].chart, frames[-1].norm_chart
+    assert isinstance(chart, pd.DataFrame) and isinstance(norms, pd.DataFrame)
+    assert len(chart) == len(norms) == 5 * 3 and sorted(set(chart[render.CHART_X])) == [1, 2, 3, 4, 5]
+    assert chart[render.CHART_Y].between(0, 1).all()
+    by_row = norms.groupby(render.CHART_COLOR)[render.NORM_Y]
+    assert (by_row.max()["w=0"] == 0) and (by_row.min()[["w=1", "w=4"]] > 0).all()
+    assert by_row.mean()["w=4"] > by_row.mean()["w=1"]
     table = frames[-1].table
     assert list(table["row"]) == ["w=0", "w=1", "w=4"]
     assert list(table.columns) == list(render.TABLE_COLUMNS)  # the tiny checkpoint has an evaluator
@@ -122,18 +165,18 @@ def test_compare_rows_share_their_noise(bundle, tmp_path):
         assert np.abs(alone_tiles[0].astype(int) - final[row]).max() <= 1
 
 
-def test_classifier_vs_free_rows_pair_each_method_alone(bundle, tmp_path):
-    settings = validate.compare_settings(**compare_args(strengths="1, 3", mode="classifier-vs-free"),
-                                         class_names=CLASS_NAMES, num_timesteps=NUM_TIMESTEPS)
-    assert settings.rows == (runs.Row("classifier w=1", 1.0, None), runs.Row("free w_cfg=1", 0.0, 1.0, "w_cfg"),
-                             runs.Row("classifier w=3", 3.0, None), runs.Row("free w_cfg=3", 0.0, 3.0, "w_cfg"))
-    guidance = settings.guidance()
-    assert guidance.scale.tolist() == [1.0] * 3 + [0.0] * 3 + [3.0] * 3 + [0.0] * 3
-    # The unconditional rows share the classifier-free batch with w_cfg = -1, which is eps(x_t, null).
-    assert guidance.cfg_scale.tolist() == [-1.0] * 3 + [1.0] * 3 + [-1.0] * 3 + [3.0] * 3
-    frames = list(make_handlers(bundle, tmp_path, FINAL_ONLY).compare(**compare_args(strengths="1, 3",
-                                                                                     mode="classifier-vs-free")))
-    assert list(frames[-1].table["row"]) == [row.label for row in settings.rows]
+def test_classifier_vs_free_runs_each_method_alone_with_one_unet_pass_for_the_unconditional_rows(bundle, tmp_path):
+    run = compare_run(strengths="1, 3", mode="classifier-vs-free")
+    assert run.request.rows == (Row(2, 1.0, None), Row(2, 0.0, 1.0), Row(2, 3.0, None), Row(2, 0.0, 3.0))
+    assert run.labels == ("classifier w=1", "free w_cfg=1", "classifier w=3", "free w_cfg=3")
+    guidance = run.request.guidance(range(12), NUM_TIMESTEPS)
+    assert guidance.conditional.tolist() == ([False] * 3 + [True] * 3) * 2
+    counting = CountingUNet(bundle.unet)
+    handlers = make_handlers(replace(bundle, unet=counting), tmp_path, FINAL_ONLY)
+    frames = list(handlers.compare(**compare_args(strengths="1, 3", mode="classifier-vs-free")))
+    assert list(frames[-1].table["row"]) == list(run.labels)
+    # Per step: the 6 unconditional items once, the 6 classifier-free items with c and with the null label.
+    assert counting.items == [6 + 2 * 6] * 5
 
 
 def test_unconditional_rows_in_a_mixed_batch_match_the_unconditional_model(bundle, tmp_path):
@@ -141,6 +184,71 @@ def test_unconditional_rows_in_a_mixed_batch_match_the_unconditional_model(bundl
     mixed = list(handlers.compare(**compare_args(strengths="2", mode="classifier-vs-free")))[-1]
     alone = list(handlers.generate(**gen_args(class_name="Sneaker", scale=2.0, steps=5, num_images=3, seed=5)))[-1]
     assert np.abs(tile_rows(mixed.x_t, 2, 3)[0].astype(int) - tile_rows(alone.x_t, 1, 3)[0]).max() <= 1
+
+
+ROWS = [  # (mode, text, the rows, their labels); the left column: class Sneaker, w = 2, the rest as set
+    ("interval", "full, 0-400, 200-800",
+     [Row(2, 2.0), Row(2, 2.0, schedule=Schedule("constant", (0, 400))),
+      Row(2, 2.0, schedule=Schedule("constant", (200, 800)))], ["full", "0-400", "200-800"]),
+    ("schedule", "all", [Row(2, 2.0), Row(2, 2.0, schedule=Schedule("ramp-up", (0, 999))),
+                         Row(2, 2.0, schedule=Schedule("ramp-down", (0, 999)))], ["constant", "ramp-up", "ramp-down"]),
+    ("schedule", "ramp-down; constant", [Row(2, 2.0, schedule=Schedule("ramp-down", (0, 999))), Row(2, 2.0)],
+     ["ramp-down", "constant"]),
+    ("threshold", "all", [Row(2, 2.0), Row(2, 2.0, threshold=Threshold("dynamic")),
+                          Row(2, 2.0, threshold=Threshold("none"))], ["clip", "dynamic", "none"]),
+    ("class", "all", [Row(k, 2.0) for k in range(4)], list(CLASS_NAMES)),
+    ("class", "bag, T-SHIRT/TOP, 1", [Row(3, 2.0), Row(0, 2.0), Row(1, 2.0)], ["Bag", "T-shirt/top", "Trouser"]),
+]
+
+
+@pytest.mark.parametrize("mode, text, rows, labels", ROWS, ids=[f"{m}: {t}" for m, t, _, _ in ROWS])
+def test_compare_rows_vary_what_the_mode_names(mode, text, rows, labels):
+    run = compare_run(mode=mode, strengths=text, scale=2.0)
+    assert list(run.request.rows) == rows and list(run.labels) == labels
+
+
+def test_rows_vary_from_the_left_columns_settings():
+    run = compare_run(mode="schedule", strengths="constant, ramp-up", scale=2.0, interval="100-300",
+                      threshold="dynamic", threshold_percentile=0.9)
+    dynamic = Threshold("dynamic", 0.9)
+    assert run.request.rows == (Row(2, 2.0, schedule=Schedule("constant", (100, 300)), threshold=dynamic),
+                                Row(2, 2.0, schedule=Schedule("ramp-up", (100, 300)), threshold=dynamic))
+    run = compare_run(mode="threshold", strengths="clip, dynamic", scale=2.0, interval="0-500", schedule="ramp-up",
+                      threshold_percentile=0.8)
+    assert run.request.rows == (Row(2, 2.0, schedule=Schedule("ramp-up", (0, 500)), threshold=Threshold("clip", 0.8)),
+                                Row(2, 2.0, schedule=Schedule("ramp-up", (0, 500)), threshold=Threshold("dynamic", 0.8)))
+
+
+def test_guidance_outside_a_rows_interval_is_off(bundle, tmp_path):
+    """Five DDIM steps start from t = 999, 749, 500, 250, 0: the row guided at 0-400 gets its push
+    in the last two only."""
+    frames = list(make_handlers(bundle, tmp_path).compare(**compare_args(mode="interval", strengths="full, 0-400",
+                                                                         scale=4.0)))
+    recorded = frames[-1].recording.frames
+    assert [f.timestep for f in recorded] == [999, 749, 500, 250, 0]
+    norms = np.array([f.guidance_norm for f in recorded])  # (steps, rows)
+    assert (norms[:, 0] > 0).all()
+    assert (norms[:3, 1] == 0).all() and (norms[3:, 1] > 0).all()
+
+
+def test_a_class_row_is_what_generate_gives_for_that_class(bundle, tmp_path):
+    handlers = make_handlers(bundle, tmp_path, FINAL_ONLY)
+    last = list(handlers.compare(**compare_args(mode="class", strengths="Bag, Trouser", scale=3.0)))[-1]
+    assert "a class per row" in last.status
+    tiles = tile_rows(last.x_t, rows=2, cols=3)
+    for row, name in enumerate(("Bag", "Trouser")):
+        alone = list(handlers.generate(**gen_args(class_name=name, scale=3.0, steps=5, num_images=3, seed=5)))[-1]
+        assert np.abs(tile_rows(alone.x_t, 1, 3)[0].astype(int) - tiles[row]).max() <= 1
+
+
+def test_row_statistics_read_each_row_against_its_own_class(bundle):
+    images = torch.rand(6, 1, 16, 16) * 2 - 1
+    per_class = runs.row_stats(bundle, compare_run(mode="class", strengths="Bag, Trouser", num_images=3), images)
+    bags = arguments.Run(Request((Row(3), Row(3)), images_per_row=3), ("Bag", "Bag"), ("", ""), CLASS_NAMES)
+    all_bags = runs.row_stats(bundle, bags, images)
+    assert per_class.classifier_prob[0] == pytest.approx(all_bags.classifier_prob[0])
+    assert per_class.classifier_prob[1] != pytest.approx(all_bags.classifier_prob[1])
+    assert per_class.evaluator_prob[1] != pytest.approx(all_bags.evaluator_prob[1])
 
 
 def test_strong_guidance_raises_the_classifier_confidence(bundle, tmp_path):
@@ -154,9 +262,56 @@ def test_a_nonfinite_step_becomes_a_readable_error(bundle, tmp_path, monkeypatch
         raise NonFiniteError("sampling produced NaN or inf at step 0 (t=999); lower the guidance strength")
         yield
 
-    monkeypatch.setattr(runs, "steps", diverging)
+    monkeypatch.setattr(generation, "stream", lambda bundle, request: diverging())
     handlers = make_handlers(bundle, tmp_path)
     assert "lower the guidance strength" in error_message(lambda: list(handlers.generate(**gen_args())))
+
+
+# -- the classifier's push -------------------------------------------------------------------------
+
+def test_the_push_column_shows_each_steps_guidance_term_in_diverging_colours(bundle, tmp_path):
+    handlers = make_handlers(bundle, tmp_path)
+    frames = list(handlers.compare(**compare_args(strengths="0, 6")))
+    assert frames[0].push is None and "first step" in frames[0].push_note
+    run = frames[-1].recording.run
+    steps = list(generation.stream(bundle, run.request))
+    for frame, step in zip(frames[1:], steps):
+        term = step.guidance_term.mean(1)  # one channel: the term itself, (B, H, W)
+        s = float(term.abs().max())
+        assert f"s = {s:.3g}" in frame.push_note
+        assert frame.push.mode == "RGB" and frame.push.size == frame.x_t.size
+        tiles = tile_rows(frame.push, rows=2, cols=3)[:, :, ::DISPLAY.upscale, ::DISPLAY.upscale]  # (2, 3, H, W, 3)
+        colours = render.PUSH_COLORS[(128 + 127 * term / s).round().to(torch.uint8).numpy()]  # (B, H, W, 3)
+        assert (tiles.reshape(6, 16, 16, 3) == colours).all()
+        assert (tiles[0] == 255).all()  # the unguided row w=0: white, a push of 0
+    red, blue = render.PUSH_COLORS[255], render.PUSH_COLORS[1]
+    assert red[0] > red[2] and blue[2] > blue[0] and (render.PUSH_COLORS[128] == 255).all()
+
+
+def test_an_unguided_step_shows_no_push(bundle, tmp_path):
+    frames = list(make_handlers(bundle, tmp_path).generate(**gen_args(scale=0.0, steps=2)))
+    for frame in frames[1:]:
+        assert "the push is 0" in frame.push_note
+        assert (tile_rows(frame.push, rows=2, cols=2) == 255).all()  # 4 images in a 2 x 2 block, all white
+        assert (frame.norm_chart[render.NORM_Y] == 0).all()
+
+
+def test_colour_checkpoints_give_colour_images_in_every_column(colour_bundle, tmp_path):
+    handlers = make_handlers(colour_bundle, tmp_path)
+    frames = list(handlers.generate(**gen_args(steps=3, scale=6.0)))
+    x_T = ItemNoise(3, range(4))((4, 3, 16, 16), "cpu")
+    assert frames[0].x_t.mode == "RGB" and pixels_match(frames[0].x_t, x_T, ncols=2)
+    expected = library_samples(colour_bundle, 1, 6.0, steps=3, num_images=4, seed=3)
+    last = frames[-1]
+    assert pixels_match(last.x_t, expected, ncols=2)
+    for image in (last.x_t, last.pred_xstart, last.push):
+        array = np.asarray(image)
+        assert image.mode == "RGB" and not (array[..., 0] == array[..., 1]).all()  # not grey
+    _, gif, _, _ = handlers.finish(last.recording)
+    with Image.open(gif["value"]) as animation:
+        animation.seek(animation.n_frames - 1)
+        array = np.asarray(animation.convert("RGB"))
+        assert not (array[..., 0] == array[..., 1]).all()
 
 
 # -- stopping, scrubbing, downloads ------------------------------------------------------------
@@ -187,30 +342,38 @@ def test_scrubbing_shows_x_T_and_each_recorded_step(bundle, tmp_path):
     frames = list(handlers.generate(**gen_args(steps=5)))
     recording = frames[-1].recording
     view = handlers.show_frame(0, recording)
-    assert view.pred_xstart is None and "x_T" in view.status
+    assert view.pred_xstart is None and view.push is None and "x_T" in view.status
     assert np.array_equal(np.asarray(view.x_t), np.asarray(frames[0].x_t))
     view = handlers.show_frame(3.0, recording)  # sliders send floats
-    assert "step 3 / 5" in view.status
-    assert np.array_equal(np.asarray(view.x_t), np.asarray(frames[3].x_t))
-    assert np.array_equal(np.asarray(view.pred_xstart), np.asarray(frames[3].pred_xstart))
+    assert "step 3 / 5" in view.status and view.push_note == frames[3].push_note
+    for name in ("x_t", "pred_xstart", "push"):
+        assert np.array_equal(np.asarray(getattr(view, name)), np.asarray(getattr(frames[3], name)))
     for bad in (-1, 6, 2.5, "3"):
         assert "frame must be an integer from 0 to 5" in error_message(lambda: handlers.show_frame(bad, recording))
     assert "run a generation first" in error_message(lambda: handlers.show_frame(0, None))
 
 
-def test_finish_offers_the_scrubber_a_gif_and_a_png_with_parameters(bundle, tmp_path):
+def test_finish_offers_the_scrubber_a_gif_with_the_push_and_a_png_with_parameters(bundle, tmp_path):
     handlers = make_handlers(bundle, tmp_path)
-    recording = list(handlers.compare(**compare_args(strengths="0, 2", steps=7)))[-1].recording
+    frames = list(handlers.compare(**compare_args(strengths="0, 2", steps=7)))
+    recording = frames[-1].recording
     scrub, gif, png, status = handlers.finish(recording)
     assert "done" in status and "step 7 / 7" in status
     assert scrub["visible"] and scrub["maximum"] == 7 and scrub["value"] == 7
     with Image.open(gif["value"]) as animation:
         assert animation.format == "GIF" and animation.n_frames == 7
+        animation.seek(6)
+        picture = np.asarray(animation.convert("RGB"))
+    gap = 2 * DISPLAY.pad * DISPLAY.upscale
+    x_t, push = frames[-1].x_t, frames[-1].push
+    columns = picture[:x_t.height, 2 * (x_t.width + gap):3 * x_t.width + 2 * gap]  # the third column
+    error = np.abs(columns.astype(int) - np.asarray(push))  # a GIF's palette holds 256 colours
+    assert error.mean() < 2 and np.percentile(error, 99) < 20
     with Image.open(png["value"]) as image:
         image.load()
         parameters = json.loads(image.text[render.PARAMETERS_KEY])
         assert image.height == (2 * (16 + DISPLAY.pad) + DISPLAY.pad) * DISPLAY.png_upscale
-    assert parameters == json.loads(recording.settings.parameters())
+    assert parameters == json.loads(recording.run.parameters())
     assert [row["label"] for row in parameters["rows"]] == ["w=0", "w=2"]
     assert png["visible"]
 
@@ -271,11 +434,12 @@ BAD_GENERATE = [
     (dict(steps=1001), "from 1 to 1000"),
     (dict(steps="10"), "from 1 to 1000"),
     (dict(steps=math.nan), "from 1 to 1000"),
-    (dict(sampler="euler"), "sampler must be one of ddim, ddpm"),
-    (dict(sampler=None), "sampler must be one of ddim, ddpm"),
+    (dict(sampler="euler"), "sampler must be one of ddim, ddpm, dpm++2m"),
+    (dict(sampler=None), "sampler must be one of ddim, ddpm, dpm++2m"),
     (dict(eta=-0.1), "eta must be a number from 0 to 1"),
     (dict(eta=1.5), "eta must be a number from 0 to 1"),
     (dict(eta=math.nan), "eta must be a number from 0 to 1"),
+    (dict(eta=0.5, sampler="dpm++2m"), "eta applies to the DDIM sampler only"),
     (dict(num_images=0), "number of images must be an integer from 1 to 16"),
     (dict(num_images=17), "from 1 to 16"),
     (dict(num_images=1.5), "from 1 to 16"),
@@ -284,19 +448,29 @@ BAD_GENERATE = [
     (dict(seed=0.5), "from 0 to 2147483647"),
     (dict(seed=[1]), "from 0 to 2147483647"),
     (dict(num_images=16, steps=251), "images x steps must be at most 4000"),
+    (dict(interval="200"), "a guidance interval is 'full' or two timesteps like '200-800'; got '200'"),
+    (dict(interval=None), "a guidance interval is 'full' or two timesteps"),
+    (dict(interval="800-200"), "a guidance interval needs 0 <= t_lo <= t_hi <= 999, got 800-200"),
+    (dict(interval="0-1000"), "t_hi <= 999"),
+    (dict(interval="1" * 5000 + "-2"), "interval must be text of at most 200 characters"),
+    (dict(schedule="linear"), "schedule must be one of constant, ramp-up, ramp-down; got 'linear'"),
+    (dict(schedule=None), "schedule must be one of constant, ramp-up, ramp-down"),
+    (dict(threshold="static"), "threshold must be one of clip, dynamic, none; got 'static'"),
+    (dict(threshold_percentile=0.4), "threshold percentile must be a number from 0.5 to 1"),
+    (dict(threshold_percentile="0.9"), "threshold percentile must be a number from 0.5 to 1"),
 ]
 
 
-@pytest.mark.parametrize("changes, message", BAD_GENERATE, ids=[repr(c) for c, _ in BAD_GENERATE])
+@pytest.mark.parametrize("changes, message", BAD_GENERATE, ids=[repr(c)[:60] for c, _ in BAD_GENERATE])
 def test_generate_rejects_bad_arguments_naming_the_valid_range(bundle, tmp_path, changes, message):
     handlers = make_handlers(bundle, tmp_path)
     assert message in error_message(lambda: next(handlers.generate(**gen_args(**changes))))
 
 
 BAD_COMPARE = [
-    (dict(strengths=""), "must list from 1 to 10 values"),
-    (dict(strengths=", ,"), "must list from 1 to 10 values"),
-    (dict(strengths=", ".join(["1"] * 11)), "must list from 1 to 10 values"),
+    (dict(strengths=""), "classifier guidance strengths is empty"),
+    (dict(strengths=", ,"), "classifier guidance strengths is empty"),
+    (dict(strengths=", ".join(str(k) for k in range(11))), "at most 10 rows at once; got 11"),
     (dict(strengths="1, two"), "'two' is not a number"),
     (dict(strengths="0, 2, 2.0"), "must differ from each other; 2 appears twice"),
     (dict(strengths="1, nan"), "classifier guidance strengths must be a number from 0 to 100"),
@@ -305,53 +479,78 @@ BAD_COMPARE = [
     (dict(strengths="0, 40", mode="classifier-free"), "classifier-free strengths must be a number from 0 to 30"),
     (dict(strengths="1" + " " * 300), "at most 200 characters"),
     (dict(strengths=3), "at most 200 characters"),
-    (dict(mode="both"), "compare must be one of classifier, classifier-free, classifier-vs-free"),
-    (dict(strengths="0, 1, 2, 3, 4, 5", mode="classifier-vs-free"), "at most 10 rows"),
+    (dict(mode="both"), "compare must be one of classifier, classifier-free, classifier-vs-free, interval, "
+                        "schedule, threshold, class"),
+    (dict(strengths="0, 1, 2, 3, 4, 5", mode="classifier-vs-free"), "at most 10 rows at once; got 12"),
     (dict(strengths="0, 1, 2, 3, 4, 5, 6", num_images=16), "at most 80 images per request"),
     (dict(strengths="0, 1", num_images=10, steps=201), "images x steps must be at most 4000"),
     (dict(scale=-1, mode="classifier-free"), "classifier guidance w must be a number from 0 to 100"),
+    (dict(mode="interval", strengths="full, 0-2000"), "a guidance interval needs 0 <= t_lo <= t_hi <= 999"),
+    (dict(mode="interval", strengths="full, all"), "intervals must differ from each other; full appears twice"),
+    (dict(mode="interval", strengths="full, 10"), "a guidance interval is 'full' or two timesteps"),
+    (dict(mode="schedule", strengths="linear"), "schedule must be one of constant, ramp-up, ramp-down"),
+    (dict(mode="schedule", strengths="all, constant"), "schedule must be one of constant, ramp-up, ramp-down; "
+                                                       "got 'all'"),
+    (dict(mode="schedule", strengths="ramp-up, ramp-up"), "schedules must differ from each other"),
+    (dict(mode="threshold", strengths=" ; "), "thresholds is empty"),
+    (dict(mode="threshold", strengths=None), "thresholds must be text of at most 200 characters"),
+    (dict(mode="class", strengths="Bag, Coat"), "class must be one of T-shirt/top, Trouser, Sneaker, Bag"),
+    (dict(mode="class", strengths="Bag, bag"), "classes must differ from each other; 'bag' appears twice"),
+    (dict(mode="class", strengths="all", num_images=16, steps=100), "images x steps must be at most 4000"),
+    (dict(mode="class", class_name="Nope"), "class must be one of"),  # checked though the rows set the class
 ]
 
 
-@pytest.mark.parametrize("changes, message", BAD_COMPARE, ids=[repr(c) for c, _ in BAD_COMPARE])
+@pytest.mark.parametrize("changes, message", BAD_COMPARE, ids=[repr(c)[:60] for c, _ in BAD_COMPARE])
 def test_compare_rejects_bad_arguments_naming_the_valid_range(bundle, tmp_path, changes, message):
     handlers = make_handlers(bundle, tmp_path)
     assert message in error_message(lambda: next(handlers.compare(**compare_args(**changes))))
 
 
-def test_classes_are_accepted_by_name_or_index():
-    assert validate.class_index("Bag", CLASS_NAMES) == 3
-    assert validate.class_index(1, CLASS_NAMES) == validate.class_index(1.0, CLASS_NAMES) == 1
+def test_classes_are_accepted_by_name_in_any_case_or_by_index():
+    runs_ = [arguments.generate_run(**gen_args(class_name=name), class_names=CLASS_NAMES, num_timesteps=NUM_TIMESTEPS)
+             for name in ("Bag", "bag", " BAG ", 3, 3.0, "3")]
+    assert {run.request.rows[0].class_label for run in runs_} == {3}
+
+
+def test_integral_floats_from_sliders_become_integers():
+    run = arguments.generate_run(**gen_args(steps=6.0, seed=3.0, num_images=4.0), class_names=CLASS_NAMES,
+                                 num_timesteps=NUM_TIMESTEPS)
+    assert (run.request.steps, run.request.seed, run.request.images_per_row) == (6, 3, 4)
+    assert all(type(v) is int for v in (run.request.steps, run.request.seed, run.request.images_per_row))
 
 
 FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 
-def test_the_defaults_and_every_example_are_valid_requests():
-    validate.generate_settings(FASHION[DEFAULTS.class_index], DEFAULTS.scale, DEFAULTS.unet, DEFAULTS.cfg_scale,
-                               DEFAULTS.steps, DEFAULTS.sampler, DEFAULTS.eta, DEFAULTS.num_images, DEFAULTS.seed,
-                               class_names=FASHION, num_timesteps=1000)
-    validate.compare_settings(FASHION[DEFAULTS.class_index], DEFAULTS.strengths, DEFAULTS.compare, DEFAULTS.scale,
-                              DEFAULTS.unet, DEFAULTS.cfg_scale, DEFAULTS.steps, DEFAULTS.sampler, DEFAULTS.eta,
-                              DEFAULTS.num_images, DEFAULTS.seed, class_names=FASHION, num_timesteps=1000)
+@pytest.mark.parametrize("defaults", [AppDefaults(), DEFAULTS], ids=["built-in", "shipped"])
+def test_the_defaults_and_every_example_are_valid_requests(defaults):
+    arguments.check_defaults(defaults, FASHION, 1000)
     for example in EXAMPLES:
-        assert example.class_name in FASHION and example.tab in ("generate", "compare")
-        common = (example.scale, example.unet, example.cfg_scale, example.steps, example.sampler, example.eta,
-                  example.num_images, example.seed)
+        assert example.tab in ("generate", "compare")
+        assert example.changes.get("class_name", "Bag") in FASHION
+        settings = example.settings(defaults, FASHION)
+        values = settings.generate_values(FASHION)
         if example.tab == "generate":
-            validate.generate_settings(example.class_name, *common, class_names=FASHION, num_timesteps=1000)
+            arguments.generate_run(*values, class_names=FASHION, num_timesteps=1000)
         else:
-            validate.compare_settings(example.class_name, example.strengths, example.compare, *common,
-                                      class_names=FASHION, num_timesteps=1000)
+            arguments.compare_run(values[0], settings.strengths, settings.compare, *values[1:], class_names=FASHION,
+                                  num_timesteps=1000)
+
+
+def test_every_compare_mode_and_sampler_is_on_the_page_with_a_valid_example():
+    assert [value for _, value in COMPARE_CHOICES] == list(arguments.VARY) == list(ROW_VALUES)
+    assert [value for _, value in SAMPLER_CHOICES] == list(SAMPLERS)
+    for mode, values in ROW_VALUES.items():
+        assert len(compare_run(mode=mode, strengths=values.example).request.rows) > 1
 
 
 # -- rendering -------------------------------------------------------------------------------------
 
-def test_grids_are_nearest_neighbour_upscaled_and_label_their_rows(bundle):
-    settings = validate.compare_settings(**compare_args(strengths="0, 1"), class_names=CLASS_NAMES,
-                                         num_timesteps=NUM_TIMESTEPS)
+def test_grids_are_nearest_neighbour_upscaled_and_label_their_rows():
+    run = compare_run(strengths="0, 1")
     images = np.random.default_rng(0).integers(0, 256, (6, 1, 16, 16), dtype=np.uint8)
-    image = render.grid(images, settings)
+    image = render.grid(images, run)
     plain = grid(images, ncols=3, pad=DISPLAY.pad, upscale=DISPLAY.upscale)
     assert image.height == plain.height and image.width > plain.width  # a label strip on the left
     assert np.array_equal(np.asarray(image)[:, image.width - plain.width:], np.asarray(plain))
@@ -359,23 +558,35 @@ def test_grids_are_nearest_neighbour_upscaled_and_label_their_rows(bundle):
     assert np.array_equal(tiles[0, 0][::DISPLAY.upscale, ::DISPLAY.upscale], images[0, 0])
 
 
-def test_chart_colours_darken_with_strength_per_guidance_kind():
-    rows = (runs.Row("w=4", 4.0, None), runs.Row("w=0", 0.0, None), runs.Row("free", 0.0, 2.0, "w_cfg"))
-    settings = runs.RunSettings(0, "x", rows, 2, 3, "ddim", 0.0, 0)
-    colors = render.chart_colors(settings)
+def test_chart_colours_shade_strengths_and_tell_other_rows_apart():
+    run = compare_run(mode="classifier-vs-free", strengths="4, 0")
+    colors = render.chart_colors(run)
     brightness = {label: sum(int(c[i:i + 2], 16) for i in (1, 3, 5)) for label, c in colors.items()}
-    assert brightness["w=0"] > brightness["w=4"]
-    assert colors["free"] != colors["w=4"]
+    assert brightness["classifier w=0"] > brightness["classifier w=4"]
+    assert brightness["free w_cfg=0"] > brightness["free w_cfg=4"]
+    assert colors["classifier w=4"] != colors["free w_cfg=4"]
+    colors = render.chart_colors(compare_run(mode="class", strengths="all"))
+    assert list(colors) == list(CLASS_NAMES) and len(set(colors.values())) == 4
 
 
 # -- the page and the launcher ---------------------------------------------------------------------
 
-def test_the_page_exposes_generate_and_compare_only(bundle, tmp_path):
-    demo = ui.build(make_handlers(bundle, tmp_path))
+def test_the_page_exposes_generate_and_compare_only_with_the_new_arguments_last(bundle, tmp_path):
+    handlers = make_handlers(bundle, tmp_path)
+    demo = ui.build(handlers)
     api = demo.get_api_info()["named_endpoints"]
     assert sorted(api) == ["/compare", "/generate"]
-    assert [p["parameter_name"] for p in api["/generate"]["parameters"]] == list(gen_args())
-    assert [p["parameter_name"] for p in api["/compare"]["parameters"]] == list(compare_args())
+    for name, args in (("/generate", gen_args()), ("/compare", compare_args())):
+        parameters = api[name]["parameters"]
+        assert [p["parameter_name"] for p in parameters] == list(args)
+        assert all(p["parameter_has_default"] for p in parameters)
+    defaults = {p["parameter_name"]: p["parameter_default"] for p in api["/generate"]["parameters"]}
+    assert defaults["interval"] == handlers.defaults.interval and defaults["sampler"] == handlers.defaults.sampler
+    info = next(block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "info")
+    assert f"UNet on {bundle.backend}" in info.value and "running on cpu" in info.value
+    assert [o["label"] for o in api["/generate"]["returns"]][:5] == [
+        "x_t", "x̂_0 (predicted from x_t)", "status", "guidance classifier's belief in the class",
+        "per row: mean p(c | x) under each network, and diversity"]  # as before the push was added
 
 
 def test_launch_defaults_are_local_and_private(monkeypatch):
@@ -383,6 +594,14 @@ def test_launch_defaults_are_local_and_private(monkeypatch):
     args = parse_args([])
     assert args.host == "127.0.0.1" and args.share is False
     assert args.checkpoints == "checkpoints/fashion-mnist"
+    assert args.backend == "auto" and args.frame_interval == DISPLAY.frame_interval_s == 0.5
+
+
+@pytest.mark.parametrize("argv", [["--frame-interval", "-1"], ["--frame-interval", "nan"], ["--backend", "nope"]])
+def test_launch_refuses_bad_options(argv, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+    assert argv[0] in capsys.readouterr().err
 
 
 def test_launch_without_checkpoints_explains_and_exits(tmp_path, capsys):

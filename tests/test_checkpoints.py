@@ -81,7 +81,7 @@ def test_missing_file_is_named(tmp_path, name):
     (folder / name).unlink()
     with pytest.raises(CheckpointError, match=name.replace(".", r"\.")) as err:
         load_bundle(folder)
-    kind = "diffusion" if name.startswith("unet") else "classifier"
+    kind = name.split(".")[0]
     assert f"python -m guidance.train {kind} --out" in str(err.value)  # a command that exists
 
 
@@ -169,3 +169,32 @@ def test_disagreeing_image_sizes(tmp_path):
     (folder / "classifier.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="image sizes disagree"):
         load_bundle(folder)
+
+
+@pytest.mark.parametrize("record", [{"schedule": "cosine", "num_timesteps": 50}, {"schedule": "linear", "num_timesteps": 100}])
+def test_a_classifier_on_another_schedule_is_refused_naming_both_files(tmp_path, record):
+    folder = write_folder(tmp_path)
+    meta = json.loads((folder / "classifier.json").read_text())
+    meta["diffusion"] = record
+    (folder / "classifier.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="noise schedules disagree") as err:
+        load_bundle(folder)
+    message = str(err.value)
+    assert str(folder / "unet.json") in message and str(folder / "classifier.json") in message
+    assert f"{record['schedule']} with T = {record['num_timesteps']}" in message and "linear with T = 50" in message
+
+
+def test_a_checkpoint_without_a_schedule_record_is_refused(tmp_path):
+    folder = write_folder(tmp_path)
+    meta = json.loads((folder / "classifier.json").read_text())
+    del meta["diffusion"]
+    (folder / "classifier.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"classifier\.json records no noise schedule"):
+        load_bundle(folder)
+
+
+def test_the_bundle_knows_its_device_folder_and_image_shape(tmp_path):
+    bundle = load_bundle(write_folder(tmp_path))
+    assert bundle.folder == tmp_path and bundle.device == torch.device("cpu")
+    assert bundle.image_shape == (1, 8, 8) and bundle.backend == "torch"
+    assert (bundle.schedule, bundle.num_timesteps) == ("linear", 50)

@@ -1,63 +1,338 @@
-"""The evaluation end to end on tiny untrained networks and the real test images."""
-import json
+"""The evaluation: its rules on synthetic measurements (paired noise, the within-noise step rule,
+the schedule decision), and the whole command line at the smoke budget on tiny untrained networks
+and a tiny image folder (the data found through the checkpoints' own record)."""
+from __future__ import annotations
 
+import json
+import math
+import shutil
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from guidance import checkpoints, evaluate
-from guidance.data import FASHION_CLASSES
+from guidance import checkpoints, data, evaluate
+from guidance.evaluation import card, sweeps
+from guidance.evaluation.compare import difference, matched_difference, not_worse, verdict
+from guidance.evaluation.defaults import choose_defaults, choose_sampler, choose_scale, choose_schedule
+from guidance.evaluation.measure import Measurement, Setting
+from guidance.evaluation.sweeps import BUDGETS, SWEEPS, Results
+from guidance.metrics import Scores
 from guidance.models import ClassifierConfig, Evaluator, EvaluatorConfig, NoisyClassifier, UNet, UNetConfig
+
+RESAMPLES = 400
+
+
+# -- synthetic measurements ----------------------------------------------------------------------
+
+def fake(setting: Setting, fidelity: float, fd: float, recall: float = 0.7, noise: float = 0.01,
+         sweep: str = "steps", seed: int = 0) -> Measurement:
+    """A measurement whose replicates scatter around its scores with standard deviation `noise`
+    (x10 for the Frechet distance), independently of every other measurement's."""
+    g = np.random.default_rng(seed)
+    point = Scores(fidelity, fd, 0.8, recall)
+    spread = Scores(noise, 10 * noise, noise, noise)
+    replicates = Scores(*(tuple(p + s * g.standard_normal(RESAMPLES)) for p, s in zip(point, spread)))
+    return Measurement(setting, (sweep,), point, replicates, (fidelity,) * 3, (1, 1, 1), 30, 1.0)
+
+
+def test_differences_are_paired_replicate_by_replicate():
+    a = fake(Setting(scale=1.0), 0.90, 3.0, seed=1)
+    shifted = Measurement(Setting(scale=2.0), ("steps",), a.scores._replace(fidelity=0.91),
+                          a.replicates._replace(fidelity=tuple(v + 0.01 for v in a.replicates.fidelity)),
+                          a.per_class, a.histogram, a.images, 1.0)
+    # The same resamples moved by 0.01: the difference is exactly 0.01, however wide each interval is.
+    d = difference(shifted, a, "fidelity")
+    assert d.value == pytest.approx(0.01) and d.low == pytest.approx(0.01) and d.high == pytest.approx(0.01)
+    assert a.half_width("fidelity") > 0.01
+    assert verdict({"fidelity": d}) == "better" and not not_worse(a, shifted)
+    # Independent noise of the same size: a 0.01 difference is within noise.
+    b = fake(Setting(scale=2.0), 0.91, 3.0, seed=2)
+    assert verdict({"fidelity": difference(b, a, "fidelity")}) == "within noise" and not_worse(a, b)
+
+
+def test_the_scale_is_the_smallest_meeting_both_targets():
+    rows = [fake(Setting(scale=w), f, fd, sweep="classifier", seed=k)
+            for k, (w, f, fd) in enumerate([(0, 0.1, 4.0), (1, 0.8, 5.0), (2, 0.92, 7.9), (4, 0.97, 8.5)])]
+    assert choose_scale(rows)[0] == 2
+    # No scale within 2x the unguided distance reaches 90%: the most faithful within it wins.
+    rows[2] = fake(Setting(scale=2), 0.85, 7.9, sweep="classifier")
+    assert choose_scale(rows)[0] == 2
+    with pytest.raises(ValueError, match="w = 0"):
+        choose_scale(rows[1:])
+
+
+def step_rows(noise: float) -> list[Measurement]:
+    """DDIM at 50 steps (the reference), and cheaper settings: DPM-Solver++ at 5 steps far worse,
+    at 8 steps a little worse, DDIM at 25 as good."""
+    return [fake(Setting("ddim", 50, 5.0), 0.93, 3.50, noise=noise, seed=1),
+            fake(Setting("dpm++2m", 5, 5.0), 0.70, 6.00, noise=noise, seed=2),
+            fake(Setting("dpm++2m", 8, 5.0), 0.925, 3.56, noise=noise, seed=3),
+            fake(Setting("ddim", 25, 5.0), 0.93, 3.50, noise=noise, seed=4)]
+
+
+def test_the_step_count_is_the_fewest_within_the_noise_of_the_reference():
+    sampler, steps, reason = choose_sampler(step_rows(noise=0.01), reference_steps=50)
+    assert (sampler, steps) == ("dpm++2m", 8) and "within the measured noise" in reason
+    # With less noise the small loss at 8 steps is real: the next cheapest as good as DDIM 50 wins.
+    assert choose_sampler(step_rows(noise=0.001), reference_steps=50)[:2] == ("ddim", 25)
+    # Nothing cheaper within the noise: the reference stays.
+    assert choose_sampler(step_rows(noise=0.001)[:2], reference_steps=50)[:2] == ("ddim", 50)
+
+
+def schedule_rows(gain: float, noise: float, reach: float = 1.0) -> list[Measurement]:
+    """Constant w and guidance in 200-800 over w, at DPM-Solver++ 10 steps. The interval reaches
+    each fidelity with a Frechet distance lower by `gain`; its fidelities are scaled by `reach`."""
+    curve = [(1, 0.60, 3.0), (2, 0.80, 3.2), (5, 0.90, 3.5), (8, 0.95, 4.0)]
+    rows = [fake(Setting("dpm++2m", 10, w), f, fd, noise=noise, sweep="schedules", seed=k)
+            for k, (w, f, fd) in enumerate(curve)]
+    rows += [fake(Setting("dpm++2m", 10, 1.5 * w, schedule="constant", interval=(200, 800)), reach * f, fd - gain,
+                  noise=noise, sweep="schedules", seed=10 + k) for k, (w, f, fd) in enumerate(curve)]
+    return rows
+
+
+def test_a_schedule_is_taken_only_when_it_beats_constant_beyond_the_noise():
+    pick, reason = choose_schedule(schedule_rows(gain=0.5, noise=0.005), scale=5)
+    assert pick is not None and pick.setting.interval == (200, 800) and pick.setting.scale == 7.5
+    assert "beats constant w" in reason
+    # The same gain inside a wider noise, or a schedule that never reaches the fidelity: constant stays.
+    assert choose_schedule(schedule_rows(gain=0.5, noise=0.2), scale=5)[0] is None
+    pick, reason = choose_schedule(schedule_rows(gain=0.5, noise=0.005, reach=0.8), scale=5)
+    assert pick is None and "not reached" in reason
+
+
+def test_matched_fidelity_interpolates_each_curve():
+    rows = schedule_rows(gain=0.5, noise=0.005)
+    constant, interval = rows[:4], rows[4:]
+    d = matched_difference(interval, constant, 0.85, "fd")
+    assert d.value == pytest.approx(-0.5) and d.high < 0
+    assert math.isnan(matched_difference(interval, constant, 0.99, "fd").value)  # beyond both curves
+
+
+def test_the_defaults_follow_the_rules_in_turn():
+    rows = [fake(Setting(scale=w), f, fd, sweep="classifier", seed=k)
+            for k, (w, f, fd) in enumerate([(0, 0.1, 4.0), (2, 0.8, 5.0), (5, 0.92, 6.0)])]
+    rows += step_rows(noise=0.01)[1:]   # DDIM 50 at w = 5 is the classifier sweep's row
+    rows[2] = rows[2].with_sweep("steps")
+    d = choose_defaults(rows, reference_steps=50)
+    assert (d.scale, d.sampler, d.steps, d.schedule, d.interval) == (5, "dpm++2m", 8, "constant", None)
+    schedules = [Measurement(Setting("dpm++2m", 8, m.setting.scale, None, m.setting.schedule, m.setting.interval),
+                             m.sweeps, m.scores, m.replicates, m.per_class, m.histogram, m.images, 1.0)
+                 for m in schedule_rows(gain=0.5, noise=0.005)]
+    d = choose_defaults(rows + schedules, reference_steps=50)
+    assert (d.scale, d.schedule, d.interval) == (7.5, "constant", (200, 800))
+    assert set(d.to_json("cpu")) >= {"scale", "steps", "sampler", "schedule", "interval", "budget"}
+
+
+def test_the_plan_shares_settings_between_sweeps_and_scales_intervals_to_T():
+    budget = BUDGETS["cpu"]
+    chosen = choose_defaults([fake(Setting(scale=w), f, 3.0, sweep="classifier", seed=k)
+                              for k, (w, f) in enumerate([(0, 0.1), (5, 0.95)])], budget.reference_steps)
+    steps = sweeps.plan(budget, "steps", chosen, 1000)
+    assert {(s.sampler, s.steps) for s in steps} >= {("dpm++2m", 5), ("dpm++2m", 20), ("ddim", 10), ("ddim", 50)}
+    assert {s.scale for s in steps} == {5}
+    intervals = {s.interval for s in sweeps.plan(budget, "schedules", chosen, 1000)}
+    assert intervals == {None, (0, 500), (200, 800), (500, 999), (0, 999)}
+    assert {s.interval for s in sweeps.plan(budget, "schedules", chosen, 100)} == {None, (0, 50), (20, 80), (50, 99), (0, 99)}
+    everything = sweeps.planned_settings(budget, chosen, 1000)
+    assert len(everything) == len(set(everything))
+
+
+def test_measurements_survive_json():
+    m = fake(Setting("dpm++2m", 10, 2.0, None, "ramp-up", (0, 999), "dynamic"), 0.9, 3.0)
+    m = Measurement(m.setting, m.sweeps, m.scores, m.replicates._replace(recall=(math.nan,) * RESAMPLES),
+                    m.per_class, m.histogram, m.images, m.sample_seconds)
+    back = Measurement.from_json(json.loads(json.dumps(m.to_json())))
+    assert back.setting == m.setting and back.scores == pytest.approx(m.scores, abs=1e-6)
+    assert math.isnan(back.half_width("recall")) and back.half_width("fd") == pytest.approx(m.half_width("fd"), abs=1e-5)
+
+
+def test_default_paths_never_replace_a_larger_budgets_files(tmp_path):
+    readme, defaults = tmp_path / "README.md", tmp_path / "defaults.json"
+    assert card.may_replace(readme, "smoke")                       # nothing there yet
+    readme.write_text("# written by hand\n")
+    assert not card.may_replace(readme, "gpu")
+    readme.write_text(card.MARKER.format(budget="cpu") + "\n")
+    assert not card.may_replace(readme, "smoke") and card.may_replace(readme, "cpu") and card.may_replace(readme, "gpu")
+    defaults.write_text(json.dumps({"scale": 5, "budget": "gpu"}))
+    assert not card.may_replace(defaults, "cpu") and card.may_replace(defaults, "gpu")
+
+
+# -- the command line on tiny networks -----------------------------------------------------------
+
+CLASSES = ("boot", "coat", "shirt")
+
+
+def write_folder(root, per_class: int = 6):
+    """root/<class>/<i>.png: distinct grey images of assorted sizes."""
+    rng = np.random.default_rng(0)
+    for name in CLASSES:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (7 + i, 9), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoints(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ck")
+def tiny(tmp_path_factory):
+    """(checkpoint folder, image folder): three tiny random networks for 8x8 grey images, trained
+    on nothing, whose JSON records the image folder as their data (T = 100)."""
+    root = tmp_path_factory.mktemp("evaluate")
+    images = write_folder(root / "images")
+    train, _ = data.load(data.DataSource("image-folder", str(images), image_size=8, channels=1, holdout=0.34))
+    folder = root / "checkpoints"
     torch.manual_seed(0)
-    meta = dict(class_names=list(FASHION_CLASSES), diffusion={"schedule": "cosine", "num_timesteps": 1000})
-    checkpoints.save(UNet(UNetConfig(base_channels=8, num_heads=2)), folder, "unet", **meta)
-    checkpoints.save(NoisyClassifier(ClassifierConfig(base_channels=8)), folder, "classifier", **meta)
-    checkpoints.save(Evaluator(EvaluatorConfig(layers=(1, 1, 1, 1), channels=(8, 8, 16, 16), input_size=28)),
-                     folder, "evaluator", class_names=list(FASHION_CLASSES))
-    return folder
+    meta = dict(class_names=list(CLASSES), diffusion={"schedule": "cosine", "num_timesteps": 100},
+                data=train.record.to_json())
+    shape = dict(image_size=8, num_classes=len(CLASSES))
+    unet = UNet(UNetConfig(**shape, base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_levels=(1,),
+                           num_heads=2, dropout=0.0))
+    with torch.no_grad():  # fresh networks zero their output layer: eps would be 0
+        for p in unet.parameters():
+            p.add_(0.2 * torch.randn(p.shape))
+    checkpoints.save(unet, folder, "unet", **meta)
+    checkpoints.save(NoisyClassifier(ClassifierConfig(**shape, base_channels=8, channel_mults=(1, 2))), folder,
+                     "classifier", **meta)
+    checkpoints.save(Evaluator(EvaluatorConfig(**shape, layers=(1, 1, 1, 1), channels=(8, 8, 8, 8), input_size=16)),
+                     folder, "evaluator", **meta)
+    return folder, images
 
 
-def test_evaluation_writes_tables_plots_defaults_and_model_card(tiny_checkpoints, tmp_path):
-    out, readme = tmp_path / "docs", tmp_path / "README.md"
+def smoke(folder, out, *extra) -> int:
+    return evaluate.main(["--checkpoints", str(folder), "--budget", "smoke", "--out", str(out), "--device", "cpu",
+                          "--backend", "torch", *map(str, extra)])
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tiny, tmp_path_factory):
+    """The smoke budget on the tiny checkpoints: (checkpoints, out, README)."""
+    folder, _ = tiny
+    out = tmp_path_factory.mktemp("out") / "evaluation"
+    readme = out.parent / "README.md"
     readme.write_text("intro\n<!-- results:start -->\nold\n<!-- results:end -->\noutro\n")
-    args = ["--checkpoints", str(tiny_checkpoints), "--out", str(out), "--readme", str(readme), "--device", "cpu", "--n-per-class", "4",
-            "--n-real", "200", "--scales", "0,2", "--cfg-scales", "0", "--combined-scales", "1", "--steps", "2",
-            "--ddim-steps", "1,2", "--ddpm-steps", "2", "--batch-size", "40"]
-    assert evaluate.main(args) == 0
-    results = json.loads((out / "results.json").read_text())
-    sweeps = [r["sweep"] for r in results["rows"]]
-    assert sweeps == ["classifier", "classifier", "cfg", "steps", "steps", "combined", "steps"]
-    for row in results["rows"]:
-        assert 0 <= row["fidelity"] <= 1 and 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
-        assert row["fd"] >= 0 and sum(row["histogram"]) == 40 and len(row["per_class"]) == 10
-    defaults = json.loads((tiny_checkpoints / "defaults.json").read_text())
-    assert defaults["scale"] == 2 and defaults["sampler"] == "ddim"
-    report = (out / "RESULTS.md").read_text()
-    assert "## Classifier guidance on the unconditional model" in report and "## Step counts" in report
-    assert (out / "guidance_tradeoff.png").stat().st_size > 1000 and (out / "samples_classifier.png").exists()
-    assert "evaluator.safetensors" in (tiny_checkpoints / "README.md").read_text()
+    assert smoke(folder, out, "--readme", readme) == 0
+    return folder, out, readme
+
+
+def test_smoke_runs_every_sweep_once_per_setting(smoke_run):
+    folder, out, _ = smoke_run
+    results = Results.load(out / "results.json")
+    assert {s for m in results.measurements for s in m.sweeps} == set(SWEEPS)
+    settings = [m.setting for m in results.measurements]
+    assert len(settings) == len(set(settings))
+    n = BUDGETS["smoke"].images(len(CLASSES))
+    assert results.info.images_per_class == n and results.info.class_names == CLASSES
+    for m in results.measurements:
+        assert m.images == n * len(CLASSES) and sum(m.histogram) == m.images
+        assert len(m.replicates.fd) == BUDGETS["smoke"].resamples
+        assert 0 <= m.scores.fidelity <= 1 and 0 <= m.scores.precision <= 1 and m.scores.fd >= 0
+    assert results.info.data["source"] == "image-folder" and results.info.budget == "smoke"
+    assert json.loads((out / "results.json").read_text())["defaults"]["budget"] == "smoke"
+
+
+def test_smoke_writes_the_report_figures_card_defaults_and_readme(smoke_run, tiny):
+    folder, out, readme = smoke_run
+    page = (out / "RESULTS.md").read_text()
+    for title in ("## The app's defaults", "## Classifier guidance", "## Samplers and step counts",
+                  "### Across guidance strengths", "## Guidance schedules", "## Dynamic thresholding",
+                  "## Classifier-free guidance", "## Both combined"):
+        assert title in page
+    assert "**smoke** budget" in page and "image c*" in page
+    for figure in ("guidance_tradeoff.png", "sampler_steps.png", "schedule_tradeoff.png"):
+        assert (out / figure).stat().st_size > 1000
+    with Image.open(out / "samples_classifier.png") as samples:  # a row of 8x8 tiles per scale, upscaled 2x
+        assert samples.width == 2 * (len(CLASSES) * 10 + 2)
+    model_card = (folder / "README.md").read_text()
+    assert str(tiny[1].resolve()) in model_card and "Fashion-MNIST" not in model_card
+    assert all(f"| {name} |" in model_card for name in CLASSES) and card.MARKER.format(budget="smoke") in model_card
+    defaults = json.loads((folder / "defaults.json").read_text())
+    assert defaults["budget"] == "smoke" and defaults["sampler"] in ("ddim", "ddpm", "dpm++2m")
     text = readme.read_text()
-    assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text and "| 2 (default) |" in text
-    # The report is rebuilt from results.json alone, identically.
-    assert evaluate.main(["--report-only", "--checkpoints", str(tiny_checkpoints), "--out", str(out),
-                          "--readme", str(readme)]) == 0
-    assert (out / "RESULTS.md").read_text() == report and readme.read_text() == text
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text and "(default)" in text
 
 
-def test_defaults_pick_the_smallest_scale_meeting_both_targets():
-    def row(sweep, scale, fidelity, fd, steps=50):
-        return dict(sweep=sweep, scale=scale, cfg_scale=None, steps=steps, sampler="ddim", fidelity=fidelity, fd=fd)
-    rows = [row("classifier", 0, 0.1, 4.0), row("classifier", 1, 0.8, 5.0), row("classifier", 2, 0.92, 7.9),
-            row("classifier", 4, 0.97, 8.5), row("steps", 2, 0.85, 6.0, steps=10), row("steps", 2, 0.91, 7.0, steps=25)]
-    d = evaluate.choose_defaults(rows)
-    assert (d["scale"], d["steps"]) == (2, 25)
-    # No scale within 2x the unguided distance reaches 90%: the most faithful within it wins.
-    rows[2]["fidelity"] = 0.85
-    assert evaluate.choose_defaults(rows)["scale"] == 2
+def test_report_only_rebuilds_the_same_files_and_keeps_a_larger_budgets(smoke_run):
+    folder, out, readme = smoke_run
+    page, model_card, text = (out / "RESULTS.md").read_text(), (folder / "README.md").read_text(), readme.read_text()
+    larger = json.dumps({"scale": 1, "steps": 9, "sampler": "ddim", "budget": "gpu"})
+    (folder / "defaults.json").write_text(larger)
+    assert evaluate.main(["--report-only", "--out", str(out), "--readme", str(readme)]) == 0
+    assert (out / "RESULTS.md").read_text() == page and readme.read_text() == text
+    assert (folder / "README.md").read_text() == model_card
+    assert (folder / "defaults.json").read_text() == larger        # a smoke run keeps the gpu budget's
+    explicit = out / "elsewhere" / "defaults.json"
+    assert evaluate.main(["--report-only", "--out", str(out), "--defaults", str(explicit)]) == 0
+    assert json.loads(explicit.read_text())["budget"] == "smoke"
+
+
+def test_resume_keeps_measured_settings_and_measures_the_rest(smoke_run, tiny, tmp_path, monkeypatch):
+    folder, out, _ = smoke_run
+    images = tiny[1]
+    copy = tmp_path / "evaluation"
+    shutil.copytree(out, copy)
+    record = json.loads((copy / "results.json").read_text())
+    total = len(record["rows"])
+    record["rows"] = record["rows"][:-3]           # as if the run had stopped three settings early
+    (copy / "results.json").write_text(json.dumps(record))
+    measured = []
+    real_measure = sweeps.measure
+
+    def counting(bundle, setting, *args, **kwargs):
+        measured.append(setting)
+        return real_measure(bundle, setting, *args, **kwargs)
+
+    monkeypatch.setattr(sweeps, "measure", counting)
+    # The data options name the same images as the checkpoints' record: the same run, so it resumes.
+    same_data = ("--image-folder", images, "--image-size", 8, "--channels", 1, "--holdout", 0.34)
+    assert smoke(folder, copy, "--resume", "--model-card", tmp_path / "card.md", "--defaults", tmp_path / "d.json",
+                 *same_data) == 0
+    resumed = Results.load(copy / "results.json")
+    original = Results.load(out / "results.json")
+    assert len(measured) == 3 and len(resumed.measurements) == total
+    assert [m.setting for m in resumed.measurements] == [m.setting for m in original.measurements]
+    for a, b in zip(resumed.measurements, original.measurements):  # the same seeds give the same images
+        assert a.scores == pytest.approx(b.scores, abs=1e-6) and a.sweeps == b.sweeps
+
+
+def test_an_interrupted_runs_results_can_be_read(smoke_run, tmp_path):
+    _, out, _ = smoke_run
+    record = json.loads((out / "results.json").read_text())
+    for kept in (3, 8, 14, 19):   # cut inside the steps, samplers, schedules and thresholds sweeps
+        partial = tmp_path / f"cut{kept}"
+        partial.mkdir()
+        (partial / "results.json").write_text(json.dumps({**record, "rows": record["rows"][:kept]}))
+        assert evaluate.main(["--report-only", "--out", str(partial), "--model-card", str(partial / "card.md"),
+                              "--defaults", str(partial / "defaults.json")]) == 0
+        assert "## Classifier guidance" in (partial / "RESULTS.md").read_text()
+
+
+def test_resume_refuses_results_of_another_run(smoke_run, tmp_path):
+    folder, out, _ = smoke_run
+    shutil.copytree(out, tmp_path / "evaluation")
+    assert smoke(folder, tmp_path / "evaluation", "--resume", "--seed", "3") == 2
+    # A results.json of another layout is refused, not misread.
+    (tmp_path / "evaluation" / "results.json").write_text(json.dumps({"info": {"n_per_class": 100}, "rows": []}))
+    assert smoke(folder, tmp_path / "evaluation", "--resume") == 2
+
+
+def test_data_options_override_the_checkpoints_record(tiny, tmp_path, capsys):
+    folder, _ = tiny
+    other = tmp_path / "other"
+    for c, name in enumerate(("cat", "dog", "emu")):
+        (other / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8), 40 * i + 10 * c, dtype=np.uint8)).save(other / name / f"{i}.png")
+    assert smoke(folder, tmp_path / "o", "--image-folder", other, "--image-size", 8) == 2
+    assert "are not the checkpoints'" in capsys.readouterr().err
+
+
+def test_estimate_times_every_kind_of_step_and_writes_nothing(tiny, tmp_path, capsys):
+    folder, _ = tiny
+    assert smoke(folder, tmp_path / "o", "--estimate") == 0
+    printed = capsys.readouterr().out
+    assert "smoke budget:" in printed and "minutes" in printed and "2 UNet passes + classifier gradient" in printed
+    assert not (tmp_path / "o").exists()
 
 
 def test_missing_checkpoints_exit_with_code_2(tmp_path, capsys):

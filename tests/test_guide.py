@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from guidance import GaussianDiffusion, GuidedDenoiser, Guidance, SharedNoise, final, sample
+from guidance import GaussianDiffusion, GuidedDenoiser, Guidance, ItemNoise, Schedule, Threshold, final, sample_loop
+
+UNCLIPPED = Threshold("none")
 
 SHAPE = (1, 4, 4)
 NULL = 2
@@ -58,7 +60,7 @@ def test_guidance_gradient_equals_the_analytic_gradient():
     torch.testing.assert_close(out.log_prob, torch.log_softmax(GaussianClassifier()(x, None), -1)[torch.arange(6), labels])
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpm++2m"])
 def test_guidance_moves_samples_toward_the_class(sampler):
     # Linear, not cosine: with x-hat_0 unclipped, the cosine schedule's beta_T = 0.999 turns the
     # first DDIM step's guidance into a jump of sqrt(alpha-bar_{T-1} / alpha-bar_T) ~ 30 times w g.
@@ -68,9 +70,9 @@ def test_guidance_moves_samples_toward_the_class(sampler):
     n, scales = 256, [0.0, 0.25, 0.5, 1.0]
     distances, log_probs = [], []
     for w in scales:
-        noise = SharedNoise(0)
-        steps = sample(model, diffusion, (n, *SHAPE), Guidance.make(0, w, batch_size=n),
-                       lambda s, d: noise(s, d).double(), sampler, clip_denoised=False)
+        noise = ItemNoise(0, range(n))
+        steps = sample_loop(model, diffusion, (n, *SHAPE), Guidance.make(0, w, batch_size=n, threshold=UNCLIPPED),
+                            lambda s, d: noise(s, d).double(), sampler)
         x = final(steps).sample
         distances.append(((x - MU[0]) ** 2).flatten(1).sum(1).sqrt().mean().item())
         log_probs.append(torch.log_softmax(GaussianClassifier()(x, None), -1)[:, 0].mean().item())
@@ -85,8 +87,8 @@ def test_unguided_analytic_sampler_reproduces_the_data_distribution():
     """A sanity check of the toy denoiser the sign test relies on."""
     diffusion = GaussianDiffusion.from_schedule("cosine", 100, steps=50)
     model = GuidedDenoiser(StandardNormalEps(GaussianDiffusion.from_schedule("cosine", 100)), None, NULL)
-    x = final(sample(model, diffusion, (2000, *SHAPE), Guidance.make(0, 0.0, batch_size=2000),
-                     SharedNoise(1), "ddpm", clip_denoised=False)).sample
+    x = final(sample_loop(model, diffusion, (2000, *SHAPE), Guidance.make(0, 0.0, batch_size=2000, threshold=UNCLIPPED),
+                          ItemNoise(1, range(2000)), "ddpm")).sample
     assert abs(x.mean().item()) < 0.05 and abs(x.var().item() - 1) < 0.1
 
 
@@ -94,8 +96,9 @@ def test_cfg_scale_none_is_the_unconditional_model_and_zero_the_conditional():
     x = torch.randn(4, *SHAPE, generator=torch.Generator().manual_seed(0))
     t, labels = torch.zeros(4, dtype=torch.long), torch.tensor([0, 1, 1, 0])
     model = GuidedDenoiser(LabelEps(), None, NULL)
-    torch.testing.assert_close(model.eps(x, t, Guidance.make(labels)), LabelEps()(x, t, torch.full((4,), NULL)))
-    torch.testing.assert_close(model.eps(x, t, Guidance.make(labels, cfg_scale=0.0)), LabelEps()(x, t, labels))
+    one = torch.ones(4)
+    torch.testing.assert_close(model(x, t, Guidance.make(labels), one).eps, LabelEps()(x, t, torch.full((4,), NULL)))
+    torch.testing.assert_close(model(x, t, Guidance.make(labels, cfg_scale=0.0), one).eps, LabelEps()(x, t, labels))
 
 
 def test_cfg_combination_is_one_plus_w_cond_minus_w_uncond():
@@ -105,8 +108,6 @@ def test_cfg_combination_is_one_plus_w_cond_minus_w_uncond():
     model = GuidedDenoiser(LabelEps(), None, NULL)
     cond, uncond = LabelEps()(x, t, labels), LabelEps()(x, t, torch.full((4,), NULL))
     expected = (1 + w.reshape(-1, 1, 1, 1)) * cond - w.reshape(-1, 1, 1, 1) * uncond
-    torch.testing.assert_close(model.eps(x, t, Guidance.make(labels, cfg_scale=w)), expected)
-    # Through the full wrapper (no classifier), the same.
     torch.testing.assert_close(model(x, t, Guidance.make(labels, cfg_scale=w), torch.ones(4)).eps, expected)
 
 
@@ -147,3 +148,151 @@ def test_per_item_gradients_do_not_mix_batch_items(unet, classifier):
     for i in range(5):
         alone = model(x[i:i + 1], t[i:i + 1], Guidance.make([0, 1, 2, 0, 1][i], 1.0), k[i:i + 1])
         torch.testing.assert_close(alone.eps[0], before.eps[i], rtol=1e-10, atol=1e-12)
+
+
+# -- per-item UNet passes: the unconditional mask ---------------------------------------------------
+
+class CountingEps(nn.Module):
+    """LabelEps that records the labels of every call (one entry per batch row the UNet ran on)."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows: list[list[int]] = []
+
+    def forward(self, x, t, y):
+        self.rows.append(y.tolist())
+        return LabelEps()(x, t, y)
+
+
+def test_a_mixed_batch_runs_the_null_pass_only_on_rows_that_need_it():
+    x = torch.randn(4, *SHAPE, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    t = torch.zeros(4, dtype=torch.long)
+    labels = torch.tensor([0, 1, 0, 1])
+    # Items 0, 1: unconditional (classifier rows); item 2: conditional, w_cfg 2; item 3: conditional, w_cfg 0.
+    guide = Guidance.make(labels, 0.0, [0.0, 0.0, 2.0, 0.0], batch_size=4,
+                          conditional=[False, False, True, True])
+    unet = CountingEps()
+    out = GuidedDenoiser(unet, None, NULL)(x, t, guide, torch.ones(4)).eps
+    assert len(unet.rows) == 1 and sorted(unet.rows[0]) == sorted([0, 1, NULL, NULL, NULL])  # 5 rows, not 8
+    null, cond = LabelEps()(x, t, torch.full((4,), NULL)), LabelEps()(x, t, labels)
+    torch.testing.assert_close(out[:2], null[:2])
+    torch.testing.assert_close(out[2], 3 * cond[2] - 2 * null[2])
+    torch.testing.assert_close(out[3], cond[3])
+    # Each item equals the item run alone.
+    for i in range(4):
+        alone = Guidance.make(labels[i:i + 1], 0.0, [0.0, 0.0, 2.0, 0.0][i], conditional=[False, False, True, True][i])
+        torch.testing.assert_close(GuidedDenoiser(LabelEps(), None, NULL)(x[i:i + 1], t[:1], alone, torch.ones(1)).eps[0], out[i])
+
+
+# -- schedules: w(t) ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape, expected", [
+    ("constant", lambda t: 1.0),
+    ("ramp-up", lambda t: (800 - t) / 600),
+    ("ramp-down", lambda t: (t - 200) / 600),
+])
+def test_schedule_factor_follows_its_formula(shape, expected):
+    schedule = Schedule(shape, (200, 800))
+    for t in range(0, 1000, 7):
+        want = expected(t) if 200 <= t <= 800 else 0.0
+        assert schedule.factor(t) == pytest.approx(want, abs=1e-12), t
+
+
+def test_a_ramp_without_interval_spans_the_whole_range_when_T_is_known():
+    with pytest.raises(ValueError, match="needs an interval"):
+        Schedule("ramp-up")
+    guide = Guidance.make([0, 1], [2.0, 4.0], schedule=[Schedule(), Schedule("ramp-down", (0, 999))])
+    torch.testing.assert_close(guide.at(333)[0], torch.tensor([2.0, 4.0 * 333 / 999]))
+    assert Guidance.make(0, 3.0, batch_size=1).at(0)[0].item() == 3.0
+
+
+@pytest.mark.parametrize("bad", [("steep", None), ("constant", (500, 100)), ("constant", (-1, 10)), ("constant", (1.5, 10))])
+def test_bad_schedules_name_the_choices(bad):
+    with pytest.raises(ValueError, match="constant, ramp-up, ramp-down|interval"):
+        Schedule(*bad)
+
+
+def test_per_step_w_is_the_schedule_times_w_and_scales_cfg_too():
+    guide = Guidance.make([0, 0, 1], [2.0, 2.0, 0.0], [0.0, 0.0, 4.0], batch_size=3,
+                          conditional=[False, False, True],
+                          schedule=[Schedule(), Schedule("ramp-up", (0, 100)), Schedule("constant", (50, 60))])
+    w, w_cfg = guide.at(75)
+    torch.testing.assert_close(w, torch.tensor([2.0, 2.0 * 25 / 100, 0.0]))
+    torch.testing.assert_close(w_cfg, torch.tensor([0.0, 0.0, 0.0]))
+    assert guide.at(55)[1].tolist() == [0.0, 0.0, 4.0]
+
+
+class CountingClassifier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.calls, self.grad_calls = 0, 0
+
+    def forward(self, x, t):
+        self.calls += 1
+        self.grad_calls += torch.is_grad_enabled() and x.requires_grad
+        return GaussianClassifier()(x, t)
+
+
+def test_the_classifier_backward_pass_is_skipped_when_no_item_is_guided_at_a_step():
+    classifier = CountingClassifier()
+    model = GuidedDenoiser(LabelEps(), classifier, NULL)
+    x, t = torch.randn(2, *SHAPE, dtype=torch.float64), torch.full((2,), 900)
+    outside = Guidance.make([0, 1], 5.0, schedule=Schedule("constant", (0, 500)), diagnostics=False)
+    out = model(x, t, outside, torch.ones(2))
+    assert classifier.calls == 0 and out.guidance_term is None and out.guidance_norm is None
+    torch.testing.assert_close(out.eps, LabelEps()(x, t, torch.full((2,), NULL)))
+    inside = Guidance.make([0, 1], 5.0, schedule=Schedule("constant", (0, 500)), diagnostics=False)
+    model(x, torch.full((2,), 400), inside, torch.ones(2))
+    assert classifier.grad_calls == 1
+    # Only the guided rows go through the backward pass; the others get a plain forward for the chart.
+    classifier.calls = classifier.grad_calls = 0
+    mixed = Guidance.make([0, 1], [5.0, 0.0])
+    out = model(x, torch.full((2,), 400), mixed, torch.ones(2))
+    assert classifier.grad_calls == 1 and classifier.calls == 2
+    assert out.guidance_term[1].abs().max() == 0 and out.guidance_term[0].abs().max() > 0
+    expected = torch.log_softmax(GaussianClassifier()(x, None), -1)[torch.arange(2), torch.tensor([0, 1])]
+    torch.testing.assert_close(out.log_prob, expected)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpm++2m"])
+def test_an_interval_without_steps_is_unguided_and_one_covering_all_is_constant(sampler):
+    diffusion = GaussianDiffusion.from_schedule("linear", 100, steps=10)
+    kept = diffusion.timesteps.tolist()  # 0, 11, 22, ..., 99
+    model = GuidedDenoiser(StandardNormalEps(GaussianDiffusion.from_schedule("linear", 100)), GaussianClassifier(), NULL)
+
+    def images(w, schedule):
+        noise = ItemNoise(3, range(4))
+        guide = Guidance.make([0, 1, 0, 1], w, schedule=schedule, threshold=UNCLIPPED)
+        return final(sample_loop(model, diffusion, (4, *SHAPE), guide, lambda s, d: noise(s, d).double(), sampler)).sample
+
+    gap = (kept[3] + 1, kept[4] - 1)  # between two kept timesteps: contains none
+    assert not any(gap[0] <= t <= gap[1] for t in kept)
+    assert torch.equal(images(4.0, Schedule("constant", gap)), images(0.0, Schedule()))
+    assert torch.equal(images(4.0, Schedule("constant", (0, 99))), images(4.0, Schedule()))
+    assert not torch.allclose(images(4.0, Schedule()), images(0.0, Schedule()))
+
+
+# -- x-hat_0 thresholds ------------------------------------------------------------------------
+
+def test_dynamic_thresholding_against_a_hand_computed_case():
+    # Image 0: |x| = 0.5, 1, 1.5, 3 -> the 0.75-quantile (linear interpolation) is 1.5 + 0.25 * 1.5 = 1.875.
+    # Image 1: every |x| <= 1 -> s = max(1, .) = 1: nothing changes.
+    x = torch.tensor([[[[0.5, -1.0], [1.5, -3.0]]], [[[0.2, -0.4], [0.9, 1.0]]]])
+    out = Threshold("dynamic", 0.75)(x)
+    s = 1.875
+    expected0 = torch.tensor([[[0.5, -1.0], [1.5, -s]]]) / s
+    torch.testing.assert_close(out[0], expected0)
+    torch.testing.assert_close(out[1], x[1])
+    assert Threshold("clip")(x).abs().max() == 1 and torch.equal(Threshold("none")(x), x)
+
+
+def test_thresholds_apply_per_item():
+    x = torch.tensor([[[[3.0]]], [[[3.0]]], [[[3.0]]]])
+    guide = Guidance.make([0, 0, 0], 0.0, threshold=[Threshold("clip"), Threshold("none"), Threshold("dynamic", 1.0)])
+    assert guide.threshold(x).flatten().tolist() == [1.0, 3.0, 1.0]
+
+
+@pytest.mark.parametrize("bad", [("soft", 0.99), ("dynamic", 0.2), ("dynamic", float("nan"))])
+def test_bad_thresholds_are_refused_with_the_choices(bad):
+    with pytest.raises(ValueError, match="clip, dynamic, none|percentile"):
+        Threshold(*bad)

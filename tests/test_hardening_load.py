@@ -10,71 +10,42 @@ memory within 100 MB of where it started.
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import NamedTuple
 
 import psutil
 import pytest
 from gradio_client import Client
 
-from app_fixtures import checkpoint_dir  # noqa: F401
-from demo.server import running_app
+from app_fixtures import Server, checkpoint_dir, fetch_file  # noqa: F401
 from demo.settings import SERVER
+from scripts.launcher import running_app
 
 SMALL = ("Sneaker", 3.0, "unconditional", 0.0, 8, "ddpm", 0.0, 2)  # + seed; DDPM: fresh noise every step
 TINY = ("Bag", 1.0, "unconditional", 0.0, 2, "ddim", 0.0, 1)       # + seed
 LONG = ("Trouser", 1.0, "unconditional", 0.0, 1000, "ddim", 0.0, 4)  # + seed; ended long before its end
-RUN_LINE = re.compile(r"demo\.handlers: run (\S+): (\w+) after step (\d+) of (\d+)(?:; Stop came after step (\d+))?")
 MEMORY_RUNS, MEMORY_LIMIT_MB = 100, 100
-
-
-class RunEnd(NamedTuple):
-    """One run's line in the server log."""
-    state: str                  # finished, stopped, failed or closed (cancelled, or the client went away)
-    steps_done: int
-    steps: int
-    stop_came: int | None       # steps done when Stop came
-
-
-class Server(NamedTuple):
-    url: str
-    log: Path
-    process: psutil.Process
-
-    def runs(self, session: str) -> list[RunEnd]:
-        """The runs of a session that have ended, in order."""
-        ends = []
-        for match in RUN_LINE.finditer(self.log.read_text(errors="replace")):
-            if match[1] == session[:8]:
-                stop = None if match[5] is None else int(match[5])
-                ends.append(RunEnd(match[2], int(match[3]), int(match[4]), stop))
-        return ends
-
-    def wait_for_end(self, session: str, count: int = 1, timeout_s: float = 30) -> RunEnd:
-        """The count-th run of session to end, once the server has logged it."""
-        deadline = time.monotonic() + timeout_s
-        while len(ends := self.runs(session)) < count:
-            assert time.monotonic() < deadline, f"no end of run {count} of session {session[:8]} in the log"
-            time.sleep(0.05)
-        return ends[count - 1]
 
 
 @pytest.fixture(scope="module")
 def server(checkpoint_dir, tmp_path_factory) -> Server:
+    """The app with its default frame interval, as served."""
     log = tmp_path_factory.mktemp("server") / "app.log"
     with running_app(checkpoint_dir, threads=1, log_path=log) as url:
-        port = url.rstrip("/").rsplit(":", 1)[1]
-        app = [p for p in psutil.Process().children(recursive=True)
-               if "app.py" in " ".join(p.cmdline()) and port in p.cmdline()]
-        assert len(app) == 1
-        yield Server(url, log, app[0])
+        yield Server(url, log)
+
+
+@pytest.fixture(scope="module")
+def server_process(server) -> psutil.Process:
+    port = server.url.rstrip("/").rsplit(":", 1)[1]
+    app = [p for p in psutil.Process().children(recursive=True)
+           if "app.py" in " ".join(p.cmdline()) and port in p.cmdline()]
+    assert len(app) == 1
+    return app[0]
 
 
 def connect(server: Server) -> Client:
@@ -82,12 +53,9 @@ def connect(server: Server) -> Client:
     return Client(server.url, verbose=False, download_files=False, ssl_verify=False)
 
 
-def image_bytes(outputs: tuple) -> tuple[bytes, bytes]:
-    """The PNG files of the last x_t and x-hat_0 grids, as served."""
-    def fetch(file: dict) -> bytes:
-        with urllib.request.urlopen(file["url"], timeout=10) as response:
-            return response.read()
-    return fetch(outputs[0]), fetch(outputs[1])
+def image_bytes(outputs: tuple) -> tuple[bytes, bytes, bytes]:
+    """The PNG files of the last x_t, x-hat_0 and push grids, as served."""
+    return fetch_file(outputs[0]), fetch_file(outputs[1]), fetch_file(outputs[5])
 
 
 def wait_for_frames(job, count: int = 2, timeout_s: float = 30) -> None:
@@ -207,7 +175,7 @@ def test_the_queue_turns_callers_away_beyond_its_maximum_size(server):
     assert server.wait_for_end(holder.session_hash).state == "stopped"
 
 
-def test_a_hundred_runs_leave_the_memory_within_100_mb(server):
+def test_a_hundred_runs_leave_the_memory_within_100_mb(server, server_process):
     """Tiny runs from four sessions, one in ten stopped mid-run; resident memory of the server
     process after a warm-up against after the hundred."""
     clients = [connect(server) for _ in range(4)]
@@ -227,9 +195,9 @@ def test_a_hundred_runs_leave_the_memory_within_100_mb(server):
                 assert ("stopped" if stopped else "done") in job.result(timeout=60)[2]
 
     runs(0, 10)  # warm-up: caches, thread pools, allocator arenas
-    before = server.process.memory_info().rss
+    before = server_process.memory_info().rss
     runs(10, MEMORY_RUNS)
-    grown_mb = (server.process.memory_info().rss - before) / 2**20
+    grown_mb = (server_process.memory_info().rss - before) / 2**20
     assert grown_mb < MEMORY_LIMIT_MB, f"the server grew by {grown_mb:.0f} MB over {MEMORY_RUNS} runs"
-    assert server.process.is_running()
+    assert server_process.is_running()
 

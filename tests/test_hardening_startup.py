@@ -20,11 +20,12 @@ import torch
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from app_fixtures import bundle, checkpoint_dir  # noqa: F401
+from app_fixtures import bundle, checkpoint_dir, served_bundle  # noqa: F401
 from demo import launch as launch_module
 from demo.handlers import Handlers
-from demo.server import free_port
-from demo.settings import SERVER
+from demo.settings import DISPLAY, SERVER
+from guidance.backend import BackendError
+from scripts.launcher import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 FIXED_GRADIO = Version("6.20")  # releases before it carry known file-access and SSRF advisories
@@ -179,6 +180,34 @@ def _bytes(size: str) -> int:
     return int(number) * {"kb": gr.FileSize.KB, "mb": gr.FileSize.MB, "gb": gr.FileSize.GB}[unit]
 
 
+def _handlers(demo: gr.Blocks):
+    return next(fn.fn.__self__ for fn in demo.fns.values() if fn.api_name == "generate")
+
+
+def _info(demo: gr.Blocks) -> str:
+    return next(block.value for block in demo.blocks.values() if getattr(block, "elem_id", None) == "info")
+
+
+def test_the_backend_and_the_frame_interval_reach_the_app(launched, served_bundle):
+    demo, _ = launched()
+    assert f"UNet on {served_bundle.backend}" in _info(demo)  # the default backend, auto
+    assert _handlers(demo).display.frame_interval_s == DISPLAY.frame_interval_s
+    demo, _ = launched("--backend", "torch", "--frame-interval", "0")
+    assert "UNet on torch" in _info(demo) and _handlers(demo).bundle.backend == "torch"
+    assert _handlers(demo).display.frame_interval_s == 0
+
+
+def test_a_backend_that_cannot_run_stops_the_launch(checkpoint_dir, monkeypatch, capsys):
+    def unavailable(*args, **kwargs):
+        raise BackendError("ONNX Runtime is not installed; install it")
+
+    monkeypatch.setattr(launch_module, "load_bundle", unavailable)
+    args = launch_module.parse_args(["--checkpoints", str(checkpoint_dir), "--backend", "onnx", "--threads", "1"])
+    assert launch_module.launch(args) == 2
+    err = capsys.readouterr().err
+    assert "ONNX Runtime is not installed" in err and "Traceback" not in err
+
+
 def test_sampling_is_queued_with_a_concurrency_limit_and_a_maximum_size(launched):
     demo, _ = launched()
     assert demo._queue.max_size == SERVER.max_queue
@@ -220,7 +249,7 @@ def test_the_space_runs_the_release_requirements_txt_allows():
 
 @pytest.mark.parametrize("class_name", ["../../etc/passwd", "/etc/passwd", "..", "Bag/../../x", "Bag\x00"])
 def test_a_class_name_that_looks_like_a_path_is_refused(bundle, tmp_path, class_name):
-    handlers = Handlers(bundle, "cpu", downloads=tmp_path / "downloads")
+    handlers = Handlers(bundle, downloads=tmp_path / "downloads")
     with pytest.raises(gr.Error, match="class must be one of"):
         next(handlers.generate(class_name, 1.0, "unconditional", 0.0, 2, "ddim", 0.0, 1, 0))
 
@@ -228,7 +257,7 @@ def test_a_class_name_that_looks_like_a_path_is_refused(bundle, tmp_path, class_
 def test_downloads_are_named_by_the_server_inside_its_own_folder(bundle, tmp_path):
     """A class name with a slash in it (Fashion-MNIST has "T-shirt/top") still yields a plain file
     name in the downloads folder."""
-    handlers = Handlers(bundle, "cpu", downloads=tmp_path / "downloads")
+    handlers = Handlers(bundle, downloads=tmp_path / "downloads")
     *_, last = handlers.generate("T-shirt/top", 1.0, "unconditional", 0.0, 2, "ddim", 0.0, 1, 0)
     after = handlers.finish(last.recording)
     files = [Path(update["value"]) for update in after[1:3] if update.get("value")]

@@ -1,7 +1,9 @@
 """Evaluation metrics on cases with known answers."""
 import torch
 
-from guidance.metrics import frechet_distance, precision_recall, row_diversity
+import math
+
+from guidance.metrics import RealReference, bootstrap_scores, frechet_distance, precision_recall
 
 
 def test_identical_sets_have_zero_distance_and_full_recall():
@@ -37,6 +39,38 @@ def test_a_collapsed_set_keeps_precision_but_loses_recall():
     assert pr.recall < 0.5
 
 
-def test_row_diversity():
-    assert row_diversity(torch.ones(5, 3)) == 0.0
-    assert abs(row_diversity(torch.tensor([[0.0, 0.0], [3.0, 4.0]])) - 5.0) < 1e-9
+def test_the_reference_scores_like_the_plain_functions():
+    g = torch.Generator().manual_seed(4)
+    real, fake = torch.randn(400, 5, generator=g), 0.8 * torch.randn(120, 5, generator=g) + 0.3
+    reference = RealReference(real, real[:120])
+    assert abs(reference.frechet(fake) - frechet_distance(real, fake)) < 1e-9
+    labels = torch.arange(120) % 4
+    scores, _ = bootstrap_scores(reference, fake, labels == 0, labels, resamples=3)
+    pr = precision_recall(real[:120], fake)
+    assert (scores.precision, scores.recall) == (pr.precision, pr.recall) and scores.fidelity == 0.25
+
+
+def test_bootstrap_redraws_within_each_class_with_one_seed():
+    g = torch.Generator().manual_seed(5)
+    real, fake = torch.randn(200, 3, generator=g), torch.randn(60, 3, generator=g)
+    reference = RealReference(real, real[:60])
+    labels = torch.arange(60) % 2
+    # Class 0 always right, class 1 always wrong: every stratified replicate keeps fidelity at 1/2.
+    _, reps = bootstrap_scores(reference, fake, labels == 0, labels, resamples=50, seed=7)
+    assert set(reps.fidelity) == {0.5}
+    # The same seed draws the same resamples (paired across settings); another seed other ones.
+    assert bootstrap_scores(reference, fake, labels == 0, labels, 50, seed=7)[1] == reps
+    assert bootstrap_scores(reference, fake, labels == 0, labels, 50, seed=8)[1].fd != reps.fd
+    # Spread around the full-sample value, not collapsed onto it.
+    full, _ = bootstrap_scores(reference, fake, labels == 0, labels, 0)
+    assert min(reps.fd) < full.fd < max(reps.fd) and len(set(reps.recall)) > 1
+
+
+def test_recall_is_undefined_when_a_resample_has_too_few_distinct_images():
+    g = torch.Generator().manual_seed(6)
+    real, fake = torch.randn(50, 2, generator=g), torch.randn(4, 2, generator=g)
+    reference = RealReference(real, real[:10])
+    labels = torch.zeros(4, dtype=torch.long)
+    full, reps = bootstrap_scores(reference, fake, labels == 0, labels, resamples=30)
+    assert not math.isnan(full.recall)
+    assert any(math.isnan(r) for r in reps.recall)  # 4 draws from 4 images repeat one most of the time

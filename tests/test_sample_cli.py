@@ -1,5 +1,5 @@
 """The sampling command line (run as a subprocess and in-process through runpy) and the library
-function behind it, guidance.generation.generate, on tiny checkpoints."""
+entry point behind it, guidance.generation, on tiny checkpoints."""
 import importlib
 import re
 import runpy
@@ -14,7 +14,10 @@ from PIL import Image
 
 import guidance
 from guidance.checkpoints import load_bundle, save
-from guidance.generation import ItemNoise, class_index, generate
+from guidance.generation import generate, stream
+from guidance.guide import Schedule
+from guidance.noise import ItemNoise
+from guidance.request import Request, Row, class_index
 
 from conftest import tiny_classifier, tiny_unet
 
@@ -43,7 +46,7 @@ def subprocess_runs(checkpoints, tmp_path_factory) -> dict:
     runs = {"npz": ["--class", "bee", "--scale", "2", "--steps", "4", "--sampler", "ddpm", "--n", "5",
                     "--batch-size", "2", "--seed", "3", "--out", str(out / "bees.npz")],
             "bad": ["--class", "zebra", "--out", str(out / "zebras.npz")]}
-    procs = {name: subprocess.Popen([sys.executable, "-m", "guidance.sample", "--threads", "1", "--device", "cpu",
+    procs = {name: subprocess.Popen([sys.executable, "-m", "guidance.sample", "--threads", "1", "--device", "cpu", "--backend", "torch",
                                      "--checkpoints", str(checkpoints), *args],
                                     cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for name, args in runs.items()}
@@ -55,7 +58,7 @@ def subprocess_runs(checkpoints, tmp_path_factory) -> dict:
 
 
 def cli_in_process(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["guidance.sample", "--threads", "1", "--device", "cpu", *args])
+    monkeypatch.setattr(sys, "argv", ["guidance.sample", "--threads", "1", "--device", "cpu", "--backend", "torch", *args])
     with pytest.raises(SystemExit) as exit_:
         runpy.run_module("guidance.sample", run_name="__main__")
     return exit_.value.code, capsys.readouterr().err
@@ -70,14 +73,14 @@ def test_npz_output_matches_the_library(subprocess_runs, bundle):
         images, labels = data["images"], data["labels"]
     assert images.dtype == np.uint8 and images.shape == (5, 8, 8)
     assert labels.dtype == np.int64 and labels.tolist() == [1] * 5
-    expected = generate(bundle, 1, scale=2.0, steps=4, sampler="ddpm", n=5, batch_size=2, seed=3)
+    expected = generate(bundle, Request((Row(1, 2.0),), images_per_row=5, steps=4, sampler="ddpm", seed=3), batch_size=2)
     np.testing.assert_array_equal(images, expected.images[:, 0].numpy())
 
 
 def test_bad_argument_exits_2_with_a_message(subprocess_runs):
     code, _, stderr, folder = subprocess_runs["bad"]
     assert code == 2
-    assert "unknown class 'zebra'" in stderr and "Ant, Bee, Cat" in stderr
+    assert "class must be one of Ant, Bee, Cat" in stderr and "'zebra'" in stderr
     assert not (folder / "zebras.npz").exists()
 
 
@@ -91,19 +94,25 @@ def test_png_output_is_a_grid(checkpoints, tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--class", "Zebra"], "unknown class"),
-    (["--class", "3"], "out of range"),
-    (["--class", "-1"], "out of range"),
-    (["--steps", "-1"], "from 1 to 50"),
-    (["--steps", "0"], "from 1 to 50"),
-    (["--steps", "51"], "from 1 to 50"),
-    (["--eta", "1.5"], r"\[0, 1\]"),
-    (["--eta", "-0.1"], r"\[0, 1\]"),
-    (["--eta", "0.5", "--sampler", "ddpm"], "DDIM"),
-    (["--scale", "nan"], "finite"),
-    (["--cfg-scale", "inf"], "finite"),
-    (["--n", "0"], "n must be a positive"),
-    (["--batch-size", "0"], "batch size must be a positive"),
+    (["--class", "Zebra"], "class must be one of Ant, Bee, Cat"),
+    (["--class", "3"], "an index from 0 to 2; got '3'"),
+    (["--class", "-1"], "an index from 0 to 2; got '-1'"),
+    (["--steps", "-1"], "steps must be an integer from 1 to 50"),
+    (["--steps", "0"], "steps must be an integer from 1 to 50"),
+    (["--steps", "51"], "steps must be an integer from 1 to 50"),
+    (["--eta", "1.5"], "eta must be a number from 0 to 1"),
+    (["--eta", "-0.1"], "eta must be a number from 0 to 1"),
+    (["--eta", "0.5", "--sampler", "dpm++2m"], "DDIM"),
+    (["--scale", "nan"], "classifier guidance w must be a number from 0 to 100"),
+    (["--scale", "-1"], "classifier guidance w must be a number from 0 to 100"),
+    (["--cfg-scale", "inf"], "w_cfg must be a number from 0 to 30"),
+    (["--n", "0"], "number of images must be an integer from 1"),
+    (["--batch-size", "0"], "--batch-size must be positive"),
+    (["--interval", "40", "10"], "0 <= t_lo <= t_hi <= 49"),
+    (["--interval", "0", "50"], "0 <= t_lo <= t_hi <= 49"),
+    (["--schedule", "steep"], "invalid choice"),
+    (["--threshold", "soft"], "invalid choice"),
+    (["--threshold", "dynamic", "--threshold-percentile", "1.5"], "percentile must be from 0.5 to 1"),
     (["--out", "images.jpg"], r"\.npz, \.png"),
     (["--out", "images"], r"\.npz, \.png"),
     (["--sampler", "euler"], "invalid choice"),
@@ -112,8 +121,10 @@ def test_png_output_is_a_grid(checkpoints, tmp_path, monkeypatch, capsys):
 ])
 def test_bad_arguments(checkpoints, tmp_path, monkeypatch, capsys, args, message):
     flags = {"--checkpoints": str(checkpoints), "--class": "Ant", "--steps": "3", "--out": str(tmp_path / "x.npz")}
-    flags.update(zip(args[::2], args[1::2]))
-    code, err = cli_in_process(monkeypatch, capsys, *[item for pair in flags.items() for item in pair])
+    interval = args[args.index("--interval"):args.index("--interval") + 3] if "--interval" in args else []
+    pairs = [a for a in args if a not in interval]
+    flags.update(zip(pairs[::2], pairs[1::2]))
+    code, err = cli_in_process(monkeypatch, capsys, *[item for pair in flags.items() for item in pair], *interval)
     assert code == 2
     assert "usage: python -m guidance.sample" in err
     assert re.search(message, err), err
@@ -137,28 +148,63 @@ def test_in_process_run_writes_rgb_free_npz(checkpoints, tmp_path, monkeypatch, 
         assert data["images"].shape == (3, 8, 8) and data["labels"].tolist() == [2, 2, 2]
 
 
-def test_importing_the_command_line_is_refused():
-    with pytest.raises(ImportError, match="guidance.generation"):
-        importlib.import_module("guidance.sample")
-    assert guidance.sample is guidance.samplers.sample  # still the sampler function
+def test_interval_schedule_and_threshold_reach_the_library(checkpoints, bundle, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "x.npz"
+    code, err = cli_in_process(monkeypatch, capsys, "--checkpoints", str(checkpoints), "--class", "1", "--scale", "4",
+                               "--steps", "4", "--n", "2", "--interval", "10", "40", "--schedule", "ramp-up",
+                               "--threshold", "dynamic", "--threshold-percentile", "0.9", "--out", str(out))
+    assert code == 0, err
+    from guidance.guide import Threshold
+    row = Row(1, 4.0, schedule=Schedule("ramp-up", (10, 40)), threshold=Threshold("dynamic", 0.9))
+    expected = generate(bundle, Request((row,), images_per_row=2, steps=4))
+    with np.load(out) as data:
+        np.testing.assert_array_equal(data["images"], expected.images[:, 0].numpy())
+    assert not torch.equal(expected.images, generate(bundle, Request((Row(1, 4.0),), images_per_row=2, steps=4)).images)
 
 
-@pytest.mark.parametrize("sampler, eta", [("ddpm", 0.0), ("ddim", 0.6), ("ddim", 0.0)])
+def test_every_module_imports_and_no_module_hides_a_function():
+    import pkgutil
+
+    import demo
+    import guidance.evaluation
+
+    names = [f"{pkg.__name__}.{m.name}" for pkg in (guidance, guidance.evaluation, demo)
+             for m in pkgutil.iter_modules(pkg.__path__)]
+    assert "guidance.sample" in names and "demo.arguments" in names
+    for name in names:
+        importlib.import_module(name)
+    assert callable(guidance.sample_loop) and callable(guidance.generation.stream)
+
+
+def _rows(labels, scale=3.0, cfg_scale=1.0):
+    """One row per image (each its own noise stream): a request whose images have mixed classes."""
+    return tuple(Row(c, scale, cfg_scale, first_image=i) for i, c in enumerate(labels))
+
+
+@pytest.mark.parametrize("sampler, eta", [("ddpm", 0.0), ("ddim", 0.6), ("ddim", 0.0), ("dpm++2m", 0.0)])
 def test_results_do_not_depend_on_the_batch_size(bundle, sampler, eta):
-    runs = [generate(bundle, [0, 1, 2, 1, 0], scale=3.0, cfg_scale=1.0, steps=5, sampler=sampler, eta=eta,
-                     n=5, batch_size=b, seed=9).images for b in (1, 2, 5, 64)]
+    request = Request(_rows([0, 1, 2, 1, 0]), images_per_row=1, steps=5, sampler=sampler, eta=eta, seed=9)
+    runs = [generate(bundle, request, batch_size=b).images for b in (1, 2, 5, 64)]
     for other in runs[1:]:
         # Equal but for an occasional 1/255 from batch-size-dependent float32 rounding in the networks.
         assert (other.int() - runs[0].int()).abs().max() <= 1
         assert (other == runs[0]).float().mean() > 0.99
     # A prefix of a longer run is the shorter run.
-    longer = generate(bundle, [0, 1, 2, 1, 0, 2, 2], scale=3.0, cfg_scale=1.0, steps=5, sampler=sampler,
-                      eta=eta, n=7, batch_size=4, seed=9).images
+    longer = generate(bundle, Request(_rows([0, 1, 2, 1, 0, 2, 2]), images_per_row=1, steps=5, sampler=sampler,
+                                      eta=eta, seed=9), batch_size=4).images
     assert (longer[:5].int() - runs[0].int()).abs().max() <= 1
 
 
+def test_rows_with_the_same_first_image_share_their_noise(bundle):
+    same = generate(bundle, Request((Row(0, 2.0), Row(0, 2.0)), images_per_row=3, steps=3)).images
+    assert torch.equal(same[:3], same[3:])
+    offset = generate(bundle, Request((Row(0, 2.0), Row(0, 2.0, first_image=3)), images_per_row=3, steps=3)).images
+    assert torch.equal(offset[:3], same[:3])
+    assert torch.equal(offset[3:], generate(bundle, Request((Row(0, 2.0),), images_per_row=6, steps=3)).images[3:])
+
+
 def test_seeds_give_different_images(bundle):
-    a, b = (generate(bundle, 0, steps=3, n=2, seed=s).images for s in (0, 1))
+    a, b = (generate(bundle, Request((Row(0),), images_per_row=2, steps=3, seed=s)).images for s in (0, 1))
     assert not torch.equal(a, b)
     assert not torch.equal(a[0], a[1])  # images within a run differ too
 
@@ -166,8 +212,8 @@ def test_seeds_give_different_images(bundle):
 def test_without_cfg_the_class_reaches_only_the_classifier(bundle):
     """cfg_scale None is the unconditional model: at scale 0 the class changes nothing; with
     cfg_scale 0 (the conditional model) or classifier guidance it does."""
-    def run(label, **kw):
-        return generate(bundle, label, steps=3, n=3, seed=4, **kw).images
+    def run(label, scale=0.0, cfg_scale=None):
+        return generate(bundle, Request((Row(label, scale, cfg_scale),), images_per_row=3, steps=3, seed=4)).images
 
     assert torch.equal(run(0), run(2))
     assert not torch.equal(run(0, cfg_scale=0.0), run(2, cfg_scale=0.0))
@@ -177,12 +223,21 @@ def test_without_cfg_the_class_reaches_only_the_classifier(bundle):
 
 def test_generate_labels_and_progress(bundle):
     seen = []
-    samples = generate(bundle, [2, 0, 1], steps=4, n=3, batch_size=2, on_step=seen.append)
+    samples = generate(bundle, Request(_rows([2, 0, 1], 0.0, None), images_per_row=1, steps=4), batch_size=2,
+                       on_step=seen.append)
     assert samples.labels.tolist() == [2, 0, 1] and samples.images.dtype == torch.uint8
     assert samples.images.shape == (3, 1, 8, 8)
     assert [s.index for s in seen] == [0, 1, 2, 3] * 2
-    with pytest.raises(ValueError, match="one label or one per image"):
-        generate(bundle, [0, 1], n=3)
+    with pytest.raises(ValueError, match="batch size must be a positive integer"):
+        generate(bundle, Request((Row(0),), images_per_row=2), batch_size=0)
+
+
+def test_stream_is_every_item_in_one_batch_and_validates_at_once(bundle):
+    steps = list(stream(bundle, Request((Row(0, 1.0), Row(1, 0.0, 2.0)), images_per_row=2, steps=3)))
+    assert len(steps) == 3 and steps[-1].sample.shape == (4, 1, 8, 8)
+    assert steps[-1].guidance_term.shape == (4, 1, 8, 8) and steps[-1].guidance_term[2:].abs().max() == 0
+    with pytest.raises(ValueError, match="steps must be an integer from 1 to 50"):
+        stream(bundle, Request((Row(0),), steps=0))
 
 
 def test_item_noise_depends_only_on_seed_and_index():
@@ -191,16 +246,18 @@ def test_item_noise_depends_only_on_seed_and_index():
     assert torch.equal(whole[2:], tail)
     assert not torch.equal(whole[0], whole[1])
     assert not torch.equal(ItemNoise(6, [0])((1, 1, 2, 2), "cpu"), whole[:1])
+    repeated = ItemNoise(5, [1, 1, 0])((3, 1, 2, 2), "cpu")
+    assert torch.equal(repeated[0], repeated[1]) and torch.equal(repeated[1], whole[1]) and torch.equal(repeated[2], whole[0])
     with pytest.raises(ValueError, match="batch of 3"):
         ItemNoise(5, range(2))((3, 1, 2, 2), "cpu")
 
 
-@pytest.mark.parametrize("value, index", [("bee", 1), ("BEE", 1), (" Bee ", 1), ("1", 1), (2, 2), ("0", 0)])
+@pytest.mark.parametrize("value, index", [("bee", 1), ("BEE", 1), (" Bee ", 1), ("1", 1), (2, 2), ("0", 0), (2.0, 2)])
 def test_class_index(value, index):
-    assert class_index(CLASS_NAMES, value) == index
+    assert class_index(value, CLASS_NAMES) == index
 
 
-@pytest.mark.parametrize("value", ["zebra", "3", "-1", "", "b"])
+@pytest.mark.parametrize("value", ["zebra", "3", "-1", "", "b", True, None, 1.5, float("nan")])
 def test_class_index_rejects(value):
-    with pytest.raises(ValueError, match="choose"):
-        class_index(CLASS_NAMES, value)
+    with pytest.raises(ValueError, match="class must be one of Ant, Bee, Cat or an index from 0 to 2"):
+        class_index(value, CLASS_NAMES)

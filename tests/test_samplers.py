@@ -1,12 +1,15 @@
 """Sampler contracts with tiny random networks: shapes, step records, determinism, scale 0,
-noise use, shared noise across guidance strengths, the DDPM guidance step, and failures."""
+noise use, shared noise across guidance strengths, the DDPM guidance step, and failures; and
+convergence to the exact probability-flow ODE solution for Gaussian data."""
 import copy
 
 import pytest
 import torch
 
-from guidance import GaussianDiffusion, GuidedDenoiser, Guidance, NonFiniteError, SharedNoise, final, sample
-from guidance.samplers import ddim_sample, ddpm_sample
+from guidance import GaussianDiffusion, GuidedDenoiser, Guidance, ItemNoise, NonFiniteError, Threshold, final, sample_loop
+
+SAMPLERS = ["ddim", "ddpm", "dpm++2m"]
+UNCLIPPED = Threshold("none")
 
 from conftest import tiny_classifier
 
@@ -30,7 +33,7 @@ def guidance(scale=0.0, cfg_scale=None, labels=(0, 1, 2, 0), **kwargs) -> Guidan
 
 def run(model, diffusion, sampler="ddim", seed=0, shape=SHAPE, **kwargs):
     guide = kwargs.pop("guide", None) or guidance()
-    return list(sample(model, diffusion, shape, guide, SharedNoise(seed), sampler, **kwargs))
+    return list(sample_loop(model, diffusion, shape, guide, ItemNoise(seed, range(shape[0])), sampler, **kwargs))
 
 
 class ScriptedNoise:
@@ -44,7 +47,7 @@ class ScriptedNoise:
         return self.x_T.clone() if self.calls == 1 else torch.randn(shape, generator=self.generator)
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+@pytest.mark.parametrize("sampler", SAMPLERS)
 def test_records_have_the_right_shapes_and_timesteps(model, diffusion, sampler):
     for guide, has_norm in ((guidance(), False), (guidance(scale=2.0), True), (guidance(1.0, cfg_scale=1.5), True)):
         steps = run(model, diffusion, sampler, guide=guide)
@@ -61,7 +64,7 @@ def test_records_have_the_right_shapes_and_timesteps(model, diffusion, sampler):
                 assert s.guidance_norm.shape == (SHAPE[0],)
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+@pytest.mark.parametrize("sampler", SAMPLERS)
 def test_networks_see_original_timesteps(unet, classifier, diffusion, sampler):
     seen = []
 
@@ -69,24 +72,25 @@ def test_networks_see_original_timesteps(unet, classifier, diffusion, sampler):
         seen.append(t.tolist())
         return unet(x, t, y)
 
-    list(sample(GuidedDenoiser(spy, classifier, unet.null_label), diffusion, SHAPE, guidance(),
-                SharedNoise(0), sampler))
+    list(sample_loop(GuidedDenoiser(spy, classifier, unet.null_label), diffusion, SHAPE, guidance(),
+                     ItemNoise(0, range(SHAPE[0])), sampler))
     assert seen == [[t] * SHAPE[0] for t in diffusion.timesteps.flip(0).tolist()]
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+@pytest.mark.parametrize("sampler", SAMPLERS)
 def test_seeded_determinism(model, diffusion, sampler):
     guide = guidance(scale=3.0)
-    a = run(model, diffusion, sampler, seed=7, guide=guide, eta=0.5)
-    b = run(model, diffusion, sampler, seed=7, guide=guide, eta=0.5)
-    c = run(model, diffusion, sampler, seed=8, guide=guide, eta=0.5)
+    eta = 0.5 if sampler == "ddim" else 0.0
+    a = run(model, diffusion, sampler, seed=7, guide=guide, eta=eta)
+    b = run(model, diffusion, sampler, seed=7, guide=guide, eta=eta)
+    c = run(model, diffusion, sampler, seed=8, guide=guide, eta=eta)
     for x, y in zip(a, b):
         assert torch.equal(x.sample, y.sample) and torch.equal(x.pred_xstart, y.pred_xstart)
         assert torch.equal(x.guidance_norm, y.guidance_norm)
     assert not torch.allclose(a[-1].sample, c[-1].sample)
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+@pytest.mark.parametrize("sampler", SAMPLERS)
 def test_scale_zero_equals_unguided(unet, classifier, diffusion, sampler):
     plain = run(GuidedDenoiser(unet, None, unet.null_label), diffusion, sampler, guide=guidance(0.0))
     other_classifier = tiny_classifier(seed=5)
@@ -101,7 +105,7 @@ def test_scale_zero_equals_unguided(unet, classifier, diffusion, sampler):
 def test_ddim_eta_zero_is_deterministic_given_x_T(model, diffusion):
     x_T = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3))
     noises = [ScriptedNoise(x_T, seed) for seed in (1, 2)]
-    a, b = (final(ddim_sample(model, diffusion, SHAPE, guidance(2.0), n, eta=0.0)) for n in noises)
+    a, b = (final(sample_loop(model, diffusion, SHAPE, guidance(2.0), n, "ddim", eta=0.0)) for n in noises)
     assert torch.equal(a.sample, b.sample)
     assert [n.calls for n in noises] == [1, 1]
 
@@ -109,7 +113,7 @@ def test_ddim_eta_zero_is_deterministic_given_x_T(model, diffusion):
 def test_ddim_with_eta_uses_fresh_noise(model, diffusion):
     x_T = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3))
     noises = [ScriptedNoise(x_T, seed) for seed in (1, 2)]
-    a, b = (final(ddim_sample(model, diffusion, SHAPE, guidance(2.0), n, eta=0.7)) for n in noises)
+    a, b = (final(sample_loop(model, diffusion, SHAPE, guidance(2.0), n, "ddim", eta=0.7)) for n in noises)
     assert not torch.allclose(a.sample, b.sample)
     assert [n.calls for n in noises] == [STEPS, STEPS]  # x_T, then every step but the last
 
@@ -117,34 +121,36 @@ def test_ddim_with_eta_uses_fresh_noise(model, diffusion):
 @pytest.mark.parametrize("eta", [-0.1, 1.5, float("nan")])
 def test_ddim_rejects_eta_outside_0_1(model, diffusion, eta):
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        next(ddim_sample(model, diffusion, SHAPE, guidance(), SharedNoise(0), eta=eta))
+        next(sample_loop(model, diffusion, SHAPE, guidance(), ItemNoise(0, range(4)), "ddim", eta=eta))
 
 
 def test_unknown_sampler_names_the_choices(model, diffusion):
-    with pytest.raises(ValueError, match="ddim.*ddpm"):
-        sample(model, diffusion, SHAPE, guidance(), SharedNoise(0), "euler")
+    with pytest.raises(ValueError, match="ddim, ddpm, dpm\\+\\+2m"):
+        next(sample_loop(model, diffusion, SHAPE, guidance(), ItemNoise(0, range(4)), "euler"))
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+@pytest.mark.parametrize("sampler", ["ddpm", "dpm++2m"])
+def test_eta_is_refused_outside_ddim(model, diffusion, sampler):
+    with pytest.raises(ValueError, match="DDIM"):
+        next(sample_loop(model, diffusion, SHAPE, guidance(), ItemNoise(0, range(4)), sampler, eta=0.5))
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
 def test_shared_noise_makes_rows_with_equal_scales_identical(model, diffusion, sampler):
     groups, scales = 3, [2.0, 0.0, 2.0, 6.0]  # one row per scale, `groups` classes per row
     labels = list(range(groups)) * len(scales)
     per_item = [w for w in scales for _ in range(groups)]
     guide = Guidance.make(labels, per_item, batch_size=len(labels))
-    out = final(sample(model, diffusion, (len(labels), 1, 8, 8), guide,
-                       SharedNoise(0, repeats=len(scales)), sampler, eta=1.0)).sample
+    eta = 1.0 if sampler == "ddim" else 0.0
+    out = final(sample_loop(model, diffusion, (len(labels), 1, 8, 8), guide,
+                            ItemNoise(0, list(range(groups)) * len(scales)), sampler, eta=eta)).sample
     rows = out.reshape(len(scales), groups, 1, 8, 8)
     assert torch.equal(rows[0], rows[2])
     assert not torch.allclose(rows[0], rows[1]) and not torch.allclose(rows[0], rows[3])
     # The same rows, sampled one scale at a time from the same seed, agree with the tiled batch.
-    alone = final(sample(model, diffusion, (groups, 1, 8, 8), Guidance.make(list(range(groups)), 6.0),
-                         SharedNoise(0), sampler, eta=1.0)).sample
+    alone = final(sample_loop(model, diffusion, (groups, 1, 8, 8), Guidance.make(list(range(groups)), 6.0),
+                              ItemNoise(0, range(groups)), sampler, eta=eta)).sample
     torch.testing.assert_close(alone, rows[3])
-
-
-def test_shared_noise_rejects_batches_that_do_not_tile():
-    with pytest.raises(ValueError, match="multiple"):
-        SharedNoise(0, repeats=3)((4, 1, 2, 2), "cpu")
 
 
 @pytest.mark.parametrize("variance", ["small", "large"])
@@ -157,12 +163,12 @@ def test_one_guided_ddpm_step_moves_the_mean_by_w_sigma_g(unet, classifier, vari
     shape = (4, 1, 8, 8)
 
     def first_step(scale):
-        noise = SharedNoise(11)
-        gen = ddpm_sample(model, diffusion, shape, Guidance.make(labels, scale, diagnostics=False),
-                          lambda s, d: noise(s, d).double(), variance=variance, clip_denoised=False)
+        noise = ItemNoise(11, range(4))
+        gen = sample_loop(model, diffusion, shape, Guidance.make(labels, scale, diagnostics=False, threshold=UNCLIPPED),
+                          lambda s, d: noise(s, d).double(), "ddpm", variance=variance)
         return next(gen).sample
 
-    x_T = torch.randn(shape, generator=torch.Generator().manual_seed(11)).double()
+    x_T = ItemNoise(11, range(4))(shape, "cpu").double()
     t = diffusion.timesteps[-1].repeat(4)
     x = x_T.clone().requires_grad_(True)
     log_p = torch.log_softmax(classifier64(x, t), dim=-1)[torch.arange(4), labels]
@@ -182,11 +188,11 @@ def test_one_guided_ddim_step_uses_eps_minus_sqrt_one_minus_alpha_bar_w_g(unet, 
     labels, w, shape = torch.tensor([0, 1, 2, 1]), 3.0, (4, 1, 8, 8)
 
     def first_step(scale):
-        noise = SharedNoise(5)
-        return next(ddim_sample(model, diffusion, shape, Guidance.make(labels, scale, diagnostics=False),
-                                lambda s, d: noise(s, d).double(), clip_denoised=False))
+        noise = ItemNoise(5, range(4))
+        return next(sample_loop(model, diffusion, shape, Guidance.make(labels, scale, diagnostics=False, threshold=UNCLIPPED),
+                                lambda s, d: noise(s, d).double(), "ddim"))
 
-    x_T = torch.randn(shape, generator=torch.Generator().manual_seed(5)).double().requires_grad_(True)
+    x_T = ItemNoise(5, range(4))(shape, "cpu").double().requires_grad_(True)
     t = diffusion.timesteps[-1].repeat(4)
     log_p = torch.log_softmax(model.classifier(x_T, t), dim=-1)[torch.arange(4), labels]
     g = torch.autograd.grad(log_p.sum(), x_T)[0]
@@ -199,7 +205,7 @@ def test_one_guided_ddim_step_uses_eps_minus_sqrt_one_minus_alpha_bar_w_g(unet, 
     torch.testing.assert_close(guided.sample - plain.sample, shift, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+@pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("where", ["unet", "classifier"])
 def test_nan_raises_non_finite_error_at_that_step(unet, classifier, diffusion, sampler, where):
     bad_t = int(diffusion.timesteps[2])  # the third step from the end
@@ -212,7 +218,7 @@ def test_nan_raises_non_finite_error_at_that_step(unet, classifier, diffusion, s
 
     model = (GuidedDenoiser(poisoned(unet), classifier, unet.null_label) if where == "unet"
              else GuidedDenoiser(unet, poisoned(classifier), unet.null_label))
-    gen = sample(model, diffusion, SHAPE, guidance(1.0), SharedNoise(0), sampler)
+    gen = sample_loop(model, diffusion, SHAPE, guidance(1.0), ItemNoise(0, range(4)), sampler)
     done = []
     with pytest.raises(NonFiniteError):
         for step in gen:
@@ -241,3 +247,64 @@ def test_clipped_term_has_the_reported_norm(model):
         torch.testing.assert_close((plain - out.eps).flatten(1).norm(dim=1), out.guidance_norm)
         assert out.guidance_norm[0] == 0
     assert out.guidance_norm.max() <= 0.5 + 1e-6
+
+
+class GaussianDataEps(torch.nn.Module):
+    """The exact eps-prediction for data x_0 ~ N(mu, s^2 I): x_t ~ N(a mu, v I) with a = sqrt(alpha-bar_t),
+    sigma = sqrt(1 - alpha-bar_t), v = a^2 s^2 + sigma^2, and E[eps | x_t] = sigma (x_t - a mu) / v."""
+
+    def __init__(self, diffusion: GaussianDiffusion, mu: float, s: float):
+        super().__init__()
+        self.alphas_cumprod, self.mu, self.s = diffusion.alphas_cumprod, mu, s
+
+    def forward(self, x, t, y):
+        abar = self.alphas_cumprod[t].reshape(-1, 1, 1, 1)
+        a, sigma = abar.sqrt(), (1 - abar).sqrt()
+        return sigma * (x - a * self.mu) / (abar * self.s ** 2 + sigma ** 2)
+
+
+def exact_solution(full: GaussianDiffusion, x_T: torch.Tensor, mu: float, s: float) -> torch.Tensor:
+    """The probability-flow ODE keeps z = (x_t - a_t mu) / sqrt(v_t) fixed for Gaussian data; solved
+    from t = T-1 to t = 0, then the x-hat_0 at t = 0 that every sampler's last step returns."""
+    abar_T, abar_0 = full.alphas_cumprod[-1], full.alphas_cumprod[0]
+    z = (x_T - abar_T.sqrt() * mu) / (abar_T * s ** 2 + 1 - abar_T).sqrt()
+    v_0 = abar_0 * s ** 2 + 1 - abar_0
+    x_0 = abar_0.sqrt() * mu + v_0.sqrt() * z
+    return mu + abar_0.sqrt() * s ** 2 * (x_0 - abar_0.sqrt() * mu) / v_0
+
+
+@pytest.mark.parametrize("sampler, order", [("ddim", 1), ("dpm++2m", 2)])
+def test_solver_error_shrinks_at_its_order_on_gaussian_data(sampler, order):
+    """Against the exact ODE solution: doubling the steps divides DDIM's error by about 2 and
+    DPM-Solver++(2M)'s by about 4."""
+    mu, s = 0.3, 0.5
+    full = GaussianDiffusion.from_schedule("cosine", 1000)  # the shipped schedule
+    model = GuidedDenoiser(GaussianDataEps(full, mu, s), None, 0)
+    shape = (64, 1, 2, 2)
+    x_T = ItemNoise(0, range(64))(shape, "cpu").double()
+    exact = exact_solution(full, x_T, mu, s)
+    guide = Guidance.make(0, 0.0, batch_size=64, threshold=UNCLIPPED)
+    errors = []
+    for steps in (25, 50, 100, 200):
+        diffusion = GaussianDiffusion.from_schedule("cosine", 1000, steps=steps)
+        out = final(sample_loop(model, diffusion, shape, guide, lambda *_: x_T.clone(), sampler)).sample
+        errors.append(float((out - exact).abs().max()))
+    ratios = [a / b for a, b in zip(errors, errors[1:])]
+    assert all(0.8 * 2 ** order < r < 1.25 * 2 ** order for r in ratios), (errors, ratios)
+
+
+def test_dpm_solver_first_step_is_ddim_and_the_last_returns_x0(model):
+    diffusion = GaussianDiffusion.from_schedule("cosine", 100, steps=6)
+    guide = guidance(2.0)
+    ddim, dpm = run(model, diffusion, "ddim", guide=guide), run(model, diffusion, "dpm++2m", guide=guide)
+    torch.testing.assert_close(dpm[0].sample, ddim[0].sample, rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(dpm[1].sample, ddim[1].sample)  # the second-order correction is on
+    assert torch.equal(dpm[-1].sample, dpm[-1].pred_xstart) and torch.equal(ddim[-1].sample, ddim[-1].pred_xstart)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_one_step_jumps_from_noise_to_x0(model, sampler):
+    diffusion = GaussianDiffusion.from_schedule("cosine", 100, steps=1)
+    steps = run(model, diffusion, sampler, guide=guidance(1.0))
+    assert len(steps) == 1 and steps[0].timestep == 99
+    assert torch.equal(steps[0].sample, steps[0].pred_xstart)

@@ -1,5 +1,6 @@
 """Training smoke tests on a tiny synthetic dataset (8x8 stripes, two classes): losses fall,
-resuming continues where the run stopped, and the outputs load as a bundle."""
+resuming continues where the run stopped, the outputs load as a bundle, and the command line
+trains on an image folder's training split only."""
 import json
 from pathlib import Path
 
@@ -12,13 +13,19 @@ from safetensors.torch import load_file
 from guidance import train
 from guidance.checkpoints import load, load_bundle
 from guidance.data import Dataset
+from guidance.distributed import Context
+from guidance.models import MODELS
+from guidance.tasks import TASKS, roll_each
+from guidance.trainer import Trainer
 
 CLASSES = ("horizontal", "vertical")
+SINGLE = Context(0, 1, torch.device("cpu"))
 
 
-def stripes(n: int = 32, size: int = 8, seed: int = 0) -> Dataset:
+def stripes(n: int = 32, size: int = 8, seed: int = 0, channels: int = 1) -> Dataset:
     """Class 0: light grey with every fourth row white; class 1: dark grey with every fourth
-    column black; random phase. The brightness keeps the classes apart even under heavy noise."""
+    column black; random phase. The brightness keeps the classes apart even under heavy noise.
+    With 3 channels, class 0 is tinted red and class 1 blue."""
     gen = torch.Generator().manual_seed(seed)
     labels = torch.arange(n) % 2
     images = (0.5 - labels.float()).reshape(n, 1, 1, 1).repeat(1, 1, size, size)
@@ -28,23 +35,43 @@ def stripes(n: int = 32, size: int = 8, seed: int = 0) -> Dataset:
             images[i, :, phase::4, :] = 1
         else:
             images[i, :, :, phase::4] = -1
+    if channels == 3:
+        tint = torch.tensor([[0.0, -0.3, -0.3], [-0.3, -0.3, 0.0]])[labels][:, :, None, None]  # (n, 3, 1, 1)
+        images = (images + tint).clamp(-1, 1)
     return Dataset(images, labels, CLASSES)
+
+
+def argv_for(kind: str, out: Path, *extra: str) -> list[str]:
+    return [kind, "--out", str(out), "--device", "cpu", "--batch-size", "16", "--log-every", "5",
+            "--base-channels", "8", *(("--num-timesteps", "100") if kind != "evaluator" else ()), *extra]
+
+
+def trainer(kind: str, out: Path, *extra: str, data: Dataset | None = None) -> Trainer:
+    """A trainer for the command line's options, on `data` in this process."""
+    args = train.parse_args(argv_for(kind, out, *extra))
+    data = data or stripes()
+    return Trainer(train.make_task(kind, args), train.loop_config(kind, args, "test"), data, data, SINGLE)
+
+
+def read_log(out: Path, kind: str) -> list[dict]:
+    return [json.loads(line) for line in (out / f"train-{kind}.log").read_text().splitlines()]
 
 
 def run(kind: str, out: Path, *extra: str, data: Dataset | None = None) -> list[dict]:
     """Train in-process on `data` and return the JSON-lines log."""
-    argv = [kind, "--out", str(out), "--device", "cpu", "--batch-size", "16", "--log-every", "5",
-            "--base-channels", "8", "--num-timesteps", "100", *extra]
-    data = data or stripes()
-    train.Trainer(train.parse_args(argv), data, data).run()
-    return [json.loads(line) for line in (out / f"train-{kind}.log").read_text().splitlines()]
+    trainer(kind, out, *extra, data=data).run()
+    return read_log(out, kind)
 
 
 def losses(log: list[dict]) -> list[float]:
     return [r["loss"] for r in log if "loss" in r]
 
 
-@pytest.mark.parametrize("kind, steps, batch", [("diffusion", 30, 8), ("classifier", 40, 16)])
+def test_the_trainer_names_kinds_as_their_checkpoints():
+    assert set(TASKS) == set(MODELS) == {"unet", "classifier", "evaluator"}
+
+
+@pytest.mark.parametrize("kind, steps, batch", [("unet", 30, 8), ("classifier", 40, 16)])
 def test_loss_falls(tmp_path, kind, steps, batch):
     log = run(kind, tmp_path, "--steps", str(steps), "--batch-size", str(batch), "--lr", "5e-3", "--save-every", "1000")
     curve = losses(log)  # the trainer logs a running mean, which lags the batch losses
@@ -59,34 +86,35 @@ class Crash(Exception):
     pass
 
 
-def test_resume_continues_the_run(tmp_path):
-    """A 20-step run that dies after its step-10 save and is resumed gives the same classifier as
-    20 steps in one go (the classifier has no dropout, and the trainer's generator state is saved)."""
+@pytest.mark.parametrize("kind", ["classifier", "unet"])
+def test_resume_continues_the_run(tmp_path, kind):
+    """A 20-step run that dies after its step-10 save and is resumed gives the same network as
+    20 steps in one go: the state holds weights, EMA, optimizer and the batch generator, and the
+    dropout generator restarts from (seed, step) at every save."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    run("classifier", straight, "--steps", "20", "--save-every", "10")
-    argv = ["classifier", "--out", str(resumed), "--device", "cpu", "--batch-size", "16", "--log-every", "5",
-            "--base-channels", "8", "--num-timesteps", "100", "--steps", "20", "--save-every", "10"]
-    data = stripes()
-    trainer = train.Trainer(train.parse_args(argv), data, data)
-    save = trainer.finish
+    options = ("--steps", "20", "--save-every", "10")
+    run(kind, straight, *options)
+    crashing = trainer(kind, resumed, *options)
+    save = crashing.finish
 
     def finish_then_crash(final):
         save(final)
         raise Crash
 
-    trainer.finish = finish_then_crash
+    crashing.finish = finish_then_crash
     with pytest.raises(Crash):
-        trainer.run()
-    assert json.loads((resumed / "train-classifier" / "state.json").read_text())["step"] == 10
-    train.Trainer(train.parse_args(argv + ["--resume"]), data, data).run()
-    log = [json.loads(line) for line in (resumed / "train-classifier.log").read_text().splitlines()]
+        crashing.run()
+    assert json.loads((resumed / f"train-{kind}" / "state.json").read_text())["step"] == 10
+    trainer(kind, resumed, *options, "--resume").run()
+    log = read_log(resumed, kind)
     assert [r["step"] for r in log if "loss" in r] == [5, 10, 15, 20]  # not 5 and 10 again
-    assert json.loads((resumed / "train-classifier" / "state.json").read_text())["step"] == 20
-    a, b = load_file(straight / "classifier.safetensors"), load_file(resumed / "classifier.safetensors")
-    assert a.keys() == b.keys()
-    for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=name)
-    assert json.loads((resumed / "classifier.json").read_text())["training"]["steps"] == 20
+    assert json.loads((resumed / f"train-{kind}" / "state.json").read_text())["step"] == 20
+    for name in (f"{kind}.safetensors", f"train-{kind}/state.safetensors"):
+        a, b = load_file(straight / name), load_file(resumed / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=f"{name}: {key}")
+    assert json.loads((resumed / f"{kind}.json").read_text())["training"]["steps"] == 20
 
 
 def test_resume_without_state_fails(tmp_path):
@@ -94,35 +122,79 @@ def test_resume_without_state_fails(tmp_path):
         run("classifier", tmp_path, "--steps", "2", "--resume")
 
 
-def test_outputs_load_as_a_bundle(tmp_path):
-    run("diffusion", tmp_path, "--steps", "3", "--schedule", "linear")
-    run("classifier", tmp_path, "--steps", "3")
-    run("evaluator", tmp_path, "--steps", "2", "--batch-size", "4")
+def test_time_budget_stops_the_run(tmp_path):
+    log = run("classifier", tmp_path, "--steps", "50", "--minutes", "0")
+    assert [(r["step"], r.get("final")) for r in log] == [(0, True)]  # no step taken, the model still saved
+    assert json.loads((tmp_path / "classifier.json").read_text())["training"]["steps"] == 0
+
+
+def test_rgb_outputs_load_as_a_bundle(tmp_path):
+    rgb = stripes(channels=3)
+    run("unet", tmp_path, "--steps", "3", "--schedule", "linear", data=rgb)
+    run("classifier", tmp_path, "--steps", "3", "--schedule", "linear", data=rgb)
+    run("evaluator", tmp_path, "--steps", "2", "--batch-size", "4", data=rgb)
     bundle = load_bundle(tmp_path, need_evaluator=True)
     assert bundle.class_names == CLASSES and (bundle.schedule, bundle.num_timesteps) == ("linear", 100)
-    assert bundle.unet.config.image_size == 8 and bundle.unet.config.num_classes == 2
-    x = torch.zeros(2, 1, 8, 8)
-    assert bundle.unet(x, torch.tensor([0, 99]), torch.tensor([0, 2])).shape == (2, 1, 8, 8)
+    for network in (bundle.unet, bundle.classifier, bundle.evaluator):
+        assert (network.config.image_size, network.config.in_channels, network.config.num_classes) == (8, 3, 2)
+    x = torch.zeros(2, 3, 8, 8)
+    assert bundle.unet(x, torch.tensor([0, 99]), torch.tensor([0, 2])).shape == (2, 3, 8, 8)
     assert bundle.classifier(x, torch.tensor([0, 99])).shape == (2, 2)
     assert bundle.evaluator(x).shape == (2, 2)
     _, meta = load(tmp_path, "unet")
-    assert meta["training"]["steps"] == 3
+    assert meta["training"]["steps"] == 3 and meta["training"]["p_uncond"] == 0.2
+    assert load(tmp_path, "evaluator")[1]["config"]["channels"] == [8, 16, 32, 64]  # --base-channels 8
 
 
-def test_main_trains_on_an_image_folder(tmp_path):
+def test_roll_each_rolls_every_image_by_its_own_shift():
+    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)
+    shifts = torch.tensor([[1, -2], [0, 2]])
+    expected = torch.stack([torch.roll(x[i], tuple(shifts[i].tolist()), dims=(1, 2)) for i in range(2)])
+    assert torch.equal(roll_each(x, shifts), expected)
+
+
+def write_stripes_folder(root: Path, per_class: int = 4) -> Path:
+    """root/<class>/<i>.png: 28x28 grey stripes as in stripes(), image i at phase i (so all differ)."""
     for label, name in enumerate(CLASSES):
-        (tmp_path / "images" / name).mkdir(parents=True)
-        for i, image in enumerate(stripes(4, 28, seed=label).images[label::2]):
-            array = ((image[0] + 1) * 127.5).round().to(torch.uint8).numpy()
-            Image.fromarray(array).save(tmp_path / "images" / name / f"{i}.png")
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            array = np.full((28, 28), 191 if label == 0 else 64, np.uint8)
+            if label == 0:
+                array[i::4, :] = 255
+            else:
+                array[:, i::4] = 0
+            Image.fromarray(array).save(root / name / f"{i}.png")
+    return root
+
+
+def test_main_trains_on_the_training_split_of_an_image_folder(tmp_path):
+    images = write_stripes_folder(tmp_path / "images")
     out = tmp_path / "out"
-    code = train.main(["classifier", "--out", str(out), "--image-folder", str(tmp_path / "images"),
-                       "--steps", "4", "--batch-size", "4", "--log-every", "2", "--base-channels", "8",
-                       "--device", "cpu", "--threads", "1"])
+    code = train.main(["classifier", "--out", str(out), "--image-folder", str(images), "--image-size", "28",
+                       "--holdout", "0.25", "--steps", "4", "--batch-size", "4", "--log-every", "2",
+                       "--base-channels", "8", "--device", "cpu", "--threads", "1"])
     assert code == 0
-    log = [json.loads(line) for line in (out / "train-classifier.log").read_text().splitlines()]
-    assert [r["step"] for r in log if "loss" in r] == [2, 4]
-    assert load(out, "classifier")[1]["class_names"] == list(CLASSES)
+    assert [r["step"] for r in read_log(out, "classifier") if "loss" in r] == [2, 4]
+    meta = load(out, "classifier")[1]
+    assert meta["class_names"] == list(CLASSES) and meta["config"]["in_channels"] == 1
+    record = meta["data"]
+    assert (record["source"], record["split"], record["holdout"]) == ("image-folder", "holdout", 0.25)
+    assert record["counts"] == {"train": 6, "test": 2} and record["class_counts"]["test"] == [1, 1]
+    assert "--holdout 0.25" in meta["training"]["command"]
+
+
+def test_main_rejects_options_of_other_kinds(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        train.main(["classifier", "--out", str(tmp_path), "--p-uncond", "0.1", "--dropout", "0"])
+    assert exit_.value.code == 2
+    assert "--dropout, --p-uncond do not apply to the classifier" in capsys.readouterr().err
+
+
+def test_main_rejects_a_network_that_does_not_fit_the_images(tmp_path, capsys):
+    images = write_stripes_folder(tmp_path / "images", per_class=2)
+    code = train.main(["unet", "--out", str(tmp_path / "out"), "--image-folder", str(images), "--image-size", "10",
+                       "--steps", "1", "--device", "cpu"])
+    assert code == 2 and "image_size 10 must be divisible by 2^2" in capsys.readouterr().err
 
 
 def test_main_reports_missing_data(tmp_path, capsys):

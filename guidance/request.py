@@ -1,0 +1,246 @@
+"""A sampling request and the one validator for it.
+
+A Request is rows of guidance settings, images_per_row images each, sharing one sampler, step
+count and seed. Image j of a row is image first_image + j of the seed's run (guidance.noise), so
+rows with the same first_image start from the same x_T and see the same noise at every step:
+they differ only by their guidance.
+
+Every caller (the app's endpoints, the command line, the evaluation, the benchmarks) builds a
+Request and hands it to guidance.generation; `check` and the parsers below raise ValueError
+with the message a user sees. The app turns it into gr.Error, the command line into a usage
+error. Class names match without regard to case, everywhere.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from .guide import Guidance, Schedule, Threshold, shown
+from .noise import ItemNoise
+from .samplers import SAMPLERS
+
+MAX_SCALE = 100.0       # classifier w: far past the point where samples fall apart
+MAX_CFG_SCALE = 30.0    # classifier-free w_cfg
+MAX_SEED = 2**31 - 1    # safe as a JavaScript number
+
+
+# -- raw values (JSON from the API, text from the command line) ----------------------------------
+
+def _finite_number(value) -> bool:
+    """An int or float (not a bool) that is finite as a float: raw JSON may carry NaN, Infinity
+    or an integer of hundreds of digits, which math.isfinite cannot convert."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def number(value, name: str, low: float, high: float) -> float:
+    """A finite float in [low, high]."""
+    if not _finite_number(value) or not low <= value <= high:
+        raise ValueError(f"{name} must be a number from {low:g} to {high:g}, got {shown(value)}")
+    return float(value)
+
+
+def exact_integer(value, name: str, low: int, high: int) -> int:
+    """An int (not a float, not a bool) in [low, high]: what a Request holds once parsed."""
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer from {low} to {high}, got {shown(value)}")
+    return value
+
+
+def integer(value, name: str, low: int, high: int) -> int:
+    """An integer in [low, high]; a float with an integral value (a slider's 25.0) counts."""
+    if not _finite_number(value) or value != int(value) or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer from {low} to {high}, got {shown(value)}")
+    return int(value)
+
+
+def choice(value, name: str, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {shown(value)}")
+    return value
+
+
+def class_index(value, class_names: Sequence[str]) -> int:
+    """A class given by name (any case) or by index (an int, or a string of digits)."""
+    folded = [name.casefold() for name in class_names]
+    if isinstance(value, str) and value.strip().casefold() in folded:
+        return folded.index(value.strip().casefold())
+    index = int(value.strip()) if isinstance(value, str) and value.strip().isdigit() else value
+    if _finite_number(index) and index == int(index) and 0 <= index < len(class_names):
+        return int(index)
+    raise ValueError(f"class must be one of {', '.join(class_names)} or an index from 0 to "
+                     f"{len(class_names) - 1}; got {shown(value)}")
+
+
+def words(text, name: str, max_chars: int, example: str) -> list[str]:
+    """Comma-, semicolon- or space-separated words of a text field (at least one)."""
+    if not isinstance(text, str) or len(text) > max_chars:
+        raise ValueError(f"{name} must be text of at most {max_chars} characters such as \"{example}\"; "
+                         f"got {shown(text)}")
+    found = [w for w in re.split(r"[,;\s]+", text.strip()) if w]
+    if not found:
+        raise ValueError(f"{name} is empty; write it like \"{example}\"")
+    return found
+
+
+def parse_numbers(text, name: str, low: float, high: float, max_chars: int = 200) -> tuple[float, ...]:
+    """Numbers such as "0, 1, 2, 4, 8", each in [low, high], none repeated."""
+    values = []
+    for word in words(text, name, max_chars, "0, 1, 2, 4, 8"):
+        try:
+            values.append(float(word))
+        except ValueError:
+            raise ValueError(f"{name}: {shown(word)} is not a number; write them like \"0, 1, 2, 4, 8\"") from None
+    values = [number(v, name, low, high) for v in values]
+    _no_repeats(values, name, lambda v: f"{v:g}")
+    return tuple(values)
+
+
+def parse_interval(text, num_timesteps: int) -> tuple[int, int] | None:
+    """'full' (None: every timestep) or 'LO-HI', two original timesteps 0 <= LO <= HI <= T-1."""
+    if isinstance(text, str) and text.strip().casefold() in ("full", "all"):
+        return None
+    match = re.fullmatch(r"\s*(\d{1,9})\s*-\s*(\d{1,9})\s*", text) if isinstance(text, str) else None
+    if not match:
+        raise ValueError(f"a guidance interval is 'full' or two timesteps like '200-800'; got {shown(text)}")
+    return check_interval((int(match[1]), int(match[2])), num_timesteps)
+
+
+def parse_intervals(text, num_timesteps: int, max_chars: int = 200) -> tuple[tuple[int, int] | None, ...]:
+    """Intervals such as "full, 0-500, 200-800, 500-999", none repeated."""
+    values = [parse_interval(w, num_timesteps) for w in words(text, "intervals", max_chars, "full, 0-500, 500-999")]
+    _no_repeats(values, "intervals", interval_text)
+    return tuple(values)
+
+
+def parse_list(text, name: str, example: str, every: Sequence, parse, max_chars: int = 200) -> list:
+    """Comma- or semicolon-separated items (a class name may hold a space), each through parse,
+    or "all" for every one of `every`; none repeated."""
+    if not isinstance(text, str) or len(text) > max_chars:
+        raise ValueError(f"{name} must be text of at most {max_chars} characters such as \"{example}\"; "
+                         f"got {shown(text)}")
+    items = [item.strip() for item in re.split(r"[,;]", text) if item.strip()]
+    if not items:
+        raise ValueError(f"{name} is empty; write it like \"{example}\"")
+    if len(items) == 1 and items[0].casefold() == "all":
+        return list(every)
+    values = [parse(item) for item in items]
+    repeated = [item for k, (item, value) in enumerate(zip(items, values)) if value in values[:k]]
+    if repeated:
+        raise ValueError(f"{name} must differ from each other; {shown(repeated[0])} appears twice")
+    return values
+
+
+def parse_classes(text, class_names: Sequence[str], max_chars: int = 200) -> list[int]:
+    """Classes such as "Bag, Ankle boot, 3" (names in any case, or indices), or "all"."""
+    return parse_list(text, "classes", ", ".join(class_names[:2]), range(len(class_names)),
+                      lambda item: class_index(item, class_names), max_chars)
+
+
+def interval_text(interval: tuple[int, int] | None) -> str:
+    return "full" if interval is None else f"{interval[0]}-{interval[1]}"
+
+
+def check_interval(interval: tuple[int, int], num_timesteps: int) -> tuple[int, int]:
+    lo, hi = interval
+    if not 0 <= lo <= hi <= num_timesteps - 1:
+        raise ValueError(f"a guidance interval needs 0 <= t_lo <= t_hi <= {num_timesteps - 1}, got {lo}-{hi}")
+    return lo, hi
+
+
+def make_schedule(shape: str, interval: tuple[int, int] | None, num_timesteps: int) -> Schedule:
+    """The Schedule for a shape over an interval (None: the whole range; a ramp then runs over
+    [0, T-1])."""
+    if interval is not None:
+        interval = check_interval(interval, num_timesteps)
+    elif shape != "constant":
+        interval = (0, num_timesteps - 1)
+    return Schedule(shape, interval)
+
+
+def _no_repeats(values: list, name: str, fmt) -> None:
+    repeated = [v for i, v in enumerate(values) if v in values[:i]]
+    if repeated:
+        raise ValueError(f"{name} must differ from each other; {fmt(repeated[0])} appears twice")
+
+
+# -- the request -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Row:
+    """One guidance setting; every image of the row shares it."""
+    class_label: int
+    scale: float = 0.0                  # classifier guidance w
+    cfg_scale: float | None = None      # None: the unconditional UNet eps(x_t, null); a number: the
+                                        # conditional UNet with classifier-free w_cfg (0 = plain)
+    schedule: Schedule = Schedule()     # w(t) = w * f(t), for w and w_cfg alike
+    threshold: Threshold = Threshold()  # what happens to x-hat_0
+    first_image: int = 0                # image j of the row is image first_image + j of the seed's run
+
+
+@dataclass(frozen=True)
+class Request:
+    rows: tuple[Row, ...]
+    images_per_row: int = 8
+    steps: int = 25
+    sampler: str = "ddim"
+    eta: float = 0.0                    # DDIM noise, 0 to 1
+    seed: int = 0
+    max_guidance_norm: float | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.rows) * self.images_per_row
+
+    def row_of(self, item: int) -> Row:
+        """Item k of the request (row-major: row k // n, image k % n)."""
+        return self.rows[item // self.images_per_row]
+
+    def noise(self, items: Sequence[int]) -> ItemNoise:
+        """The noise of the given items: item k draws from stream first_image + k % n of the seed."""
+        n = self.images_per_row
+        return ItemNoise(self.seed, [self.row_of(k).first_image + k % n for k in items])
+
+    def guidance(self, items: Sequence[int], diagnostics: bool = True) -> Guidance:
+        """Per-item guidance for the given items, (len(items),) settings."""
+        rows = [self.row_of(k) for k in items]
+        return Guidance.make(
+            [r.class_label for r in rows], [r.scale for r in rows],
+            [0.0 if r.cfg_scale is None else r.cfg_scale for r in rows], batch_size=len(rows),
+            conditional=[r.cfg_scale is not None for r in rows], schedule=[r.schedule for r in rows],
+            threshold=[r.threshold for r in rows], max_guidance_norm=self.max_guidance_norm, diagnostics=diagnostics)
+
+    def labels(self) -> torch.Tensor:
+        """(batch_size,) the class each item is guided toward."""
+        return torch.tensor([r.class_label for r in self.rows]).repeat_interleave(self.images_per_row)
+
+
+def check(request: Request, num_classes: int, num_timesteps: int) -> None:
+    """Raise ValueError, naming the valid range or choices, for anything the library cannot run."""
+    if not request.rows:
+        raise ValueError("a request needs at least one row of guidance settings")
+    exact_integer(request.images_per_row, "number of images", 1, 2**31)
+    exact_integer(request.steps, "steps", 1, num_timesteps)
+    choice(request.sampler, "sampler", SAMPLERS)
+    number(request.eta, "eta", 0, 1)
+    if request.sampler != "ddim" and request.eta != 0:
+        raise ValueError("eta applies to the DDIM sampler only")
+    exact_integer(request.seed, "seed", 0, MAX_SEED)
+    if request.max_guidance_norm is not None:
+        number(request.max_guidance_norm, "guidance norm clip", 1e-6, math.inf)
+    for row in request.rows:
+        exact_integer(row.class_label, "class", 0, num_classes - 1)
+        number(row.scale, "classifier guidance w", 0, MAX_SCALE)
+        if row.cfg_scale is not None:
+            number(row.cfg_scale, "classifier-free scale w_cfg", 0, MAX_CFG_SCALE)
+        if row.schedule.interval is not None:
+            check_interval(row.schedule.interval, num_timesteps)
+        exact_integer(row.first_image, "first image", 0, 2**62)
