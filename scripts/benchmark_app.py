@@ -91,10 +91,12 @@ def main(argv=None) -> int:
         for name in paths["now"]:
             for path in paths:  # warm-up: the first call of each kind allocates
                 time_call(clients[path], *paths[path][name])
-        for _ in range(args.repeats):
+        for repeat in range(args.repeats):
             for name in paths["now"]:
                 for path in paths:
                     times[path, name].append(time_call(clients[path], *paths[path][name]))
+                    print(f"  run {repeat + 1}, {name}, {path}: last frame after {times[path, name][-1][1]:.3f} s",
+                          file=sys.stderr, flush=True)
     print(f"{'request':<12} {'images':>6}  {'first frame':>11}  {'last frame':>10}  {'earlier last':>12}  "
           f"{'speed-up':>8}  {'target':>8}  frames")
     for name, (endpoint, arguments) in paths["now"].items():

@@ -21,7 +21,8 @@ fi
     echo "1-minute load average at the start: $load (the script refuses to write above $max_load)."
     echo "Every figure below is printed by the script named above it; ratios compare runs taken in the"
     echo "same run of that script, interleaved."
-    for cmd in "scripts/benchmark_app.py" "scripts/benchmark_sampling.py" "scripts/benchmark_backend.py"; do
+    for cmd in "scripts/benchmark_app.py --repeats 2" "scripts/benchmark_sampling.py --batch-sizes 8,40 --repeats 2" \
+               "scripts/benchmark_backend.py --batch-sizes 1,8,16,40,80 --repeats 5"; do
         echo
         echo "## \`python $cmd\`"
         echo
