@@ -146,7 +146,7 @@ class Handlers:
 
         class_name: a class name (any case) or index; scale: w >= 0; unet: "unconditional" or
         "conditional"; cfg_scale: w_cfg >= 0 (0 with the unconditional UNet); steps: 1..T;
-        sampler: "ddim", "ddpm" or "dpm++2m"; eta: DDIM noise in [0, 1] (0 for the others);
+        sampler: "ddim", "ddpm", "dpm++2m" or "unipc"; eta: DDIM noise in [0, 1] (0 for the others);
         num_images; seed; interval: "full" or "LO-HI", the original timesteps where guidance is
         on; schedule: "constant", "ramp-up" or "ramp-down" over the interval; threshold: "clip",
         "dynamic" or "none" for x-hat_0; threshold_percentile: in [0.5, 1], for "dynamic".

@@ -14,7 +14,7 @@ from guidance.request import MAX_CFG_SCALE, MAX_SCALE
 SHIPPED_CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints" / "fashion-mnist"
 
 # Widget choices as (label, value); the values are what the API takes.
-SAMPLER_CHOICES = (("DDIM", "ddim"), ("DDPM", "ddpm"), ("DPM-Solver++(2M)", "dpm++2m"))
+SAMPLER_CHOICES = (("DDIM", "ddim"), ("DDPM", "ddpm"), ("DPM-Solver++(2M)", "dpm++2m"), ("UniPC", "unipc"))
 UNET_CHOICES = (("unconditional ε(x_t, ∅)", "unconditional"), ("class-conditional ε(x_t, c)", "conditional"))
 SCHEDULE_CHOICES = (("constant", "constant"), ("ramp up", "ramp-up"), ("ramp down", "ramp-down"))
 THRESHOLD_CHOICES = (("clip to [-1, 1]", "clip"), ("dynamic", "dynamic"), ("none", "none"))

@@ -266,7 +266,10 @@ class GuidedDenoiser:
         if every:
             log_prob = log_prob_guided.detach()
         elif guidance.diagnostics:
+            others = (~guided).nonzero()[:, 0]
             with torch.no_grad():
-                log_prob = self.class_log_prob(x_t, t, labels)
+                log_prob_others = self.class_log_prob(x_t[others], t[others], labels[others])
+            log_prob = torch.empty(len(x_t), dtype=log_prob_others.dtype, device=x_t.device)
             log_prob[rows] = log_prob_guided.detach().to(log_prob.dtype)
+            log_prob[others] = log_prob_others
         return GuidedEps(eps - term, log_prob, norm, term)

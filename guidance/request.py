@@ -133,9 +133,7 @@ def parse_list(text, name: str, example: str, every: Sequence, parse, max_chars:
     if len(items) == 1 and items[0].casefold() == "all":
         return list(every)
     values = [parse(item) for item in items]
-    repeated = [item for k, (item, value) in enumerate(zip(items, values)) if value in values[:k]]
-    if repeated:
-        raise ValueError(f"{name} must differ from each other; {shown(repeated[0])} appears twice")
+    _no_repeats(values, name, shown, items)
     return values
 
 
@@ -166,8 +164,10 @@ def make_schedule(shape: str, interval: tuple[int, int] | None, num_timesteps: i
     return Schedule(shape, interval)
 
 
-def _no_repeats(values: list, name: str, fmt) -> None:
-    repeated = [v for i, v in enumerate(values) if v in values[:i]]
+def _no_repeats(values: list, name: str, fmt, written: list | None = None) -> None:
+    """Refuse a value given twice, quoting the repeat as written (default: the value) through fmt."""
+    written = values if written is None else written
+    repeated = [w for i, (v, w) in enumerate(zip(values, written)) if v in values[:i]]
     if repeated:
         raise ValueError(f"{name} must differ from each other; {fmt(repeated[0])} appears twice")
 

@@ -10,6 +10,11 @@ so a new solver is a new class, not a new loop.
     ddim     Song et al. 2021, eq. 12; eta = 0 deterministic, eta = 1 DDPM-like noise
     dpm++2m  DPM-Solver++(2M), multistep second order in data prediction (Lu et al. 2022,
              Algorithm 2), a first-order first step and a first-order final step to x_0
+    unipc    UniPC (Zhao et al. 2023): the same predictor plus the UniC corrector, which reuses
+             each new network evaluation to correct the x it was made at; no extra evaluations
+
+A multistep method sees the steps before it as a history (newest first); a predictor-corrector
+method also corrects x_t once the network has seen it (Solver.correct), before it steps.
 """
 from __future__ import annotations
 
@@ -35,12 +40,34 @@ class Step(NamedTuple):
 
 
 class Previous(NamedTuple):
-    """What a multistep method keeps from the step before."""
+    """What a multistep method keeps of a step before."""
     index: int                           # schedule index i of that step's x_t
     pred_xstart: torch.Tensor            # its x-hat_0
+    x: torch.Tensor                      # the x_t it stepped from (after the correction, if any)
 
 
-class DDPM:
+History = tuple[Previous, ...]           # the steps before, newest first; at most HISTORY kept
+HISTORY = 2
+
+
+class Solver:
+    """One sampling method: k_t, an optional correction of x_t, and the step to the next x."""
+    name = ""
+
+    def grad_coef(self, i: int) -> float:
+        """k_t, the factor of w g in the eps shift at schedule index i."""
+        raise NotImplementedError
+
+    def correct(self, x: torch.Tensor, i: int, pred_xstart: torch.Tensor, history: History) -> torch.Tensor:
+        """x_t after the network's x-hat_0 at it is known; most methods keep it as it is."""
+        return x
+
+    def step(self, x: torch.Tensor, i: int, pred_xstart: torch.Tensor, noise: Noise,
+             history: History) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class DDPM(Solver):
     """x_{t-1} = mu-tilde(x-hat_0, x_t) + sqrt(Sigma_t) z, no noise at the last step. Classifier
     guidance moves mu by w Sigma_t g (Dhariwal & Nichol Algorithm 1)."""
     name = "ddpm"
@@ -56,7 +83,7 @@ class DDPM:
         return self.grad_coefs[i]
 
     def step(self, x: torch.Tensor, i: int, pred_xstart: torch.Tensor, noise: Noise,
-             previous: Previous | None) -> torch.Tensor:
+             history: History) -> torch.Tensor:
         t = torch.full((x.shape[0],), i, device=x.device)
         mean = self.diffusion.q_posterior_mean_variance(pred_xstart, x, t).mean
         if i == 0:
@@ -65,7 +92,7 @@ class DDPM:
         return mean + (0.5 * log_var).exp() * noise(x.shape, x.device)
 
 
-class DDIM:
+class DDIM(Solver):
     """x_{t-1} = sqrt(alpha-bar_{t-1}) x-hat_0 + sqrt(1 - alpha-bar_{t-1} - sigma_t^2) eps + sigma_t z,
     sigma_t = eta sqrt((1 - alpha-bar_{t-1}) / (1 - alpha-bar_t)) sqrt(1 - alpha-bar_t / alpha-bar_{t-1}),
     with eps recomputed from the thresholded x-hat_0."""
@@ -81,7 +108,7 @@ class DDIM:
         return math.sqrt(1 - self.abar[i])
 
     def step(self, x: torch.Tensor, i: int, pred_xstart: torch.Tensor, noise: Noise,
-             previous: Previous | None) -> torch.Tensor:
+             history: History) -> torch.Tensor:
         abar, abar_prev = self.abar[i], self.abar_prev[i]
         t = torch.full((x.shape[0],), i, device=x.device)
         eps = self.diffusion.predict_eps_from_xstart(x, t, pred_xstart)
@@ -90,7 +117,7 @@ class DDIM:
         return x + sigma * noise(x.shape, x.device) if sigma > 0 and i > 0 else x
 
 
-class DPMSolverPP2M:
+class DPMSolverPP2M(Solver):
     """DPM-Solver++(2M) in data prediction (Lu et al. 2022, Algorithm 2), for the probability-flow
     ODE of a discrete VP schedule. With alpha_t = sqrt(alpha-bar_t), sigma_t = sqrt(1 - alpha-bar_t),
     lambda_t = log(alpha_t / sigma_t) and h = lambda_{t-1} - lambda_t:
@@ -114,21 +141,57 @@ class DPMSolverPP2M:
         return self.sigma[i]
 
     def step(self, x: torch.Tensor, i: int, pred_xstart: torch.Tensor, noise: Noise,
-             previous: Previous | None) -> torch.Tensor:
+             history: History) -> torch.Tensor:
         if i == 0:
             return pred_xstart
         h = self.lam_prev[i] - self.lam[i]
         data = pred_xstart
-        if previous is not None:
-            r = (self.lam[i] - self.lam[previous.index]) / h
-            data = (1 + 0.5 / r) * pred_xstart - (0.5 / r) * previous.pred_xstart
+        if history:
+            r = (self.lam[i] - self.lam[history[0].index]) / h
+            data = (1 + 0.5 / r) * pred_xstart - (0.5 / r) * history[0].pred_xstart
         return (self.sigma_prev[i] / self.sigma[i]) * x - self.alpha_prev[i] * math.expm1(-h) * data
 
 
-SAMPLERS = ("ddim", "ddpm", "dpm++2m")
+class UniPC(DPMSolverPP2M):
+    """UniPC with B(h) = e^{-h} - 1 ("bh2"), data prediction, order 2 (Zhao et al. 2023). Its
+    predictor UniP-2 is DPM-Solver++(2M)'s step. Its corrector UniC redoes the step that led to x_t
+    from the step before, x_s (index j, x-hat_0 D_s), now that D_t = x-hat_0(x_t) is known, with
+    h = lambda_t - lambda_s:
+
+        x_t <- (sigma_t / sigma_s) x_s - alpha_t (e^{-h} - 1) (D_s + rho_1 D1 + rho_t (D_t - D_s))
+
+    where D1 = (D_u - D_s) / r_u from the step before that (r_u = (lambda_u - lambda_s) / h) and the
+    rhos solve UniPC's order conditions; after the first-order first step, D1 is absent and
+    rho_t = 1/2. The corrected x_t is what the predictor steps from and what the next correction
+    starts from; the network is never run on it, so each step costs one evaluation as before.
+    """
+    name = "unipc"
+
+    def correct(self, x: torch.Tensor, i: int, pred_xstart: torch.Tensor, history: History) -> torch.Tensor:
+        if not history or i == 0:  # nothing to correct yet; the last step returns x-hat_0 whatever x is
+            return x
+        s = history[0]
+        hh = self.lam[s.index] - self.lam[i]  # -h
+        b_h = math.expm1(hh)
+        phi_1 = b_h / hh - 1                  # h_phi_1 / hh - 1, UniPC's phi_2 term
+        if len(history) == 1:
+            rhos = [(None, 0.5)]
+        else:
+            u = history[1]
+            r = (self.lam[u.index] - self.lam[s.index]) / -hh
+            b1 = phi_1 / b_h
+            b2 = 2 * (phi_1 / hh - 0.5) / b_h
+            rho_1 = (b1 - b2) / (1 - r)       # R = [[1, 1], [r, 1]], R rho = (b1, b2)
+            rhos = [((u.pred_xstart - s.pred_xstart) / r, rho_1), (None, b1 - rho_1)]
+        residual = sum(rho * d for d, rho in rhos if d is not None) + rhos[-1][1] * (pred_xstart - s.pred_xstart)
+        return (self.sigma[i] / self.sigma[s.index]) * s.x - self.alpha[i] * b_h * (s.pred_xstart + residual)
 
 
-def make_solver(sampler: str, diffusion: GaussianDiffusion, eta: float = 0.0, variance: str = "small"):
+SAMPLERS = ("ddim", "ddpm", "dpm++2m", "unipc")
+SOLVERS = {"ddpm": DDPM, "ddim": DDIM, "dpm++2m": DPMSolverPP2M, "unipc": UniPC}
+
+
+def make_solver(sampler: str, diffusion: GaussianDiffusion, eta: float = 0.0, variance: str = "small") -> Solver:
     """The step object for a sampler name; eta applies to DDIM only."""
     if sampler == "ddim":
         return DDIM(diffusion, eta)
@@ -136,8 +199,8 @@ def make_solver(sampler: str, diffusion: GaussianDiffusion, eta: float = 0.0, va
         raise ValueError("eta applies to the DDIM sampler only")
     if sampler == "ddpm":
         return DDPM(diffusion, variance)
-    if sampler == "dpm++2m":
-        return DPMSolverPP2M(diffusion)
+    if sampler in ("dpm++2m", "unipc"):
+        return SOLVERS[sampler](diffusion)
     raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
 
 
@@ -156,14 +219,15 @@ def sample_loop(model: GuidedDenoiser, diffusion: GaussianDiffusion, shape, guid
     solver = make_solver(sampler, diffusion, eta, variance)
     x = noise(shape, device)
     timesteps = diffusion.timesteps.to(device)
-    previous = None
+    history: History = ()
     for index, i in enumerate(reversed(range(diffusion.num_timesteps))):
         t = torch.full((shape[0],), i, device=device)
         grad_coef = torch.full((shape[0],), solver.grad_coef(i), dtype=torch.float64, device=device)
         out = model(x, timesteps[t], guidance, grad_coef)
         pred_xstart = guidance.threshold(diffusion.predict_xstart_from_eps(x, t, out.eps))
-        x = solver.step(x, i, pred_xstart, noise, previous)
-        previous = Previous(i, pred_xstart)
+        x_from = solver.correct(x, i, pred_xstart, history)
+        x = solver.step(x_from, i, pred_xstart, noise, history)
+        history = (Previous(i, pred_xstart, x_from), *history[:HISTORY - 1])
         yield _check_finite(Step(index, int(diffusion.timesteps[i]), x, pred_xstart, out.log_prob,
                                  out.guidance_norm, out.guidance_term))
 

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from guidance.checkpoints import Bundle, load_bundle  # noqa: E402
 from guidance.generation import stream  # noqa: E402
+from demo.settings import DEFAULTS  # noqa: E402
 from guidance.request import Request, Row  # noqa: E402
 
 
@@ -91,7 +92,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-sizes", default="8,16,40")
     p.add_argument("--steps", type=int, default=10, help="timed sampling steps per measurement")
     p.add_argument("--repeats", type=int, default=3, help="runs per measurement; the fastest counts")
-    p.add_argument("--sampler", default="dpm++2m")
+    p.add_argument("--sampler", default=DEFAULTS.sampler, help=f"default: the app's ({DEFAULTS.sampler})")
     p.add_argument("--out", help="also write the figures to this JSON file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

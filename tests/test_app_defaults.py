@@ -99,7 +99,7 @@ def test_the_handlers_read_the_defaults_of_their_bundles_folder(tmp_path, checkp
 
 
 @pytest.mark.parametrize("chosen, message", [
-    ({"sampler": "euler"}, "sampler must be one of ddim, ddpm, dpm++2m"),
+    ({"sampler": "euler"}, "sampler must be one of ddim, ddpm, dpm++2m, unipc"),
     ({"interval": "0-5000"}, "a guidance interval needs 0 <= t_lo <= t_hi <= 999"),
     ({"steps": 5000}, "steps must be an integer from 1 to 1000"),
 ])

@@ -112,7 +112,7 @@ def test_generate_streams_x_T_then_every_step_then_the_seeded_samples(bundle, tm
     assert len(last.recording.frames) == 6 and last.recording.state == "finished"
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "dpm++2m"])
+@pytest.mark.parametrize("sampler", ["ddpm", "dpm++2m", "unipc"])
 def test_every_sampler_gives_the_command_lines_images(bundle, tmp_path, sampler):
     changes = dict(sampler=sampler, interval="300-900", schedule="ramp-down", threshold="dynamic",
                    threshold_percentile=0.9)
@@ -434,8 +434,8 @@ BAD_GENERATE = [
     (dict(steps=1001), "from 1 to 1000"),
     (dict(steps="10"), "from 1 to 1000"),
     (dict(steps=math.nan), "from 1 to 1000"),
-    (dict(sampler="euler"), "sampler must be one of ddim, ddpm, dpm++2m"),
-    (dict(sampler=None), "sampler must be one of ddim, ddpm, dpm++2m"),
+    (dict(sampler="euler"), "sampler must be one of ddim, ddpm, dpm++2m, unipc"),
+    (dict(sampler=None), "sampler must be one of ddim, ddpm, dpm++2m, unipc"),
     (dict(eta=-0.1), "eta must be a number from 0 to 1"),
     (dict(eta=1.5), "eta must be a number from 0 to 1"),
     (dict(eta=math.nan), "eta must be a number from 0 to 1"),

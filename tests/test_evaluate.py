@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -130,8 +131,14 @@ def test_the_plan_shares_settings_between_sweeps_and_scales_intervals_to_T():
     chosen = choose_defaults([fake(Setting(scale=w), f, 3.0, sweep="classifier", seed=k)
                               for k, (w, f) in enumerate([(0, 0.1), (5, 0.95)])], budget.reference_steps)
     steps = sweeps.plan(budget, "steps", chosen, 1000)
-    assert {(s.sampler, s.steps) for s in steps} >= {("dpm++2m", 5), ("dpm++2m", 20), ("ddim", 10), ("ddim", 50)}
+    assert {(s.sampler, s.steps) for s in steps} >= {("dpm++2m", 5), ("dpm++2m", 20), ("unipc", 5), ("unipc", 15),
+                                                     ("ddim", 10), ("ddim", 50)}
     assert {s.scale for s in steps} == {5}
+    # The samplers sweep holds the chosen sampler at its step count, besides DDIM and DPM-Solver++.
+    lines = {(s.sampler, s.steps) for s in sweeps.plan(budget, "samplers", replace(chosen, sampler="unipc", steps=8), 1000)}
+    assert lines == {("ddim", 50), ("ddim", 25), ("dpm++2m", 10), ("unipc", 8)}
+    lines = {(s.sampler, s.steps) for s in sweeps.plan(budget, "samplers", replace(chosen, sampler="dpm++2m", steps=15), 1000)}
+    assert lines == {("ddim", 50), ("ddim", 25), ("dpm++2m", 15)}
     intervals = {s.interval for s in sweeps.plan(budget, "schedules", chosen, 1000)}
     assert intervals == {None, (0, 500), (200, 800), (500, 999), (0, 999)}
     assert {s.interval for s in sweeps.plan(budget, "schedules", chosen, 100)} == {None, (0, 50), (20, 80), (50, 99), (0, 99)}

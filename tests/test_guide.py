@@ -60,7 +60,7 @@ def test_guidance_gradient_equals_the_analytic_gradient():
     torch.testing.assert_close(out.log_prob, torch.log_softmax(GaussianClassifier()(x, None), -1)[torch.arange(6), labels])
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpm++2m"])
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpm++2m", "unipc"])
 def test_guidance_moves_samples_toward_the_class(sampler):
     # Linear, not cosine: with x-hat_0 unclipped, the cosine schedule's beta_T = 0.999 turns the
     # first DDIM step's guidance into a jump of sqrt(alpha-bar_{T-1} / alpha-bar_T) ~ 30 times w g.
@@ -225,10 +225,11 @@ def test_per_step_w_is_the_schedule_times_w_and_scales_cfg_too():
 class CountingClassifier(nn.Module):
     def __init__(self):
         super().__init__()
-        self.calls, self.grad_calls = 0, 0
+        self.calls, self.grad_calls, self.rows = 0, 0, 0
 
     def forward(self, x, t):
         self.calls += 1
+        self.rows += len(x)
         self.grad_calls += torch.is_grad_enabled() and x.requires_grad
         return GaussianClassifier()(x, t)
 
@@ -245,16 +246,16 @@ def test_the_classifier_backward_pass_is_skipped_when_no_item_is_guided_at_a_ste
     model(x, torch.full((2,), 400), inside, torch.ones(2))
     assert classifier.grad_calls == 1
     # Only the guided rows go through the backward pass; the others get a plain forward for the chart.
-    classifier.calls = classifier.grad_calls = 0
+    classifier.calls = classifier.grad_calls = classifier.rows = 0
     mixed = Guidance.make([0, 1], [5.0, 0.0])
     out = model(x, torch.full((2,), 400), mixed, torch.ones(2))
-    assert classifier.grad_calls == 1 and classifier.calls == 2
+    assert classifier.grad_calls == 1 and classifier.calls == 2 and classifier.rows == 2
     assert out.guidance_term[1].abs().max() == 0 and out.guidance_term[0].abs().max() > 0
     expected = torch.log_softmax(GaussianClassifier()(x, None), -1)[torch.arange(2), torch.tensor([0, 1])]
     torch.testing.assert_close(out.log_prob, expected)
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpm++2m"])
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpm++2m", "unipc"])
 def test_an_interval_without_steps_is_unguided_and_one_covering_all_is_constant(sampler):
     diffusion = GaussianDiffusion.from_schedule("linear", 100, steps=10)
     kept = diffusion.timesteps.tolist()  # 0, 11, 22, ..., 99

@@ -63,7 +63,7 @@ SHARED_CASES = [
     ("cfg_scale", 2.0, "needs the class-conditional UNet"), ("cfg_scale", -1, W_CFG), ("cfg_scale", "0", W_CFG),
     ("steps", 0, STEPS), ("steps", -5, STEPS), ("steps", 2.5, STEPS), ("steps", NUM_TIMESTEPS + 1, STEPS),
     ("steps", 10**30, STEPS), ("steps", "10", STEPS), ("steps", None, STEPS),
-    ("sampler", "euler", "sampler must be one of ddim, ddpm, dpm++2m"), ("sampler", "DDIM", "sampler must be one of"),
+    ("sampler", "euler", "sampler must be one of ddim, ddpm, dpm++2m, unipc"), ("sampler", "DDIM", "sampler must be one of"),
     ("sampler", 0, "sampler must be one of"),
     ("eta", -0.1, ETA), ("eta", 1.5, ETA), ("eta", "0", ETA), ("eta", None, ETA),
     ("num_images", 0, IMAGES), ("num_images", -1, IMAGES), ("num_images", LIMITS.max_images_per_row + 1, IMAGES),

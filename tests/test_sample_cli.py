@@ -181,7 +181,7 @@ def _rows(labels, scale=3.0, cfg_scale=1.0):
     return tuple(Row(c, scale, cfg_scale, first_image=i) for i, c in enumerate(labels))
 
 
-@pytest.mark.parametrize("sampler, eta", [("ddpm", 0.0), ("ddim", 0.6), ("ddim", 0.0), ("dpm++2m", 0.0)])
+@pytest.mark.parametrize("sampler, eta", [("ddpm", 0.0), ("ddim", 0.6), ("ddim", 0.0), ("dpm++2m", 0.0), ("unipc", 0.0)])
 def test_results_do_not_depend_on_the_batch_size(bundle, sampler, eta):
     request = Request(_rows([0, 1, 2, 1, 0]), images_per_row=1, steps=5, sampler=sampler, eta=eta, seed=9)
     runs = [generate(bundle, request, batch_size=b).images for b in (1, 2, 5, 64)]

@@ -8,7 +8,7 @@ import torch
 
 from guidance import GaussianDiffusion, GuidedDenoiser, Guidance, ItemNoise, NonFiniteError, Threshold, final, sample_loop
 
-SAMPLERS = ["ddim", "ddpm", "dpm++2m"]
+SAMPLERS = ["ddim", "ddpm", "dpm++2m", "unipc"]
 UNCLIPPED = Threshold("none")
 
 from conftest import tiny_classifier
@@ -129,7 +129,7 @@ def test_unknown_sampler_names_the_choices(model, diffusion):
         next(sample_loop(model, diffusion, SHAPE, guidance(), ItemNoise(0, range(4)), "euler"))
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "dpm++2m"])
+@pytest.mark.parametrize("sampler", ["ddpm", "dpm++2m", "unipc"])
 def test_eta_is_refused_outside_ddim(model, diffusion, sampler):
     with pytest.raises(ValueError, match="DDIM"):
         next(sample_loop(model, diffusion, SHAPE, guidance(), ItemNoise(0, range(4)), sampler, eta=0.5))
@@ -273,10 +273,8 @@ def exact_solution(full: GaussianDiffusion, x_T: torch.Tensor, mu: float, s: flo
     return mu + abar_0.sqrt() * s ** 2 * (x_0 - abar_0.sqrt() * mu) / v_0
 
 
-@pytest.mark.parametrize("sampler, order", [("ddim", 1), ("dpm++2m", 2)])
-def test_solver_error_shrinks_at_its_order_on_gaussian_data(sampler, order):
-    """Against the exact ODE solution: doubling the steps divides DDIM's error by about 2 and
-    DPM-Solver++(2M)'s by about 4."""
+def gaussian_errors(sampler: str, step_counts=(25, 50, 100, 200)) -> list[float]:
+    """Max |error| of the sampler's x_0 against the exact ODE solution for Gaussian data, per step count."""
     mu, s = 0.3, 0.5
     full = GaussianDiffusion.from_schedule("cosine", 1000)  # the shipped schedule
     model = GuidedDenoiser(GaussianDataEps(full, mu, s), None, 0)
@@ -285,21 +283,42 @@ def test_solver_error_shrinks_at_its_order_on_gaussian_data(sampler, order):
     exact = exact_solution(full, x_T, mu, s)
     guide = Guidance.make(0, 0.0, batch_size=64, threshold=UNCLIPPED)
     errors = []
-    for steps in (25, 50, 100, 200):
+    for steps in step_counts:
         diffusion = GaussianDiffusion.from_schedule("cosine", 1000, steps=steps)
         out = final(sample_loop(model, diffusion, shape, guide, lambda *_: x_T.clone(), sampler)).sample
         errors.append(float((out - exact).abs().max()))
+    return errors
+
+
+@pytest.mark.parametrize("sampler, order", [("ddim", 1), ("dpm++2m", 2)])
+def test_solver_error_shrinks_at_its_order_on_gaussian_data(sampler, order):
+    """Against the exact ODE solution: doubling the steps divides DDIM's error by about 2 and
+    DPM-Solver++(2M)'s by about 4."""
+    errors = gaussian_errors(sampler)
     ratios = [a / b for a, b in zip(errors, errors[1:])]
     assert all(0.8 * 2 ** order < r < 1.25 * 2 ** order for r in ratios), (errors, ratios)
+
+
+def test_unipc_is_at_least_second_order_and_beats_its_predictor_alone():
+    """The corrector makes UniPC at least second order, with a smaller error than DPM-Solver++(2M)
+    (its predictor without the corrector) at every step count from 25 up."""
+    errors, predictor = gaussian_errors("unipc"), gaussian_errors("dpm++2m")
+    ratios = [a / b for a, b in zip(errors, errors[1:])]
+    assert all(0.8 * 4 < r < 1.25 * 8 for r in ratios), (errors, ratios)
+    assert all(e < p for e, p in zip(errors, predictor)), (errors, predictor)
 
 
 def test_dpm_solver_first_step_is_ddim_and_the_last_returns_x0(model):
     diffusion = GaussianDiffusion.from_schedule("cosine", 100, steps=6)
     guide = guidance(2.0)
     ddim, dpm = run(model, diffusion, "ddim", guide=guide), run(model, diffusion, "dpm++2m", guide=guide)
+    unipc = run(model, diffusion, "unipc", guide=guide)
     torch.testing.assert_close(dpm[0].sample, ddim[0].sample, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(unipc[0].sample, ddim[0].sample, rtol=1e-6, atol=1e-6)
     assert not torch.allclose(dpm[1].sample, ddim[1].sample)  # the second-order correction is on
-    assert torch.equal(dpm[-1].sample, dpm[-1].pred_xstart) and torch.equal(ddim[-1].sample, ddim[-1].pred_xstart)
+    assert not torch.allclose(unipc[1].sample, dpm[1].sample)  # the corrector is on
+    for steps in (ddim, dpm, unipc):
+        assert torch.equal(steps[-1].sample, steps[-1].pred_xstart)
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)

@@ -30,7 +30,7 @@ CONFIDENCE = 0.95       # the bootstrap intervals' coverage
 
 
 def sampler_name(sampler: str) -> str:
-    return {"dpm++2m": "DPM-Solver++(2M)"}.get(sampler, sampler.upper())
+    return {"dpm++2m": "DPM-Solver++(2M)", "unipc": "UniPC"}.get(sampler, sampler.upper())
 
 
 @dataclass(frozen=True)

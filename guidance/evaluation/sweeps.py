@@ -2,9 +2,11 @@
 
 Sweeps, in the order they run; a later one uses what defaults.py chose from the earlier ones:
     classifier  w over classifier_scales, unconditional model, DDIM at reference_steps -> the scale w*
-    steps       at w*: DPM-Solver++ at dpm_steps, DDIM at ddim_steps, DDPM at ddpm_steps -> sampler, steps
+    steps       at w*: DPM-Solver++ at dpm_steps, UniPC at unipc_steps, DDIM at ddim_steps, DDPM at
+                ddpm_steps -> sampler, steps
     samplers    over sampler_scales: DDIM at reference_steps and at compare_ddim_steps, DPM-Solver++ at
-                the chosen step count (compare_dpm_steps unless DPM-Solver++ was chosen)
+                the chosen step count (compare_dpm_steps unless DPM-Solver++ was chosen), and UniPC at
+                the chosen step count when UniPC was chosen
     schedules   at the chosen sampler and steps: every schedule over schedule_scales (and w*) -> schedule
     thresholds  at the chosen sampler and steps: dynamic thresholding and the clip, over threshold_scales
     cfg         classifier-free w_cfg over cfg_scales on the conditional model, DDIM at reference_steps
@@ -49,6 +51,7 @@ class Budget:
     reference_steps: int = 50               # DDIM steps of the reference sampler and of the strength sweeps
     classifier_scales: tuple[float, ...] = (0, 0.5, 1, 2, 3, 5, 8, 12)
     dpm_steps: tuple[int, ...] = (5, 8, 10, 15, 20)
+    unipc_steps: tuple[int, ...] = (5, 8, 10, 15)
     ddim_steps: tuple[int, ...] = (10, 25, 50)
     ddpm_steps: tuple[int, ...] = (50, 250, 1000)
     sampler_scales: tuple[float, ...] = (2, 3, 5, 8, 12)
@@ -69,7 +72,7 @@ class Budget:
 BUDGETS = {
     # Checks the pipeline in seconds on tiny networks; its numbers mean nothing.
     "smoke": Budget("smoke", images_per_class=2, n_real=200, resamples=20, reference_steps=4,
-                    classifier_scales=(0, 2), dpm_steps=(2, 3), ddim_steps=(2, 4), ddpm_steps=(4,),
+                    classifier_scales=(0, 2), dpm_steps=(2, 3), unipc_steps=(2, 3), ddim_steps=(2, 4), ddpm_steps=(4,),
                     sampler_scales=(2, 4), compare_ddim_steps=2, compare_dpm_steps=3, schedule_scales=(2, 4),
                     threshold_scales=(4,), cfg_scales=(0, 1), combined_scales=(1,)),
     # Within an hour on a 2-core CPU (python -m guidance.evaluate --estimate tells for this machine).
@@ -99,13 +102,14 @@ def plan(budget: Budget, sweep: str, chosen: Defaults | None, num_timesteps: int
         return [Setting("ddim", ref, w, budget.combined_cfg) for w in budget.combined_scales]
     w, sampler, steps = chosen.scale, chosen.sampler, chosen.steps
     if sweep == "steps":
-        runs = ([("dpm++2m", s) for s in budget.dpm_steps] + [("ddim", s) for s in sorted({*budget.ddim_steps, ref})]
-                + [("ddpm", s) for s in budget.ddpm_steps])
+        runs = ([("dpm++2m", s) for s in budget.dpm_steps] + [("unipc", s) for s in budget.unipc_steps]
+                + [("ddim", s) for s in sorted({*budget.ddim_steps, ref})] + [("ddpm", s) for s in budget.ddpm_steps])
         return [Setting(name, s, w) for name, s in runs]
     if sweep == "samplers":
         dpm = steps if sampler == "dpm++2m" else budget.compare_dpm_steps
-        return [Setting(name, s, v) for v in budget.sampler_scales
-                for name, s in (("ddim", ref), ("ddim", budget.compare_ddim_steps), ("dpm++2m", dpm))]
+        lines = [("ddim", ref), ("ddim", budget.compare_ddim_steps), ("dpm++2m", dpm)]
+        lines += [(sampler, steps)] if sampler == "unipc" else []
+        return [Setting(name, s, v) for v in budget.sampler_scales for name, s in lines]
     if sweep == "schedules":
         scales = sorted({*budget.schedule_scales, w})
         return [Setting(sampler, steps, v, None, shape, timestep_interval(part, num_timesteps))
