@@ -254,7 +254,7 @@ def test_smoke_writes_the_report_figures_card_defaults_and_readme(smoke_run, tin
     assert str(tiny[1].resolve()) in model_card and "Fashion-MNIST" not in model_card
     assert all(f"| {name} |" in model_card for name in CLASSES) and card.MARKER.format(budget="smoke") in model_card
     defaults = json.loads((folder / "defaults.json").read_text())
-    assert defaults["budget"] == "smoke" and defaults["sampler"] in ("ddim", "ddpm", "dpm++2m")
+    assert defaults["budget"] == "smoke" and defaults["sampler"] in ("ddim", "ddpm", "dpm++2m", "unipc")
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text and "(default)" in text
 
@@ -300,6 +300,8 @@ def test_resume_keeps_measured_settings_and_measures_the_rest(smoke_run, tiny, t
     assert [m.setting for m in resumed.measurements] == [m.setting for m in original.measurements]
     for a, b in zip(resumed.measurements, original.measurements):  # the same seeds give the same images
         assert a.scores == pytest.approx(b.scores, abs=1e-6) and a.sweeps == b.sweeps
+    assert "(resumed: the settings already in results.json" in (copy / "RESULTS.md").read_text()
+    assert "(resumed:" not in (out / "RESULTS.md").read_text()
 
 
 def test_an_interrupted_runs_results_can_be_read(smoke_run, tmp_path):

@@ -69,7 +69,9 @@ def _header(results: Results) -> list[str]:
     return [
         "# Evaluation results", "",
         f"Written by `{info.command}`: the **{info.budget}** budget on {info.device} (UNet forward pass: "
-        f"{info.backend}), checkpoints `{info.checkpoints}`. Every number below comes from that run; "
+        f"{info.backend}), checkpoints `{info.checkpoints}`. Every number below comes from that run"
+        + (" (resumed: the settings already in results.json, measured earlier with the same budget, seed and data, "
+           "were kept, the others measured)" if "--resume" in info.command.split() else "") + "; "
         "`python -m guidance.evaluate --report-only --out FOLDER` rebuilds this page from FOLDER/results.json.", "",
         f"**Samples.** {n} images per class, {n * classes} per setting, seed {info.seed}. Image j of class c is "
         f"image c*{n} + j of the seed's run (guidance/noise.py): every setting starts from the same noise, class "
