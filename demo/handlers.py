@@ -207,8 +207,13 @@ class Handlers:
             raise
         finally:
             self.stops.end(session, progress)
-            # Still "running" here: Gradio closed the stream, as the client cancelled or went away.
-            state = "closed" if recording.state == "running" else recording.state
+            # Still "running" here: Gradio closed the stream at a frame, as the client cancelled or went
+            # away. The Stop button does both: it asks the run to end and cancels it through Gradio, and
+            # either may come first. A stream closed after the run's Stop request was stopped by it;
+            # one closed before the request reached the run (or without one) was closed.
+            state = recording.state
+            if state == "running":
+                state = "closed" if progress.stop_came is None else "stopped"
             stop = "" if progress.stop_came is None else f"; Stop came after step {progress.stop_came}"
             log.info("run %s: %s after step %d of %d%s", (session or "-")[:8], state, len(recording.frames),
                      run.request.steps, stop)
