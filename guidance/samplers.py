@@ -174,21 +174,21 @@ class UniPC(DPMSolverPP2M):
         hh = self.lam[s.index] - self.lam[i]  # -h
         b_h = math.expm1(hh)
         phi_1 = b_h / hh - 1                  # h_phi_1 / hh - 1, UniPC's phi_2 term
+        d_t = pred_xstart - s.pred_xstart
         if len(history) == 1:
-            rhos = [(None, 0.5)]
+            residual = 0.5 * d_t
         else:
             u = history[1]
             r = (self.lam[u.index] - self.lam[s.index]) / -hh
             b1 = phi_1 / b_h
             b2 = 2 * (phi_1 / hh - 0.5) / b_h
             rho_1 = (b1 - b2) / (1 - r)       # R = [[1, 1], [r, 1]], R rho = (b1, b2)
-            rhos = [((u.pred_xstart - s.pred_xstart) / r, rho_1), (None, b1 - rho_1)]
-        residual = sum(rho * d for d, rho in rhos if d is not None) + rhos[-1][1] * (pred_xstart - s.pred_xstart)
+            residual = rho_1 * ((u.pred_xstart - s.pred_xstart) / r) + (b1 - rho_1) * d_t
         return (self.sigma[i] / self.sigma[s.index]) * s.x - self.alpha[i] * b_h * (s.pred_xstart + residual)
 
 
-SAMPLERS = ("ddim", "ddpm", "dpm++2m", "unipc")
-SOLVERS = {"ddpm": DDPM, "ddim": DDIM, "dpm++2m": DPMSolverPP2M, "unipc": UniPC}
+SOLVERS = {"ddim": DDIM, "ddpm": DDPM, "dpm++2m": DPMSolverPP2M, "unipc": UniPC}
+SAMPLERS = tuple(SOLVERS)
 
 
 def make_solver(sampler: str, diffusion: GaussianDiffusion, eta: float = 0.0, variance: str = "small") -> Solver:
@@ -199,7 +199,7 @@ def make_solver(sampler: str, diffusion: GaussianDiffusion, eta: float = 0.0, va
         raise ValueError("eta applies to the DDIM sampler only")
     if sampler == "ddpm":
         return DDPM(diffusion, variance)
-    if sampler in ("dpm++2m", "unipc"):
+    if sampler in SOLVERS:
         return SOLVERS[sampler](diffusion)
     raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
 

@@ -28,9 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from demo.settings import DEFAULTS  # noqa: E402
 from guidance.checkpoints import Bundle, load_bundle  # noqa: E402
 from guidance.generation import stream  # noqa: E402
-from demo.settings import DEFAULTS  # noqa: E402
 from guidance.request import Request, Row  # noqa: E402
 
 

@@ -12,10 +12,11 @@ py=${PYTHON:-.venv/bin/python}
 max_load=${MAX_LOAD:-0.5}
 out=docs/PERFORMANCE.md
 settle_s=${SETTLE_S:-600}
-above() { awk -v l="$(cut -d' ' -f1 /proc/loadavg)" -v m="$max_load" 'BEGIN { exit !(l > m) }'; }
+load_now() { cut -d' ' -f1 /proc/loadavg; }
+above() { awk -v l="$1" -v m="$max_load" 'BEGIN { exit !(l > m) }'; }  # is load $1 above max_load?
 settle() {  # wait for the load of the benchmark before to decay; fail when it does not
     local waited=0
-    while above; do
+    while above "$(load_now)"; do
         if [ "$waited" -ge "$settle_s" ]; then
             echo "the load average stayed above $max_load for ${settle_s} s: $out left as it is" >&2
             return 1
@@ -23,8 +24,8 @@ settle() {  # wait for the load of the benchmark before to decay; fail when it d
         sleep 5; waited=$((waited + 5))
     done
 }
-load=$(cut -d' ' -f1 /proc/loadavg)
-if awk -v l="$load" -v m="$max_load" 'BEGIN { exit !(l > m) }'; then
+load=$(load_now)
+if above "$load"; then
     echo "the 1-minute load average is $load (above $max_load): wait for a quiet machine; $out left as it is" >&2
     exit 1
 fi
