@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Iterator, NamedTuple, Sequence
 
 import gradio as gr
 import pandas as pd
@@ -26,8 +26,7 @@ from PIL import Image
 from guidance import generation
 from guidance.checkpoints import Bundle
 from guidance.guide import NonFiniteError
-from guidance.images import to_uint8
-from guidance.request import integer
+from guidance.request import choice, integer
 from guidance.samplers import Step
 
 from . import arguments, render, runs
@@ -81,11 +80,26 @@ def user_errors() -> Iterator[None]:
         raise gr.Error(str(err)) from None
 
 
+class Model(NamedTuple):
+    """One loaded checkpoint bundle the page offers, under the name the API takes."""
+    name: str                       # "pixel" or "latent" (the bundle's space), or the folder's name
+    bundle: Bundle
+    defaults: AppDefaults           # what the page shows when this model is picked
+
+
+def models_of(bundles: Sequence[Bundle]) -> list[Model]:
+    """A Model per bundle with its folder's defaults; named by space, or by folder when two share one."""
+    spaces = [b.space for b in bundles]
+    return [Model(b.space if spaces.count(b.space) == 1 else Path(b.folder).name, b, app_defaults(b.folder))
+            for b in bundles]
+
+
 @dataclass
 class RunProgress:
     """Where a run in progress is; written by the run after every step, read by Stop."""
     steps_done: int = 0
     stop_came: int | None = None  # steps_done when Stop came; None while it has not
+    superseded: bool = False      # a newer live run of the session took over: send nothing more
 
 
 class StopRequests:
@@ -107,11 +121,13 @@ class StopRequests:
                 self._runs[session] = progress
         return progress
 
-    def request(self, session: str | None) -> None:
+    def request(self, session: str | None, superseded: bool = False) -> None:
+        """Stop the session's run after its current step; superseded: a newer run replaces it, so
+        it ends without another frame."""
         with self._lock:
             progress = self._runs.get(session)
             if progress is not None and progress.stop_came is None:
-                progress.stop_came = progress.steps_done
+                progress.stop_came, progress.superseded = progress.steps_done, superseded
 
     def end(self, session: str | None, progress: RunProgress) -> None:
         with self._lock:
@@ -124,22 +140,61 @@ def _session(request: gr.Request | None) -> str | None:
 
 
 class Handlers:
-    """The app's handlers, bound to one loaded checkpoint bundle. defaults: what the page shows
-    first (by default those of the bundle's folder, settings.app_defaults)."""
+    """The app's handlers, bound to loaded checkpoint bundles: one Bundle, or Models (the first
+    is the one the page opens on). defaults: what the page shows first for a single bundle (by
+    default those of its folder, settings.app_defaults)."""
 
-    def __init__(self, bundle: Bundle, display: Display = DISPLAY, limits: Limits = LIMITS,
+    def __init__(self, bundle: Bundle | Sequence[Model], display: Display = DISPLAY, limits: Limits = LIMITS,
                  downloads: str | Path | None = None, defaults: AppDefaults | None = None):
-        self.bundle, self.display, self.limits = bundle, display, limits
-        self.defaults = app_defaults(bundle.folder) if defaults is None else defaults
+        if isinstance(bundle, Bundle):
+            bundle = [Model(bundle.space, bundle, app_defaults(bundle.folder) if defaults is None else defaults)]
+        if not bundle:
+            raise ValueError("the app needs at least one checkpoint bundle")
+        self.models = {m.name: m for m in bundle}
+        self.model = bundle[0]
+        self.bundle, self.defaults = self.model.bundle, self.model.defaults
+        self.display, self.limits = display, limits
         self.downloads = Path(downloads or tempfile.mkdtemp(prefix="guidance-demo-"))
         self.downloads.mkdir(parents=True, exist_ok=True)
         self.stops = StopRequests()
-        self.with_evaluator = bundle.evaluator is not None
+        self.with_evaluator = any(m.bundle.evaluator is not None for m in bundle)
+        self.run_seconds: dict[str, float] = {}  # model -> seconds of one Generate at its defaults (time_runs)
+        self.opening = ""               # Markdown: why the page opens on the first model (demo/launch.py)
         self._stream_on_device = on_gpu(self.stream)
+
+    def time_runs(self) -> None:
+        """Time one Generate at each model's defaults (after a warm-up run), for live mode."""
+        for name, m in self.models.items():
+            values = m.defaults.generate_values(m.bundle.class_names)
+            run = arguments.generate_run(*values, class_names=m.bundle.class_names,
+                                         num_timesteps=m.bundle.num_timesteps, limits=self.limits)
+            for _ in range(2):
+                start = time.perf_counter()
+                for _ in generation.stream(m.bundle, run.request, diagnostics=False):
+                    pass
+                self.run_seconds[name] = time.perf_counter() - start
+
+    def live(self, model) -> tuple[bool, str]:
+        """Whether live mode is offered for a model, and the page's sentence saying why."""
+        seconds, limit = self.run_seconds.get(model), self.display.live_max_seconds
+        if seconds is None:  # not timed: the limit alone decides (`python app.py --live on|off`)
+            if limit < 0:
+                return False, "Live mode is off (`python app.py --live off`)."
+            return True, "Live: the images follow w, w_cfg, the class and the seed as you move them."
+        timing = f"one run at this model's defaults takes {seconds:.2f} s here"
+        if seconds <= limit:
+            return True, f"Live: {timing}, so the images follow w, w_cfg, the class and the seed as you move them."
+        return False, (f"Live mode is off for this model: {timing}, more than the {limit:g} s that following a "
+                       "slider needs. Press Generate instead, or pick the latent model.")
+
+    def pick(self, model) -> Model:
+        """The Model named `model` (None: the one the page opens on). Raises ValueError."""
+        return self.model if model is None else self.models[choice(model, "model", tuple(self.models))]
 
     def generate(self, class_name, scale, unet, cfg_scale, steps, sampler, eta, num_images, seed,
                  interval=NEW.interval, schedule=NEW.schedule, threshold=NEW.threshold,
-                 threshold_percentile=NEW.threshold_percentile, request: gr.Request = None) -> Iterator[StreamOutputs]:
+                 threshold_percentile=NEW.threshold_percentile, model=None,
+                 request: gr.Request = None) -> Iterator[StreamOutputs]:
         """Sample num_images images of one class with classifier guidance w on the chosen UNet
         (unconditional, or conditional with classifier-free w_cfg), streaming x_t, x-hat_0 and the
         classifier's push.
@@ -149,15 +204,17 @@ class Handlers:
         sampler: "ddim", "ddpm", "dpm++2m" or "unipc"; eta: DDIM noise in [0, 1] (0 for the others);
         num_images; seed; interval: "full" or "LO-HI", the original timesteps where guidance is
         on; schedule: "constant", "ramp-up" or "ramp-down" over the interval; threshold: "clip",
-        "dynamic" or "none" for x-hat_0; threshold_percentile: in [0.5, 1], for "dynamic".
+        "dynamic" or "none" for x-hat_0; threshold_percentile: in [0.5, 1], for "dynamic"; model:
+        which loaded bundle samples ("pixel", "latent"; None or left out: the page's first).
         """
         yield from self._serve(arguments.generate_run, (
             class_name, scale, unet, cfg_scale, steps, sampler, eta, num_images, seed, interval, schedule,
-            threshold, threshold_percentile), request)
+            threshold, threshold_percentile), model, request)
 
     def compare(self, class_name, strengths, mode, scale, unet, cfg_scale, steps, sampler, eta, num_images, seed,
                 interval=NEW.interval, schedule=NEW.schedule, threshold=NEW.threshold,
-                threshold_percentile=NEW.threshold_percentile, request: gr.Request = None) -> Iterator[StreamOutputs]:
+                threshold_percentile=NEW.threshold_percentile, model=None,
+                request: gr.Request = None) -> Iterator[StreamOutputs]:
         """Rows that differ in one setting, all from the same noise in one batch.
 
         mode says what the rows vary and strengths (text) lists a value per row:
@@ -169,37 +226,71 @@ class Handlers:
         """
         yield from self._serve(arguments.compare_run, (
             class_name, strengths, mode, scale, unet, cfg_scale, steps, sampler, eta, num_images, seed, interval,
-            schedule, threshold, threshold_percentile), request)
+            schedule, threshold, threshold_percentile), model, request)
 
-    def _serve(self, build, values: tuple, request: gr.Request | None) -> Iterator[StreamOutputs]:
+    def live_generate(self, live, class_name, scale, unet, cfg_scale, steps, sampler, eta, num_images, seed, interval,
+                      schedule, threshold, threshold_percentile, model,
+                      request: gr.Request = None) -> Iterator[StreamOutputs]:
+        """When live is on: generate, sending only the final frame. The page calls it as a control
+        moves, after supersede has ended the session's previous run."""
+        if live is True:
+            yield from self._serve(arguments.generate_run, (
+                class_name, scale, unet, cfg_scale, steps, sampler, eta, num_images, seed, interval, schedule,
+                threshold, threshold_percentile), model, request, final_only=True)
+
+    def live_compare(self, live, class_name, strengths, mode, scale, unet, cfg_scale, steps, sampler, eta, num_images,
+                     seed, interval, schedule, threshold, threshold_percentile, model,
+                     request: gr.Request = None) -> Iterator[StreamOutputs]:
+        """When live is on: compare with one image per row (the strip of final images across the
+        rows, for one noise), sending only the final frame."""
+        if live is True:
+            yield from self._serve(arguments.compare_run, (
+                class_name, strengths, mode, scale, unet, cfg_scale, steps, sampler, eta, 1, seed, interval, schedule,
+                threshold, threshold_percentile), model, request, final_only=True)
+
+    def supersede(self, live, request: gr.Request = None) -> None:
+        """When live is on, end this session's running sample after its current step without
+        another frame: a newer live request takes its place (the last position wins)."""
+        if live is True:
+            self.stops.request(_session(request), superseded=True)
+
+    def _serve(self, build, values: tuple, model, request: gr.Request | None,
+               final_only: bool = False) -> Iterator[StreamOutputs]:
         with user_errors():
-            run = build(*values, class_names=self.bundle.class_names, num_timesteps=self.bundle.num_timesteps,
+            model = self.pick(model)
+            bundle = model.bundle
+            run = build(*values, class_names=bundle.class_names, num_timesteps=bundle.num_timesteps,
                         limits=self.limits)
-        yield from self._stream_on_device(run, _session(request))
+        yield from self._stream_on_device(run, _session(request), model.name, final_only)
 
-    def stream(self, run: Run, session: str | None = None) -> Iterator[StreamOutputs]:
-        """Sample the run, yielding x_T at once, then a frame whenever frame_interval_s has passed,
-        then the final frame (or the frame where Stop was seen). Logs one line when the run
-        ends, however it ends."""
-        steps = generation.stream(self.bundle, run.request)
-        recording = Recording(run, to_uint8(runs.initial_noise(run, self.bundle.image_shape)))
+    def stream(self, run: Run, session: str | None = None, model: str | None = None,
+               final_only: bool = False) -> Iterator[StreamOutputs]:
+        """Sample the run on the named model, yielding x_T at once, then a frame whenever
+        frame_interval_s has passed, then the final frame (or the frame where Stop was seen);
+        final_only sends the final frame alone, and nothing once a newer live run superseded this
+        one. Logs one line when the run ends, however it ends."""
+        bundle = self.pick(model).bundle
+        steps = generation.stream(bundle, run.request)
+        recording = runs.start(bundle, run)
         progress = self.stops.start(session)
         try:
-            yield self._outputs(recording, None)
+            if not final_only:
+                yield self._outputs(recording, None)
             sent = time.monotonic()
             with user_errors():
                 for step in steps:
                     frame = recording.add(step)
                     progress.steps_done = frame.index + 1
                     if frame.index == run.request.steps - 1:
-                        recording.end("finished", runs.row_stats(self.bundle, run, step.sample))
+                        recording.end("finished", runs.row_stats(bundle, run, step.sample))
                         yield self._outputs(recording, frame)
                     elif progress.stop_came is not None:
-                        recording.end("stopped", self._live_stats(run, frame, step))
-                        yield self._outputs(recording, frame)
+                        recording.end("stopped", self._live_stats(recording, frame, step))
+                        if not progress.superseded:
+                            yield self._outputs(recording, frame)
                         return
-                    elif time.monotonic() - sent >= self.display.frame_interval_s:
-                        recording.stats = self._live_stats(run, frame, step)
+                    elif not final_only and time.monotonic() - sent >= self.display.frame_interval_s:
+                        recording.stats = self._live_stats(recording, frame, step)
                         yield self._outputs(recording, frame)
                         sent = time.monotonic()
         except gr.Error:
@@ -214,13 +305,15 @@ class Handlers:
             state = recording.state
             if state == "running":
                 state = "closed" if progress.stop_came is None else "stopped"
+            if progress.superseded:
+                state = "superseded"
             stop = "" if progress.stop_came is None else f"; Stop came after step {progress.stop_came}"
             log.info("run %s: %s after step %d of %d%s", (session or "-")[:8], state, len(recording.frames),
                      run.request.steps, stop)
 
-    def _live_stats(self, run: Run, frame: Frame, step: Step) -> RowStats:
+    def _live_stats(self, recording: Recording, frame: Frame, step: Step) -> RowStats:
         """Mid-run: p(c | x_t) from the step and the diversity of x-hat_0."""
-        return RowStats(frame.class_prob, None, runs.diversity(step.pred_xstart, len(run.labels)))
+        return RowStats(frame.class_prob, None, runs.live_diversity(recording, frame, step))
 
     def _outputs(self, recording: Recording, frame: Frame | None) -> StreamOutputs:
         images = render.frame_images(recording, frame)
@@ -265,7 +358,7 @@ class Handlers:
         gif = render.save_gif(recording, self.downloads / f"{stem}.gif", self.display, frames)
         png = None
         if recording.state == "finished":
-            samples = render.grid(frames[-1].sample, recording.run, self.display, self.display.png_upscale)
+            samples = render.grid(recording.images(frames[-1]), recording.run, self.display, self.display.png_upscale)
             png = render.save_png(samples, recording.run.parameters(), self.downloads / f"{stem}.png")
         self._prune_downloads()
         return AfterRun(gr.update(minimum=0, maximum=len(frames), value=len(frames), step=1, visible=True),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from dataclasses import replace
@@ -11,20 +12,23 @@ import torch
 
 from guidance.backend import BACKENDS, BackendError
 from guidance.checkpoints import CheckpointError, load_bundle
+from guidance.evaluation.defaults import FIDELITY_GOAL, FIDELITY_MARGIN
 from guidance.runtime import configure
 
 from .arguments import check_defaults
-from .settings import DISPLAY, SERVER, app_defaults
+from .settings import DISPLAY, SERVER, SHIPPED_CHECKPOINTS, SHIPPED_LATENT
 
-DEFAULT_CHECKPOINTS = "checkpoints/fashion-mnist"
+DEFAULT_CHECKPOINTS = ("checkpoints/fashion-mnist", "checkpoints/fashion-mnist-latent")
 REBUILD_DOC = "checkpoints/fashion-mnist/README.md"  # the commands that trained the shipped checkpoints
+FIDELITY_FLOOR = FIDELITY_GOAL - FIDELITY_MARGIN  # a default reaches the target when its interval starts here
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python app.py", description="The classifier guidance demo (Gradio).")
-    p.add_argument("--checkpoints", default=DEFAULT_CHECKPOINTS,
-                   help=f"folder with unet and classifier checkpoints, and optionally the page's defaults in "
-                        f"defaults.json (default {DEFAULT_CHECKPOINTS})")
+    p.add_argument("--checkpoints", action="append", default=None, metavar="DIR",
+                   help="folder with unet and classifier checkpoints (and an autoencoder, for a latent bundle), "
+                        "and optionally the page's defaults in defaults.json; give it again to offer several "
+                        f"models (default: {' and '.join(DEFAULT_CHECKPOINTS)}, the shipped pixel and latent ones)")
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", SERVER.host),
                    help=f"address to bind (default {SERVER.host}, or $GRADIO_SERVER_NAME as on Spaces)")
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", SERVER.port)),
@@ -40,6 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--frame-interval", type=float, default=DISPLAY.frame_interval_s, metavar="SECONDS",
                    help=f"at most one streamed frame per SECONDS, besides the first and the last "
                         f"(default {DISPLAY.frame_interval_s:g}; 0 sends every step)")
+    p.add_argument("--live", choices=("auto", "on", "off"), default="auto",
+                   help="offer live mode (images that follow the sliders): auto where one run at a model's "
+                        f"defaults takes at most {DISPLAY.live_max_seconds:g} s on this machine (timed at start)")
     args = p.parse_args(argv)
     if args.threads is not None and args.threads < 1 or args.concurrency < 1:
         p.error("--threads and --concurrency must be at least 1")
@@ -53,26 +60,37 @@ def launch(args: argparse.Namespace) -> int:
     an exit code."""
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     configure(device, args.threads or max(1, (os.cpu_count() or 1) // args.concurrency))
-    try:
-        bundle = load_bundle(args.checkpoints, device, backend=args.backend)
-    except CheckpointError as err:
-        print(f"error: {err}\nthe app needs unet and classifier checkpoints (.safetensors and .json) in "
-              f"{args.checkpoints}; {REBUILD_DOC} gives the commands that rebuild them", file=sys.stderr)
-        return 2
-    except BackendError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    folders = args.checkpoints or [str(SHIPPED_CHECKPOINTS)] + ([str(SHIPPED_LATENT)] if SHIPPED_LATENT.is_dir() else [])
+    bundles = []
+    for folder in folders:
+        try:
+            bundles.append(load_bundle(folder, device, backend=args.backend))
+        except CheckpointError as err:
+            print(f"error: {err}\nthe app needs unet and classifier checkpoints (.safetensors and .json) in "
+                  f"{folder}; {REBUILD_DOC} gives the commands that rebuild them", file=sys.stderr)
+            return 2
+        except BackendError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     # gradio loads only now, so a broken checkpoint stops the app in seconds.
     from . import ui
-    from .handlers import Handlers
+    from .handlers import Handlers, models_of
 
-    defaults = app_defaults(bundle.folder)
-    try:
-        check_defaults(defaults, bundle.class_names, bundle.num_timesteps)
-    except ValueError as err:
-        print(f"error: {bundle.folder / 'defaults.json'} sets a default the app refuses: {err}", file=sys.stderr)
-        return 2
-    handlers = Handlers(bundle, display=replace(DISPLAY, frame_interval_s=args.frame_interval), defaults=defaults)
+    models = models_of(bundles)
+    for model in models:
+        try:
+            check_defaults(model.defaults, model.bundle.class_names, model.bundle.num_timesteps)
+        except ValueError as err:
+            print(f"error: {model.bundle.folder / 'defaults.json'} sets a default the app refuses: {err}",
+                  file=sys.stderr)
+            return 2
+    models, opening = opening_order(models)
+    handlers = Handlers(models, display=replace(DISPLAY, frame_interval_s=args.frame_interval))
+    handlers.opening = opening
+    if args.live == "auto":
+        handlers.time_runs()  # for live mode: what one run at each model's defaults takes on this machine
+    else:
+        handlers.display = replace(handlers.display, live_max_seconds=math.inf if args.live == "on" else -1.0)
 
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("demo").setLevel(logging.INFO)  # one line per run (demo.handlers)
@@ -81,3 +99,35 @@ def launch(args: argparse.Namespace) -> int:
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=ui.CSS, run_history=False,
                 max_file_size=SERVER.max_file_size, show_error=False)
     return 0
+
+
+def _recorded(model) -> tuple[tuple[float, float, float] | None, float | None]:
+    """(fidelity (value, low, high), seconds per image) that the evaluation wrote into defaults.json."""
+    import json
+
+    try:
+        record = json.loads((model.bundle.folder / "defaults.json").read_text())
+        fidelity, seconds = record.get("fidelity"), record.get("seconds_per_image")
+        return (tuple(fidelity) if fidelity else None), (float(seconds) if seconds else None)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None, None
+
+
+def opening_order(models: list) -> tuple[list, str]:
+    """The models with the one the page opens on first, and a sentence saying why: of the models
+    whose evaluated default reaches the fidelity target (interval from FIDELITY_FLOOR up), the
+    one that sampled fastest per image; in the given order when none or one is offered."""
+    if len(models) < 2:
+        return models, ""
+    recorded = {m.name: _recorded(m) for m in models}
+    reaching = [m for m in models if recorded[m.name][0] and recorded[m.name][0][1] >= FIDELITY_FLOOR
+                and recorded[m.name][1]]
+    if not reaching:
+        return models, (f"Opens on the first model given: no model's defaults.json records a default whose fidelity "
+                        f"interval starts at {FIDELITY_FLOOR:.1%} or above.")
+    first = min(reaching, key=lambda m: recorded[m.name][1])
+    parts = [f"{m.name} {recorded[m.name][0][0]:.1%} [{recorded[m.name][0][1]:.1%}, {recorded[m.name][0][2]:.1%}] "
+             f"at {1e3 * recorded[m.name][1]:.1f} ms per image" for m in reaching]
+    return [first] + [m for m in models if m is not first], (
+        f"Opens on **{first.name}**: of the models whose default reaches the fidelity target (interval from "
+        f"{FIDELITY_FLOOR:.1%}; {'; '.join(parts)}, as their evaluations measured), it samples fastest.")

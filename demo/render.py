@@ -13,10 +13,11 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from guidance.images import grid as tile_grid
+from guidance.samplers import sampler_title
 
 from .arguments import Run
 from .runs import Frame, Push, Recording, RowStats
-from .settings import DISPLAY, SAMPLER_CHOICES, Display
+from .settings import DISPLAY, Display
 
 PARAMETERS_KEY = "parameters"   # the PNG text chunk that holds Run.parameters()
 CHART_X, CHART_Y, CHART_COLOR = "step", "probability", "row"  # plain names: Vega-Lite reads fields
@@ -28,7 +29,6 @@ CATEGORY_COLORS = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f",  # Tab
                    "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac")  # differ in kind, not strength
 PUSH_BACKGROUND = 160           # grey between the push tiles, whose 0 is white
 TABLE_COLUMNS = ("row", "classifier", "evaluator", "diversity")  # the first two: mean p(c | x)
-SAMPLER_NAMES = {value: label for label, value in SAMPLER_CHOICES}
 
 
 def _diverging_colors() -> np.ndarray:
@@ -90,14 +90,17 @@ def push_note(frame: Frame | None) -> str:
 
 def frame_images(recording: Recording, frame: Frame | None) -> FrameImages:
     """The three grids after `frame`; before the first step, x_T alone. The grid of the last
-    step's samples carries the parameters text chunk."""
+    step's samples carries the parameters text chunk. On a latent run the x_t grid shows z_t's
+    channels as maps until the last step, which shows the decoded samples."""
     run = recording.run
     if frame is None:
         return FrameImages(grid(recording.x_T, run), None, None)
-    x_t = grid(frame.sample, run)
-    if frame.index == run.request.steps - 1:
+    last = frame.index == run.request.steps - 1
+    x_t = grid(recording.images(frame) if last else frame.sample, run)  # a latent run ends on its decoded samples
+    if last:
         x_t.info[PARAMETERS_KEY] = run.parameters()
-    return FrameImages(x_t, grid(frame.pred_xstart, run), grid(push_colors(frame.push), run, background=PUSH_BACKGROUND))
+    return FrameImages(x_t, grid(recording.pred_xstart(frame), run),
+                       grid(push_colors(frame.push), run, background=PUSH_BACKGROUND))
 
 
 def _per_step(recording: Recording, values, y: str, upto: int | None) -> pd.DataFrame:
@@ -172,8 +175,9 @@ def status(recording: Recording, frame: Frame | None) -> str:
              else f"step {frame.index + 1} / {request.steps} (from t = {frame.timestep})")
     state = "done" if recording.state == "finished" else recording.state
     target = f"class {run.class_name}" if run.class_name is not None else "a class per row"
-    return (f"**{where}** · {state} · {recording.elapsed:.1f} s · {target} · "
-            f"{SAMPLER_NAMES[request.sampler]} · seed {request.seed}")
+    row = f" · {run.labels[0]}" if len(run.labels) == 1 else f" · {len(run.labels)} rows"
+    return (f"**{where}** · {state} · {recording.elapsed:.1f} s · {target}{row} · "
+            f"{sampler_title(request.sampler)} · seed {request.seed}")
 
 
 def save_png(image: Image.Image, parameters: str, path: Path) -> Path:

@@ -3,6 +3,11 @@ export it. The sampling itself is guidance.generation.stream(bundle, request): e
 request in one batch, laid out row-major (item r * n + j is image j of row r), image j of every
 row drawing x_T and each step's noise from the seed's stream j, so rows differ only by their
 guidance, and a row is the same images `python -m guidance.sample --seed S` draws.
+
+On a latent bundle the sampler's tensors are latents z_t (C, h, w): a frame shows z_t and the
+classifier's push as maps, one per channel (runs.mosaic), and x-hat_0 decoded to pixels. Decoding
+costs about a UNet pass, so it is not done per step: only for the frames that are shown (and
+cached), and for the samples at the end.
 """
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ import numpy as np
 import torch
 
 from guidance.checkpoints import Bundle
+from guidance.codec import Codec
+from guidance.data import to_model_range
 from guidance.images import to_uint8
 from guidance.samplers import Step
 
@@ -39,15 +46,40 @@ def push(term: torch.Tensor | None, shape: tuple[int, ...]) -> Push:
     return Push((128 + 127 * mean / scale).round().to(torch.uint8).numpy(), scale)
 
 
+LATENT_VIEW_RANGE = 3.0  # latent maps show z in [-3, 3] (unit-variance latents) as black to white
+
+
+def mosaic(z: torch.Tensor, side: int) -> torch.Tensor:
+    """(B, C, h, w) -> (B, 1, side, side): the C channels tiled in a square grid (row-major), each
+    enlarged by the largest integer factor that fits, centred on zeros: a latent at the size of
+    the images it decodes to."""
+    b, c, h, w = z.shape
+    cols = int(np.ceil(np.sqrt(c)))
+    rows = int(np.ceil(c / cols))
+    factor = max(1, min(side // (rows * h), side // (cols * w)))
+    tiles = torch.zeros(b, rows * cols, h, w, dtype=z.dtype, device=z.device)
+    tiles[:, :c] = z
+    grid = tiles.reshape(b, rows, cols, h, w).permute(0, 1, 3, 2, 4).reshape(b, 1, rows * h, cols * w)
+    grid = grid.repeat_interleave(factor, 2).repeat_interleave(factor, 3)
+    top, left = (side - grid.shape[2]) // 2, (side - grid.shape[3]) // 2
+    out = torch.zeros(b, 1, side, side, dtype=z.dtype, device=z.device)
+    out[:, :, top:top + grid.shape[2], left:left + grid.shape[3]] = grid
+    return out
+
+
 class Frame(NamedTuple):
     """One completed step, kept small: uint8 images and per-row numbers."""
     index: int                  # 0-based step; the last is steps - 1
     timestep: int               # original t of the x_t the step started from
-    sample: np.ndarray          # (B, C, H, W) uint8, x_{t-1} (the image after the last step)
-    pred_xstart: np.ndarray     # (B, C, H, W) uint8, x-hat_0 predicted from x_t
+    sample: np.ndarray          # (B, C, H, W) uint8, x_{t-1} (the image after the last step); a
+                                # latent bundle's z_{t-1} as channel maps (mosaic)
+    pred_xstart: np.ndarray | None  # (B, C, H, W) uint8, x-hat_0 predicted from x_t; None on a latent
+                                # bundle, whose x-hat_0 is decoded when shown (Recording.pred_xstart)
     push: Push                  # the guidance term k_t w(t) g the step subtracted from eps
     class_prob: np.ndarray      # (rows,) mean p_phi(c | x_t, t) of each row, under the guidance classifier
     guidance_norm: np.ndarray   # (rows,) mean L2 norm of each image's k_t w(t) g (0 where unguided)
+    latent_xstart: torch.Tensor | None = None  # latent bundles: x-hat_0 as the sampler made it
+    images: np.ndarray | None = None  # latent bundles, last step: the decoded samples (B, C, H, W) uint8
 
 
 class RowStats(NamedTuple):
@@ -68,32 +100,75 @@ def _row_means(values: torch.Tensor | None, rows: int, missing: float) -> np.nda
 class Recording:
     """Everything a run produced so far; lives in the session (gr.State) for scrubbing and export."""
     run: Run
-    x_T: np.ndarray             # (B, C, H, W) uint8, the shared starting noise
+    x_T: np.ndarray             # (B, C, H, W) uint8, the shared starting noise (as Frame.sample shows it)
+    codec: Codec | None = None  # the bundle's (None: pixels)
     frames: list[Frame] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     elapsed: float = 0.0
     state: str = "running"      # "running", "finished", "stopped" or "failed"
     stats: RowStats | None = None  # of the latest images: x-hat_0 while running, the samples when finished
+    _decoded: dict = field(default_factory=dict, repr=False)  # frame index -> decoded x-hat_0 (uint8)
+
+    @property
+    def latent(self) -> bool:
+        return self.codec is not None and self.codec.space == "latent"
 
     def add(self, step: Step) -> Frame:
         rows = len(self.run.request.rows)
         prob = None if step.log_prob is None else step.log_prob.exp()
-        frame = Frame(step.index, step.timestep, to_uint8(step.sample), to_uint8(step.pred_xstart),
-                      push(step.guidance_term, tuple(step.sample.shape)), _row_means(prob, rows, np.nan),
-                      _row_means(step.guidance_norm, rows, 0.0))
+        stats = _row_means(prob, rows, np.nan), _row_means(step.guidance_norm, rows, 0.0)
+        if not self.latent:
+            frame = Frame(step.index, step.timestep, to_uint8(step.sample), to_uint8(step.pred_xstart),
+                          push(step.guidance_term, tuple(step.sample.shape)), *stats)
+        else:
+            side = self.codec.image_shape[-1]
+            term = None if step.guidance_term is None else mosaic(step.guidance_term, side)
+            last = step.index == self.run.request.steps - 1
+            frame = Frame(step.index, step.timestep, latent_view(step.sample, side), None,
+                          push(term, (len(step.sample), 1, side, side)), *stats,
+                          latent_xstart=step.pred_xstart.detach().to("cpu", torch.float32),
+                          images=to_uint8(self.codec.decode(step.sample)) if last else None)
         self.frames.append(frame)
         self.elapsed = time.monotonic() - self.started
         return frame
+
+    def pred_xstart(self, frame: Frame) -> np.ndarray:
+        """x-hat_0 of frame in pixels, (B, C, H, W) uint8 (decoded once, when first asked, on a latent bundle)."""
+        if frame.pred_xstart is not None:
+            return frame.pred_xstart
+        if frame.index not in self._decoded:
+            device = next(self.codec.autoencoder.parameters()).device
+            self._decoded[frame.index] = to_uint8(self.codec.decode(frame.latent_xstart.to(device)))
+        return self._decoded[frame.index]
+
+    def images(self, frame: Frame) -> np.ndarray:
+        """The images of frame's x_t in pixels, (B, C, H, W) uint8: the samples after the last step."""
+        return frame.sample if frame.images is None else frame.images
 
     def end(self, state: str, stats: RowStats | None) -> None:
         self.state, self.stats = state, stats
         self.elapsed = time.monotonic() - self.started
 
 
-def initial_noise(run: Run, image_shape: tuple[int, int, int]) -> torch.Tensor:
-    """x_T (B, C, H, W) exactly as the sampler draws it: the first draw of the request's noise."""
+def initial_noise(run: Run, shape: tuple[int, int, int]) -> torch.Tensor:
+    """x_T (B, C, H, W) exactly as the sampler draws it, for tensors of shape (C, H, W): the first
+    draw of the request's noise."""
     request = run.request
-    return request.noise(range(request.batch_size))((request.batch_size, *image_shape), "cpu")
+    return request.noise(range(request.batch_size))((request.batch_size, *shape), "cpu")
+
+
+def latent_view(z: torch.Tensor, side: int) -> np.ndarray:
+    """Latents (B, C, h, w) as uint8 channel maps (B, 1, side, side), z in [-LATENT_VIEW_RANGE,
+    LATENT_VIEW_RANGE] from black to white."""
+    return to_uint8(mosaic(z.detach().float().cpu(), side) / LATENT_VIEW_RANGE)
+
+
+def start(bundle: Bundle, run: Run) -> Recording:
+    """An empty Recording of run on bundle, holding x_T as the frames show it."""
+    x_T = initial_noise(run, bundle.sample_shape)
+    if bundle.space == "latent":
+        return Recording(run, latent_view(x_T, bundle.image_shape[-1]), bundle.codec)
+    return Recording(run, to_uint8(x_T))
 
 
 def diversity(images: torch.Tensor, n_rows: int) -> np.ndarray:
@@ -109,21 +184,31 @@ def diversity(images: torch.Tensor, n_rows: int) -> np.ndarray:
     return (distances.sum((1, 2)) / (n * (n - 1))).cpu().numpy()
 
 
-def row_stats(bundle: Bundle, run: Run, images: torch.Tensor, t: int = 0) -> RowStats:
-    """Per-row confidence in each image's target class, and diversity, of images (B, C, H, W) in
-    [-1, 1] read at timestep t.
+def row_stats(bundle: Bundle, run: Run, sample: torch.Tensor, t: int = 0) -> RowStats:
+    """Per-row confidence in each image's target class, and diversity, of the sampler's tensors
+    (B, *bundle.sample_shape) read at timestep t: images in [-1, 1], or latents.
 
     The guidance classifier sees them as x_t at t (0: clean samples); the evaluator, when the
-    checkpoint has one, sees them as clean images.
+    checkpoint has one, sees them as clean images (decoded, on a latent bundle), and the
+    diversity is measured in pixels.
     """
     rows = len(run.request.rows)
-    labels = run.request.labels().to(images.device)[:, None]  # (B, 1)
+    labels = run.request.labels().to(sample.device)[:, None]  # (B, 1)
     with torch.no_grad():
-        timesteps = torch.full((images.shape[0],), t, device=images.device)
-        probs = bundle.classifier(images, timesteps).float().softmax(-1).gather(1, labels)[:, 0]
+        images = bundle.codec.decode(sample)
+        timesteps = torch.full((sample.shape[0],), t, device=sample.device)
+        probs = bundle.denoiser().class_log_prob(sample, timesteps, labels[:, 0]).exp()
         classifier_prob = _row_means(probs, rows, np.nan)
         evaluator_prob = None
         if bundle.evaluator is not None:
             probs = bundle.evaluator(images).float().softmax(-1).gather(1, labels)[:, 0]
             evaluator_prob = _row_means(probs, rows, np.nan)
     return RowStats(classifier_prob, evaluator_prob, diversity(images, rows))
+
+
+def live_diversity(recording: Recording, frame: Frame, step: Step) -> np.ndarray:
+    """Mid-run diversity of x-hat_0 per row, in pixels (decoding it on a latent bundle)."""
+    rows = len(recording.run.labels)
+    if not recording.latent:
+        return diversity(step.pred_xstart, rows)
+    return diversity(to_model_range(recording.pred_xstart(frame)), rows)

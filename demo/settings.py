@@ -10,14 +10,18 @@ from typing import NamedTuple
 
 from guidance.guide import Threshold
 from guidance.request import MAX_CFG_SCALE, MAX_SCALE
+from guidance.samplers import SAMPLERS, sampler_title
 
 SHIPPED_CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints" / "fashion-mnist"
+SHIPPED_LATENT = SHIPPED_CHECKPOINTS.with_name("fashion-mnist-latent")
 
 # Widget choices as (label, value); the values are what the API takes.
-SAMPLER_CHOICES = (("DDIM", "ddim"), ("DDPM", "ddpm"), ("DPM-Solver++(2M)", "dpm++2m"), ("UniPC", "unipc"))
+MODEL_LABELS = {"pixel": "pixel space: x_t", "latent": "latent space: z_t"}  # by Bundle.space
+SAMPLER_CHOICES = tuple((sampler_title(name), name) for name in SAMPLERS)
 UNET_CHOICES = (("unconditional ε(x_t, ∅)", "unconditional"), ("class-conditional ε(x_t, c)", "conditional"))
 SCHEDULE_CHOICES = (("constant", "constant"), ("ramp up", "ramp-up"), ("ramp down", "ramp-down"))
-THRESHOLD_CHOICES = (("clip to [-1, 1]", "clip"), ("dynamic", "dynamic"), ("none", "none"))
+THRESHOLD_CHOICES = (("clip (pixels: to [-1, 1]; latents: to their measured range)", "clip"), ("dynamic", "dynamic"),
+                     ("none", "none"))
 COMPARE_CHOICES = (("classifier guidance w", "classifier"),
                    ("classifier-free w_cfg", "classifier-free"),
                    ("classifier vs classifier-free", "classifier-vs-free"),
@@ -58,12 +62,13 @@ ROW_VALUES = {
 @dataclass(frozen=True)
 class AppDefaults:
     """What a fresh page shows, and what the API uses for an argument left out. A checkpoint
-    folder's defaults.json overrides any of these by field name (see app_defaults)."""
+    folder's defaults.json (what the evaluation chose, with its reasons) overrides any of these
+    by field name (see app_defaults); the values here serve folders without one."""
     class_index: int = 7            # "Sneaker" in Fashion-MNIST; 0 when a checkpoint has fewer classes
-    scale: float = 5.0              # classifier guidance w, as chosen by the evaluation (docs/RESULTS.md)
+    scale: float = 5.0              # classifier guidance w (Dhariwal & Nichol's CIFAR-size models work near here)
     unet: str = "unconditional"     # the classifier guidance setting of Dhariwal & Nichol
     cfg_scale: float = 0.0          # classifier-free w_cfg (used with the conditional UNet)
-    steps: int = 25                 # sampling steps, as chosen by the evaluation
+    steps: int = 25                 # sampling steps: the paper's DDIM count
     sampler: str = "ddim"
     eta: float = 0.0                # DDIM noise: 0 deterministic given x_T, 1 DDPM-like
     num_images: int = 8             # per row
@@ -111,6 +116,7 @@ class Display:
     gif_hold_s: float = 1.5
     scale_slider_max: float = 30.0  # slider tops; the API and Compare accept up to the library's limits
     cfg_slider_max: float = 10.0
+    live_max_seconds: float = 1.0   # live mode is offered where one run at the defaults takes at most this
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ from guidance.request import MAX_SCALE, MAX_SEED
 
 from . import render
 from .examples import EXAMPLES, Example
-from .handlers import Handlers
-from .settings import (COMPARE_CHOICES, DISPLAY, LIMITS, ROW_VALUES, SAMPLER_CHOICES, SCHEDULE_CHOICES, SERVER,
-                       THRESHOLD_CHOICES, UNET_CHOICES, AppDefaults)
+from .handlers import Handlers, Model
+from .settings import (COMPARE_CHOICES, DISPLAY, LIMITS, MODEL_LABELS, ROW_VALUES, SAMPLER_CHOICES, SCHEDULE_CHOICES,
+                       SERVER, THRESHOLD_CHOICES, UNET_CHOICES, AppDefaults)
 
 EXPLANATION = Path(__file__).with_name("explain.md")
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
@@ -130,21 +130,36 @@ def _row_example(mode: str) -> str:
     return ROW_VALUES[mode].example
 
 
-def _output_panel(prefix: str, with_evaluator: bool) -> OutputPanel:
+SAMPLE_CAPTIONS = {"pixel": "$x_t$, the current noisy images",
+                   "latent": "$z_t$, the current noisy latent: its channels as maps (the samples, decoded, "
+                             "at the last step)"}
+XSTART_CAPTIONS = {"pixel": "$\\hat x_0$, the clean images predicted from $x_t$",
+                   "latent": "$D(\\hat z_0)$, the clean latent predicted from $z_t$, decoded"}
+PUSH_CAPTIONS = {"pixel": "the classifier's push $k_t\\, w(t)\\, \\nabla_{x_t} \\log p_\\phi(c \\mid x_t)$ at this step",
+                 "latent": "the classifier's push $k_t\\, w(t)\\, \\nabla_{z_t} \\log p_\\phi(c \\mid z_t)$ "
+                           "in latent space, per channel"}
+
+
+class Captions(NamedTuple):
+    sample: gr.Markdown
+    xstart: gr.Markdown
+    push: gr.Markdown
+
+
+def _output_panel(prefix: str, with_evaluator: bool, space: str = "pixel") -> tuple[OutputPanel, Captions]:
     # Captions above the images rather than Gradio's label badge, which would hide the first row's
     # label; the labels still name the API outputs.
     images = dict(format="png", type="pil", interactive=False, show_label=False, elem_classes="pixelated",
                   buttons=["download", "fullscreen"])
     with gr.Row(equal_height=True):
         with gr.Column(min_width=200):
-            gr.Markdown("$x_t$, the current noisy images", latex_delimiters=LATEX)
+            sample_caption = gr.Markdown(SAMPLE_CAPTIONS[space], latex_delimiters=LATEX)
             x_t = gr.Image(label="x_t", elem_id=f"{prefix}-xt", **images)
         with gr.Column(min_width=200):
-            gr.Markdown("$\\hat x_0$, the clean images predicted from $x_t$", latex_delimiters=LATEX)
+            xstart_caption = gr.Markdown(XSTART_CAPTIONS[space], latex_delimiters=LATEX)
             pred_xstart = gr.Image(label="x̂_0 (predicted from x_t)", elem_id=f"{prefix}-x0", **images)
         with gr.Column(min_width=200):
-            gr.Markdown("the classifier's push $k_t\\, w(t)\\, \\nabla_{x_t} \\log p_\\phi(c \\mid x_t)$ "
-                        "at this step", latex_delimiters=LATEX)
+            push_caption = gr.Markdown(PUSH_CAPTIONS[space], latex_delimiters=LATEX)
             push = gr.Image(label="push k_t w(t) g", elem_id=f"{prefix}-push", **images)
             push_note = gr.Markdown(elem_id=f"{prefix}-push-scale")
     status = gr.Markdown(label="status", elem_id=f"{prefix}-status")
@@ -162,8 +177,8 @@ def _output_panel(prefix: str, with_evaluator: bool) -> OutputPanel:
     with gr.Row():
         gif = gr.DownloadButton("Download denoising (GIF)", visible=False, size="sm")
         png = gr.DownloadButton("Download samples (PNG with parameters)", visible=False, size="sm")
-    return OutputPanel(x_t, pred_xstart, push, push_note, status, chart, norm_chart, table, scrub, gif, png,
-                       gr.State())
+    return (OutputPanel(x_t, pred_xstart, push, push_note, status, chart, norm_chart, table, scrub, gif, png,
+                        gr.State()), Captions(sample_caption, xstart_caption, push_caption))
 
 
 def _wire_run(handlers: Handlers, fn, api_name: str, button: gr.Button, stop: gr.Button, inputs: list,
@@ -186,26 +201,75 @@ def _load_example(example: Example, defaults: AppDefaults, class_names: tuple[st
     return (*s.generate_values(class_names), s.strengths, s.compare, gr.Tabs(selected=example.tab))
 
 
+def _info(model: Model) -> str:
+    b = model.bundle
+    space = ("latent z_t " + "x".join(map(str, b.sample_shape)) + f" (scale factor {b.codec.scale_factor:.3g})"
+             if b.space == "latent" else "pixels " + "x".join(map(str, b.sample_shape)))
+    return (f"{len(b.class_names)} classes · T = {b.num_timesteps} · {b.schedule} schedule · samples {space} · "
+            f"UNet on {b.backend} · running on {b.device}")
+
+
+def _switch(handlers: Handlers, name: str) -> list:
+    """Everything the model choice changes: the controls (to the model's defaults), the info
+    line, the captions of both panels and the live toggles."""
+    model = handlers.pick(name)
+    d, b = model.defaults, model.bundle
+    live, note = handlers.live(model.name)
+    controls = [gr.Dropdown(choices=list(b.class_names), value=d.class_name(b.class_names)), d.scale, d.unet,
+                gr.Slider(value=d.cfg_scale, interactive=d.unet == "conditional"),
+                gr.Slider(maximum=b.num_timesteps, value=d.steps), d.sampler,
+                gr.Slider(value=d.eta, interactive=d.sampler == "ddim"), d.num_images, gr.update(), d.interval,
+                d.schedule, d.threshold, gr.Slider(value=d.threshold_percentile, interactive=d.threshold == "dynamic")]
+    captions = [SAMPLE_CAPTIONS[b.space], XSTART_CAPTIONS[b.space], PUSH_CAPTIONS[b.space]] * 2
+    toggles = [gr.Checkbox(interactive=True) if live else gr.Checkbox(value=False, interactive=False)] * 2 + [note]
+    return [*controls, _info(model), *captions, *toggles]
+
+
+def _wire_live(handlers: Handlers, toggle: gr.Checkbox, triggers: list, fn, inputs: list, panel: OutputPanel,
+               concurrency_limit: int) -> None:
+    """Live mode: each move of a trigger ends the session's run at once (supersede, unqueued) and
+    queues a run at the new values; of the moves that come while one runs, only the last is run
+    (trigger_mode="always_last"), so the last position always wins."""
+    private = dict(show_progress="hidden", api_visibility="private")
+    for component in triggers:
+        component.input(handlers.supersede, toggle, None, queue=False, **private)
+        run = component.input(fn, [toggle, *inputs], panel.stream, preprocess=False, trigger_mode="always_last",
+                              concurrency_id="sampling", concurrency_limit=concurrency_limit, **private)
+        run.then(handlers.finish, panel.recording, panel.after_run, **private)
+
+
 def build(handlers: Handlers, concurrency_limit: int = SERVER.concurrency_limit) -> gr.Blocks:
-    """The whole page for one loaded checkpoint bundle, showing handlers.defaults first; at most
-    concurrency_limit sampling runs (generate and compare together) at once. Launch it with css=CSS."""
-    bundle, defaults = handlers.bundle, handlers.defaults
+    """The whole page for the loaded checkpoint bundles, opening on handlers.model with its
+    defaults; at most concurrency_limit sampling runs (generate and compare together) at once.
+    Launch it with css=CSS."""
+    bundle, defaults, first = handlers.bundle, handlers.defaults, handlers.model
+    live_on, live_note = handlers.live(first.name)
     with gr.Blocks(title=TITLE, analytics_enabled=False,
                    delete_cache=(SERVER.cache_cleanup_s, SERVER.cache_cleanup_s)) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}", latex_delimiters=LATEX)
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
+                model = gr.Radio([(MODEL_LABELS.get(m.bundle.space, m.name), m.name) for m in handlers.models.values()],
+                                 value=first.name, label="model", elem_id="model", visible=len(handlers.models) > 1,
+                                 info="the diffusion model and its classifier: on the images, or on an autoencoder's "
+                                      "latents (the API's `model` argument)")
+                if handlers.opening:
+                    gr.Markdown(handlers.opening, elem_id="opening")
                 controls = _controls(defaults, bundle.class_names, bundle.num_timesteps)
-                gr.Markdown(f"{len(bundle.class_names)} classes · T = {bundle.num_timesteps} · "
-                            f"{bundle.schedule} schedule · UNet on {bundle.backend} · running on {bundle.device}",
-                            elem_id="info")
+                info = gr.Markdown(_info(first), elem_id="info")
             with gr.Column(scale=3):
                 with gr.Tabs() as tabs:
                     with gr.Tab("Generate", id="generate"):
                         with gr.Row():
                             generate = gr.Button("Generate", variant="primary", elem_id="generate-button")
                             generate_stop = gr.Button("Stop", variant="stop", elem_id="generate-stop")
-                        generate_panel = _output_panel("generate", handlers.with_evaluator)
+                        with gr.Row():
+                            generate_live = gr.Checkbox(False, label="live: redraw from the same noise as you move "
+                                                        "w, w_cfg, the class or the seed", interactive=live_on,
+                                                        elem_id="generate-live", scale=1)
+                            live_text = gr.Markdown(live_note, elem_id="live-note")
+                        generate_panel, generate_captions = _output_panel("generate", handlers.with_evaluator,
+                                                                          bundle.space)
                     with gr.Tab("Compare", id="compare"):
                         with gr.Row():
                             mode = gr.Radio(list(COMPARE_CHOICES), value=defaults.compare, label="the rows vary",
@@ -217,7 +281,11 @@ def build(handlers: Handlers, concurrency_limit: int = SERVER.concurrency_limit)
                         with gr.Row():
                             compare = gr.Button("Compare", variant="primary", elem_id="compare-button")
                             compare_stop = gr.Button("Stop", variant="stop", elem_id="compare-stop")
-                        compare_panel = _output_panel("compare", handlers.with_evaluator)
+                        compare_live = gr.Checkbox(False, label="live strip: one image per row, redrawn as you move "
+                                                   "w_cfg, the class, the seed or edit the rows", interactive=live_on,
+                                                   elem_id="compare-live")
+                        compare_panel, compare_captions = _output_panel("compare", handlers.with_evaluator,
+                                                                        bundle.space)
                     with gr.Tab("Understand", id="understand"):
                         gr.Markdown("### Examples\nEach button loads its settings and opens its tab; "
                                     "then press Generate or Compare.")
@@ -230,10 +298,19 @@ def build(handlers: Handlers, concurrency_limit: int = SERVER.concurrency_limit)
                         gr.Markdown(EXPLANATION.read_text(), latex_delimiters=LATEX)
 
         c = list(controls)
-        _wire_run(handlers, handlers.generate, "generate", generate, generate_stop, c, generate_panel,
+        generate_inputs, compare_inputs = [*c, model], [c[0], strengths, mode, *c[1:], model]
+        _wire_run(handlers, handlers.generate, "generate", generate, generate_stop, generate_inputs, generate_panel,
                   concurrency_limit)
-        _wire_run(handlers, handlers.compare, "compare", compare, compare_stop,
-                  [c[0], strengths, mode, *c[1:]], compare_panel, concurrency_limit)
+        _wire_run(handlers, handlers.compare, "compare", compare, compare_stop, compare_inputs, compare_panel,
+                  concurrency_limit)
+        live_triggers = [controls.scale, controls.cfg_scale, controls.class_name, controls.seed]
+        _wire_live(handlers, generate_live, live_triggers, handlers.live_generate, generate_inputs, generate_panel,
+                   concurrency_limit)
+        _wire_live(handlers, compare_live, [controls.cfg_scale, controls.class_name, controls.seed, strengths],
+                   handlers.live_compare, compare_inputs, compare_panel, concurrency_limit)
+        model.change(partial(_switch, handlers), model,
+                     [*c, info, *generate_captions, *compare_captions, generate_live, compare_live, live_text],
+                     queue=False, show_progress="hidden", api_visibility="private")
         # The label follows the mode however it changes; picking a mode also puts its example in the box.
         mode.change(_row_values, mode, strengths, queue=False, show_progress="hidden", api_visibility="private")
         mode.input(_row_example, mode, strengths, queue=False, show_progress="hidden", api_visibility="private")

@@ -5,6 +5,9 @@ Layout of a checkpoint folder:
     unet.safetensors        + unet.json        {"kind", "config", "class_names", "diffusion", "training"}
     classifier.safetensors  + classifier.json
     evaluator.safetensors   + evaluator.json
+    autoencoder.safetensors + autoencoder.json   latent bundles only: the unet and the classifier
+                                               then carry {"latent": {"autoencoder", "sha256",
+                                               "scale_factor", "shape", "clip_bound"}} (guidance.codec)
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .codec import Codec, LatentCodec, PixelCodec, file_digest
 from .diffusion import GaussianDiffusion
 from .guide import GuidedDenoiser
 from .models import build_model, config_dict
@@ -92,6 +96,12 @@ class Bundle:
     num_timesteps: int
     device: torch.device = torch.device("cpu")
     folder: Path | None = None
+    codec: Codec | None = None      # the sampler's space; None: pixels (the identity)
+
+    def __post_init__(self):
+        if self.codec is None:
+            config = self.unet.config
+            object.__setattr__(self, "codec", PixelCodec((config.in_channels, config.image_size, config.image_size)))
 
     def diffusion(self, steps: int | None = None) -> GaussianDiffusion:
         return GaussianDiffusion.from_schedule(self.schedule, self.num_timesteps, steps)
@@ -100,10 +110,20 @@ class Bundle:
         return GuidedDenoiser(self.unet, self.classifier, self.unet.null_label)
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of the images the UNet makes."""
+    def sample_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the tensors the sampler runs on: images, or latents."""
         config = self.unet.config
         return config.in_channels, config.image_size, config.image_size
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images the bundle makes (after codec.decode)."""
+        return self.codec.image_shape
+
+    @property
+    def space(self) -> str:
+        """"pixel" or "latent"."""
+        return self.codec.space
 
     @property
     def backend(self) -> str:
@@ -135,12 +155,6 @@ def load_bundle(folder: str | Path, device="cpu", need_evaluator: bool = False, 
     if len(names) != unet.config.num_classes or classifier.config.num_classes != unet.config.num_classes:
         raise CheckpointError(f"class counts disagree in {folder}: unet {unet.config.num_classes}, "
                               f"classifier {classifier.config.num_classes}, names {len(names)}")
-    for other in (classifier, evaluator):
-        if other is not None and (other.config.image_size, other.config.in_channels) != (
-                unet.config.image_size, unet.config.in_channels):
-            raise CheckpointError(f"image sizes disagree in {folder}: unet {unet.config.image_size}px x "
-                                  f"{unet.config.in_channels} channels, {type(other).__name__} "
-                                  f"{other.config.image_size}px x {other.config.in_channels}")
     # The classifier reads the noise level from t: one trained on another schedule or T would be
     # asked about the wrong noise levels.
     schedule, num_timesteps = _diffusion_record(meta, folder / "unet.json")
@@ -150,7 +164,56 @@ def load_bundle(folder: str | Path, device="cpu", need_evaluator: bool = False, 
             f"noise schedules disagree: {folder / 'unet.json'} has {schedule} with T = {num_timesteps}, "
             f"{folder / 'classifier.json'} has {classifier_schedule[0]} with T = {classifier_schedule[1]}; "
             "train the classifier on the UNet's schedule")
+    codec = _codec(folder, {"unet": meta, "classifier": classifier_meta}, unet.config, device)
+    if codec is None:
+        for other in (classifier, evaluator):
+            if other is not None and (other.config.image_size, other.config.in_channels) != (
+                    unet.config.image_size, unet.config.in_channels):
+                raise CheckpointError(f"image sizes disagree in {folder}: unet {unet.config.image_size}px x "
+                                      f"{unet.config.in_channels} channels, {type(other).__name__} "
+                                      f"{other.config.image_size}px x {other.config.in_channels}")
+    elif evaluator is not None and (evaluator.config.in_channels, evaluator.config.image_size,
+                                    evaluator.config.image_size) != codec.image_shape:
+        raise CheckpointError(f"the evaluator of {folder} judges {evaluator.config.image_size}px images, "
+                              f"the autoencoder makes {codec.image_shape}")
     if backend != "torch":
         from .backend import select_unet
         unet = select_unet(unet, backend, device)
-    return Bundle(unet, classifier, evaluator, names, schedule, num_timesteps, torch.device(device), folder)
+    return Bundle(unet, classifier, evaluator, names, schedule, num_timesteps, torch.device(device), folder, codec)
+
+
+def _codec(folder: Path, metas: dict[str, dict], unet_config, device) -> LatentCodec | None:
+    """The autoencoder of a latent bundle, checked against what the unet and the classifier were
+    trained on (the same autoencoder file, scale factor and latent shape); None for pixels."""
+    records = {name: meta.get("latent") for name, meta in metas.items()}
+    ae_json, ae_weights = folder / "autoencoder.json", folder / "autoencoder.safetensors"
+    if not any(records.values()):
+        if ae_json.exists():
+            raise CheckpointError(f"{ae_json} is there but {folder / 'unet.json'} was not trained on its latents "
+                                  "(no 'latent' record); train the unet with --autoencoder")
+        return None
+    for name, record in records.items():
+        if not record:
+            raise CheckpointError(f"{folder / (name + '.json')} runs on pixels but {folder / 'unet.json'} on the "
+                                  "latents of an autoencoder: train both in one space")
+    if not ae_json.exists():
+        raise CheckpointError(f"{folder / 'unet.json'} runs on the latents of {ae_json}, which is missing; "
+                              + _rebuild_hint("autoencoder", folder))
+    autoencoder, _ = load(folder, "autoencoder", device)
+    latent_shape = autoencoder.config.latent_shape
+    digest = file_digest(ae_weights)
+    for name, record in records.items():
+        path = folder / f"{name}.json"
+        if tuple(record.get("shape", ())) != latent_shape:
+            raise CheckpointError(f"{path} runs on latents of shape {tuple(record.get('shape', ()))} but "
+                                  f"{ae_json} makes {latent_shape}")
+        if record.get("sha256") != digest:
+            raise CheckpointError(f"{path} was trained on the latents of another autoencoder than {ae_weights} "
+                                  "(sha256 differs); retrain it with --autoencoder")
+    if (unet_config.in_channels, unet_config.image_size, unet_config.image_size) != latent_shape:
+        raise CheckpointError(f"{folder / 'unet.json'} makes {unet_config.in_channels}x{unet_config.image_size}x"
+                              f"{unet_config.image_size} tensors but {ae_json} has latents of shape {latent_shape}")
+    scales = {record["scale_factor"] for record in records.values()}
+    if len(scales) > 1:
+        raise CheckpointError(f"the unet and the classifier of {folder} disagree on the latent scale factor: {scales}")
+    return LatentCodec(autoencoder, scales.pop(), records["unet"].get("clip_bound", 1.0))

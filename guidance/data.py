@@ -89,6 +89,7 @@ class Dataset(NamedTuple):
     class_names: tuple[str, ...]
     files: tuple[str, ...] = ()     # image folders: each image's path relative to the folder
     record: DataRecord | None = None  # the same record on both splits of one load
+    latent: dict | None = None      # images are an autoencoder's scaled latents (guidance.codec.encode_splits)
 
 
 # -- command lines ----------------------------------------------------------------------------------

@@ -53,6 +53,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--defaults", help="write the app's defaults here (default: CHECKPOINTS/defaults.json, guarded)")
     p.add_argument("--readme", help="refresh the results section of this README (between its results markers)")
     p.add_argument("--images-per-class", type=int, help="override the budget's images per class per setting")
+    p.add_argument("--decision-images-per-class", type=int,
+                   help="override the budget's images per class per setting of the decision sweep")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=500, help="images sampled at once")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -110,14 +112,17 @@ def measure_all(args: argparse.Namespace, bundle: Bundle, budget: Budget, comman
     n = budget.images(len(bundle.class_names))
     features, predictions = judge(bundle.evaluator, test.images)
     reference = real_reference(features, n * len(bundle.class_names))
+    decision_reference = real_reference(features, budget.decision_images(len(bundle.class_names)) * len(bundle.class_names))
     floor_features, _ = judge(bundle.evaluator, train.images)
     evaluator = bundle.evaluator.config
     info = RunInfo(
         command, budget.name, _device_text(bundle.device), bundle.backend, str(bundle.folder), bundle.class_names,
-        test.record.to_json(), n, args.seed, budget.resamples, budget.reference_steps, len(test.labels),
+        test.record.to_json(), n, budget.decision_images(len(bundle.class_names)), args.seed, budget.resamples,
+        budget.reference_steps, len(test.labels),
         f"ResNet, blocks {list(evaluator.layers)}, channels {list(evaluator.channels)}, {evaluator.input_size}px input",
         float((predictions.cpu() == test.labels).double().mean()), reference.frechet(floor_features),
-        tuple(noisy_accuracy_by_quarter(bundle.classifier, bundle.diffusion(), test.images, test.labels)))
+        tuple(noisy_accuracy_by_quarter(bundle.classifier, bundle.diffusion(), bundle.codec.encode(test.images),
+                                        test.labels)))
     path = Path(args.out) / "results.json"
     previous = None
     if args.resume and path.exists():
@@ -126,7 +131,7 @@ def measure_all(args: argparse.Namespace, bundle: Bundle, budget: Budget, comman
         if differ:
             raise ValueError(f"{path} was measured with other {', '.join(differ)}; run without --resume "
                              "to start afresh, or choose another --out")
-    return run(bundle, budget, info, reference, path, previous, args.batch_size)
+    return run(bundle, budget, info, reference, path, previous, args.batch_size, decision_reference=decision_reference)
 
 
 def print_estimate(bundle: Bundle, budget: Budget, batch_size: int) -> None:
@@ -137,7 +142,9 @@ def print_estimate(bundle: Bundle, budget: Budget, batch_size: int) -> None:
                          f"{' + classifier gradient' if g else ''})" for (p, g), s in cost.items())
     n = budget.images(len(bundle.class_names))
     load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
-    print(f"{budget.name} budget: {count} settings of {n * len(bundle.class_names)} images; about "
+    n_decide = budget.decision_images(len(bundle.class_names)) * len(bundle.class_names)
+    print(f"{budget.name} budget: {count} settings of {n * len(bundle.class_names)} images (the decision sweep's of "
+          f"{n_decide}); about "
           f"{seconds / 60:.0f} minutes on {_device_text(bundle.device)}{load} (supposing the default lands on DDIM "
           f"at {guess.steps} steps and w = {w:g}). Per image and step: {per_step}.")
 
@@ -145,7 +152,7 @@ def print_estimate(bundle: Bundle, budget: Budget, batch_size: int) -> None:
 def publish(results: Results, args: argparse.Namespace) -> None:
     """results.json with the chosen defaults, RESULTS.md and figures, model card, defaults.json, README."""
     out = Path(args.out)
-    defaults = choose_defaults(results.measurements, results.info.reference_steps)
+    defaults = choose_defaults(results.measurements, results.info.reference_steps, results.decisions)
     results.save(out / "results.json", defaults)
     report.write_results_page(results, defaults, out)
     folder, budget, page = Path(results.info.checkpoints), results.info.budget, out / "RESULTS.md"
@@ -176,8 +183,9 @@ def main(argv=None) -> int:
         p.error("--threads must be positive")
     if args.batch_size < 1:
         p.error("--batch-size must be positive")
-    if args.images_per_class is not None and args.images_per_class < 1:
-        p.error("--images-per-class must be positive")
+    for option in ("images_per_class", "decision_images_per_class"):
+        if getattr(args, option) is not None and getattr(args, option) < 1:
+            p.error(f"--{option.replace('_', '-')} must be positive")
     command = "python -m guidance.evaluate " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
         if args.report_only:
@@ -192,6 +200,8 @@ def main(argv=None) -> int:
             budget = BUDGETS[args.budget]
             if args.images_per_class:
                 budget = replace(budget, images_per_class=args.images_per_class)
+            if args.decision_images_per_class:
+                budget = replace(budget, decision_images_per_class=args.decision_images_per_class)
             if args.estimate:
                 print_estimate(bundle, budget, args.batch_size)
                 return 0

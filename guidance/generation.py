@@ -26,15 +26,16 @@ class Samples(NamedTuple):
 
 
 def _steps(bundle: Bundle, request: Request, items: Sequence[int], diagnostics: bool) -> Iterator[Step]:
-    shape = (len(items), *bundle.image_shape)
+    shape = (len(items), *bundle.sample_shape)
     return sample_loop(bundle.denoiser(), bundle.diffusion(request.steps), shape,
-                       request.guidance(items, diagnostics), request.noise(items),
+                       request.guidance(items, diagnostics, bundle.codec.clip_bound), request.noise(items),
                        request.sampler, request.eta, device=bundle.device)
 
 
 def stream(bundle: Bundle, request: Request, diagnostics: bool = True) -> Iterator[Step]:
     """Every item of the request as one batch, one Step per step (a generator: nothing runs until
-    iterated). diagnostics: also compute log p(c | x_t) where guidance is off (for charts).
+    iterated). A Step holds the sampler's tensors: latents for a latent bundle (bundle.codec.decode
+    turns them into images). diagnostics: also compute log p(c | x_t) where guidance is off (for charts).
     Raises ValueError for an invalid request, at once."""
     check(request, len(bundle.class_names), bundle.num_timesteps)
     return _steps(bundle, request, range(request.batch_size), diagnostics)
@@ -53,5 +54,5 @@ def generate(bundle: Bundle, request: Request, batch_size: int = 64,
         for step in _steps(bundle, request, items, diagnostics=False):
             if on_step is not None:
                 on_step(step)
-        images.append(torch.from_numpy(to_uint8(step.sample)))
+        images.append(torch.from_numpy(to_uint8(bundle.codec.decode(step.sample))))
     return Samples(torch.cat(images), request.labels())

@@ -17,7 +17,7 @@ w(t) = w * f(t) (see Schedule); Guidance.at(t) is the one place that computes a 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple, Sequence
 
 import torch
@@ -130,6 +130,8 @@ class Guidance:
     thresholds: B Thresholds applied to x-hat_0.
     max_guidance_norm: clip the per-item L2 norm of the guidance term k_t * w * g (None = no clip).
     diagnostics: also compute log p(c | x_t) at steps where classifier guidance is off.
+    clip_bound: b, the data space's range: the thresholds act on x-hat_0 / b (1 for pixels in
+        [-1, 1]; a latent space's measured range for latents).
     """
     class_labels: torch.Tensor
     scale: torch.Tensor
@@ -139,6 +141,7 @@ class Guidance:
     thresholds: tuple[Threshold, ...]
     max_guidance_norm: float | None = None
     diagnostics: bool = True
+    clip_bound: float = 1.0
     _factors: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -173,7 +176,10 @@ class Guidance:
         return self.scale * f, torch.where(self.conditional, self.cfg_scale * f, 0.0)
 
     def threshold(self, pred_xstart: torch.Tensor) -> torch.Tensor:
-        """Each item's Threshold applied to its x-hat_0, (B, C, H, W)."""
+        """Each item's Threshold applied to its x-hat_0 / clip_bound, times clip_bound, (B, C, H, W)."""
+        if self.clip_bound != 1.0:
+            b = self.clip_bound
+            return replace(self, clip_bound=1.0).threshold(pred_xstart / b) * b
         first = self.thresholds[0]
         if all(th == first for th in self.thresholds):
             return first(pred_xstart)

@@ -72,7 +72,7 @@ class Attention(nn.Module):
 
 @dataclass(frozen=True)
 class UNetConfig:
-    image_size: int = 28            # square images; must be divisible by 2^(levels - 1)
+    image_size: int = 28            # square images; an odd side rounds up on the way down (7 -> 4)
     in_channels: int = 1
     base_channels: int = 48         # channels at full resolution
     channel_mults: tuple = (1, 2, 2)  # per level; 28 -> 14 -> 7
@@ -85,8 +85,9 @@ class UNetConfig:
     def __post_init__(self):
         object.__setattr__(self, "channel_mults", tuple(self.channel_mults))
         object.__setattr__(self, "attention_levels", tuple(self.attention_levels))
-        if self.image_size % 2 ** (len(self.channel_mults) - 1):
-            raise ValueError(f"image_size {self.image_size} must be divisible by 2^{len(self.channel_mults) - 1}")
+        if not set(self.attention_levels) <= set(range(len(self.channel_mults))):
+            raise ValueError(f"attention levels {self.attention_levels} must be among the levels "
+                             f"0..{len(self.channel_mults) - 1}")
 
 
 class _Encoder(nn.Module):
@@ -166,7 +167,9 @@ class UNet(nn.Module):
         for layer in self.middle:
             h = layer(h, emb)
         for layers in self.up:
-            h = torch.cat([h, hs.pop()], dim=1)
+            skip = hs.pop()
+            # An odd side was rounded up on the way down (7 -> 4 -> 8): crop back to the skip's side.
+            h = torch.cat([h[..., :skip.shape[-2], :skip.shape[-1]], skip], dim=1)
             for layer in layers:
                 h = layer(h, emb) if isinstance(layer, (ResBlock, Attention)) else layer(h)
         return self.out(h)
@@ -237,8 +240,91 @@ class Evaluator(nn.Module):
         return self.net(self._resize(x))
 
 
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    image_size: int = 28
+    in_channels: int = 1
+    base_channels: int = 32         # channels at full resolution
+    channel_mults: tuple = (1, 2, 2)  # per level; each level after the first halves the side: 28 -> 14 -> 7
+    latent_channels: int = 4        # C of the latent (C, H/f, W/f), f = 2^(levels - 1)
+
+    def __post_init__(self):
+        object.__setattr__(self, "channel_mults", tuple(self.channel_mults))
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        side = self.image_size
+        for _ in self.channel_mults[1:]:
+            side = (side + 1) // 2  # a stride-2 convolution with padding 1
+        return self.latent_channels, side, side
+
+
+class _Block(nn.Module):
+    """GroupNorm-SiLU-conv twice with a residual connection (no timestep: the codec sees clean images)."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__()
+        self.layers = nn.Sequential(_norm(in_ch), nn.SiLU(), nn.Conv2d(in_ch, out_ch, 3, padding=1),
+                                    _norm(out_ch), nn.SiLU(), nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.skip(x) + self.layers(x)
+
+
+class Autoencoder(nn.Module):
+    """E: (B, C, H, W) -> the posterior's mean and log-variance, each (B, *latent_shape);
+    D: (B, *latent_shape) -> (B, C, H, W). Unscaled latents; LatentCodec applies the scale."""
+
+    def __init__(self, cfg: AutoencoderConfig):
+        super().__init__()
+        self.config = cfg
+        widths = [cfg.base_channels * m for m in cfg.channel_mults]
+        enc: list[nn.Module] = [nn.Conv2d(cfg.in_channels, widths[0], 3, padding=1)]
+        for level, width in enumerate(widths):
+            enc.append(_Block(widths[level - 1] if level else widths[0], width))
+            if level < len(widths) - 1:
+                enc.append(nn.Conv2d(width, width, 3, stride=2, padding=1))
+        enc += [_norm(widths[-1]), nn.SiLU(), nn.Conv2d(widths[-1], 2 * cfg.latent_channels, 3, padding=1)]
+        self.encoder = nn.Sequential(*enc)
+        self.decoder_in = nn.Sequential(nn.Conv2d(cfg.latent_channels, widths[-1], 3, padding=1),
+                                        _Block(widths[-1], widths[-1]))
+        self.decoder_up = nn.ModuleList()
+        for level in reversed(range(len(widths))):
+            width_out = widths[level - 1] if level else widths[0]
+            self.decoder_up.append(nn.ModuleList([_Block(widths[level], width_out)] + (
+                [nn.Conv2d(width_out, width_out, 3, padding=1)] if level else [])))
+        self.decoder_out = nn.Sequential(_norm(widths[0]), nn.SiLU(), nn.Conv2d(widths[0], cfg.in_channels, 3, padding=1))
+        self._sizes = self._side_sizes()
+
+    def _side_sizes(self) -> list[int]:
+        """Image sides at each level, full resolution first (the decoder upsamples back to these)."""
+        sides = [self.config.image_size]
+        for _ in self.config.channel_mults[1:]:
+            sides.append((sides[-1] + 1) // 2)
+        return sides
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log-variance) of q(z | x), each (B, *latent_shape); log-variance clamped to [-30, 20]."""
+        mean, logvar = self.encoder(x).chunk(2, dim=1)
+        return mean, logvar.clamp(-30.0, 20.0)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.decoder_in(z)
+        for level, layers in zip(reversed(range(len(self._sizes))), self.decoder_up):
+            h = layers[0](h)
+            if level:  # up to the next level's side (7 -> 14 -> 28), then a 3x3 convolution
+                side = self._sizes[level - 1]
+                h = layers[1](F.interpolate(h, size=(side, side), mode="nearest"))
+        return self.decoder_out(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruction from the posterior mean."""
+        return self.decode(self.encode(x)[0])
+
+
 MODELS = {"unet": (UNet, UNetConfig), "classifier": (NoisyClassifier, ClassifierConfig),
-          "evaluator": (Evaluator, EvaluatorConfig)}
+          "evaluator": (Evaluator, EvaluatorConfig), "autoencoder": (Autoencoder, AutoencoderConfig)}
 
 
 def build_model(kind: str, config: dict) -> nn.Module:

@@ -209,14 +209,16 @@ class Request:
         n = self.images_per_row
         return ItemNoise(self.seed, [self.row_of(k).first_image + k % n for k in items])
 
-    def guidance(self, items: Sequence[int], diagnostics: bool = True) -> Guidance:
-        """Per-item guidance for the given items, (len(items),) settings."""
+    def guidance(self, items: Sequence[int], diagnostics: bool = True, clip_bound: float = 1.0) -> Guidance:
+        """Per-item guidance for the given items, (len(items),) settings; clip_bound is the data
+        space's range for the x-hat_0 thresholds (1: pixels in [-1, 1])."""
         rows = [self.row_of(k) for k in items]
         return Guidance.make(
             [r.class_label for r in rows], [r.scale for r in rows],
             [0.0 if r.cfg_scale is None else r.cfg_scale for r in rows], batch_size=len(rows),
             conditional=[r.cfg_scale is not None for r in rows], schedule=[r.schedule for r in rows],
-            threshold=[r.threshold for r in rows], max_guidance_norm=self.max_guidance_norm, diagnostics=diagnostics)
+            threshold=[r.threshold for r in rows], max_guidance_norm=self.max_guidance_norm, diagnostics=diagnostics,
+            clip_bound=clip_bound)
 
     def labels(self) -> torch.Tensor:
         """(batch_size,) the class each item is guided toward."""

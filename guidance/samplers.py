@@ -52,7 +52,8 @@ HISTORY = 2
 
 class Solver:
     """One sampling method: k_t, an optional correction of x_t, and the step to the next x."""
-    name = ""
+    name = ""                       # what requests, the command line and the API call it
+    title = ""                      # how pages and reports name it
 
     def grad_coef(self, i: int) -> float:
         """k_t, the factor of w g in the eps shift at schedule index i."""
@@ -71,6 +72,7 @@ class DDPM(Solver):
     """x_{t-1} = mu-tilde(x-hat_0, x_t) + sqrt(Sigma_t) z, no noise at the last step. Classifier
     guidance moves mu by w Sigma_t g (Dhariwal & Nichol Algorithm 1)."""
     name = "ddpm"
+    title = "DDPM"
 
     def __init__(self, diffusion: GaussianDiffusion, variance: str = "small"):
         self.diffusion, self.variance = diffusion, variance
@@ -97,6 +99,7 @@ class DDIM(Solver):
     sigma_t = eta sqrt((1 - alpha-bar_{t-1}) / (1 - alpha-bar_t)) sqrt(1 - alpha-bar_t / alpha-bar_{t-1}),
     with eps recomputed from the thresholded x-hat_0."""
     name = "ddim"
+    title = "DDIM"
 
     def __init__(self, diffusion: GaussianDiffusion, eta: float = 0.0):
         if not 0.0 <= eta <= 1.0:  # also refuses NaN
@@ -129,6 +132,7 @@ class DPMSolverPP2M(Solver):
     alpha-bar = 1 (sigma = 0, h infinite), is the first-order x_0 = D_t.
     """
     name = "dpm++2m"
+    title = "DPM-Solver++(2M)"
 
     def __init__(self, diffusion: GaussianDiffusion):
         abar, abar_prev = diffusion.alphas_cumprod, diffusion.alphas_cumprod_prev
@@ -166,6 +170,7 @@ class UniPC(DPMSolverPP2M):
     starts from; the network is never run on it, so each step costs one evaluation as before.
     """
     name = "unipc"
+    title = "UniPC"
 
     def correct(self, x: torch.Tensor, i: int, pred_xstart: torch.Tensor, history: History) -> torch.Tensor:
         if not history or i == 0:  # nothing to correct yet; the last step returns x-hat_0 whatever x is
@@ -187,8 +192,13 @@ class UniPC(DPMSolverPP2M):
         return (self.sigma[i] / self.sigma[s.index]) * s.x - self.alpha[i] * b_h * (s.pred_xstart + residual)
 
 
-SOLVERS = {"ddim": DDIM, "ddpm": DDPM, "dpm++2m": DPMSolverPP2M, "unipc": UniPC}
+SOLVERS = {solver.name: solver for solver in (DDIM, DDPM, DPMSolverPP2M, UniPC)}  # the one table of samplers
 SAMPLERS = tuple(SOLVERS)
+
+
+def sampler_title(sampler: str) -> str:
+    """'dpm++2m' -> 'DPM-Solver++(2M)': a sampler's display name."""
+    return SOLVERS[sampler].title
 
 
 def make_solver(sampler: str, diffusion: GaussianDiffusion, eta: float = 0.0, variance: str = "small") -> Solver:

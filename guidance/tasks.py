@@ -9,6 +9,7 @@ share of the rows, so the batch is noised the same however many processes share 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from typing import ClassVar
@@ -20,7 +21,8 @@ from torch import nn
 from .data import Dataset
 from .diffusion import SCHEDULES, GaussianDiffusion
 from .metrics import noisy_accuracy_by_quarter
-from .models import ClassifierConfig, Evaluator, EvaluatorConfig, NoisyClassifier, UNet, UNetConfig
+from .models import (Autoencoder, AutoencoderConfig, ClassifierConfig, Evaluator, EvaluatorConfig, NoisyClassifier,
+                     UNet, UNetConfig)
 
 
 @dataclass(frozen=True)
@@ -60,9 +62,18 @@ class Task:
 
 @dataclass(frozen=True)
 class _NoisedTask(Task):
-    """A network trained on q_sample(x_0, t, eps) of one noise schedule."""
+    """A network trained on q_sample(x_0, t, eps) of one noise schedule. The architecture fields
+    left at None keep the network config's defaults (guidance.models)."""
     schedule: str = "cosine"
     num_timesteps: int = 1000
+    channel_mults: tuple | None = None
+    num_res_blocks: int | None = None
+    attention_levels: tuple | None = None
+
+    def architecture(self) -> dict:
+        """The architecture fields that were set, as config keyword arguments."""
+        names = ("channel_mults", "num_res_blocks", "attention_levels")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -101,7 +112,7 @@ class UNetTask(_NoisedTask):
 
     def build(self, num_classes, image_size, channels):
         return UNet(UNetConfig(image_size=image_size, in_channels=channels, num_classes=num_classes,
-                               base_channels=self.base_channels, dropout=self.dropout))
+                               base_channels=self.base_channels, dropout=self.dropout, **self.architecture()))
 
     def draw(self, n, shape, generator):
         device = generator.device
@@ -129,7 +140,8 @@ class ClassifierTask(_NoisedTask):
 
     def build(self, num_classes, image_size, channels):
         return NoisyClassifier(ClassifierConfig(image_size=image_size, in_channels=channels,
-                                                num_classes=num_classes, base_channels=self.base_channels))
+                                                num_classes=num_classes, base_channels=self.base_channels,
+                                                **self.architecture()))
 
     def draw(self, n, shape, generator):
         device = generator.device
@@ -175,6 +187,43 @@ class EvaluatorTask(Task):
         return {"test_acc": correct / len(images)}
 
 
+@dataclass(frozen=True)
+class AutoencoderTask(Task):
+    """The first stage of latent diffusion: a KL-regularised autoencoder (LDM's, without the
+    adversarial term) trained on L1 + MSE reconstruction of a posterior sample, plus kl_weight
+    times KL(q(z | x) || N(0, I)) per latent element."""
+    name: ClassVar[str] = "autoencoder"
+    loss_name: ClassVar[str] = "L1 + MSE of the reconstruction of a posterior sample + kl_weight * KL"
+    base_channels: int = 32
+    latent_channels: int = 4
+    kl_weight: float = 1e-6
+
+    def build(self, num_classes, image_size, channels):
+        return Autoencoder(self._config(image_size, channels))
+
+    def _config(self, image_size, channels) -> AutoencoderConfig:
+        return AutoencoderConfig(image_size=image_size, in_channels=channels, base_channels=self.base_channels,
+                                 latent_channels=self.latent_channels)
+
+    def draw(self, n, shape, generator):
+        latent = self._config(shape[-1], shape[1]).latent_shape
+        return (torch.randn((n, *latent), device=generator.device, generator=generator),)
+
+    def loss(self, net, x0, y, draws, num_classes):
+        model = getattr(net, "module", net)  # the network itself under DDP
+        mean, logvar = model.encode(x0)
+        x = model.decode(mean + torch.exp(0.5 * logvar) * draws[0])
+        kl = 0.5 * (mean ** 2 + logvar.exp() - 1 - logvar).mean()
+        return F.l1_loss(x, x0) + F.mse_loss(x, x0) + self.kl_weight * kl
+
+    @torch.no_grad()
+    def held_out(self, model, test, n):
+        device = next(model.parameters()).device
+        mse = sum(float(F.mse_loss(model(x.to(device)), x.to(device), reduction="sum"))
+                  for x in test.images[:n].split(500)) / test.images[:n].numel()
+        return {"test_mse": mse, "test_psnr": 10 * math.log10(4 / mse)}  # peak-to-peak 2 in [-1, 1]
+
+
 def roll_each(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     """Image i of x (B, C, H, W) rolled circularly by shifts[i] = (rows, columns), shifts (B, 2)."""
     b, _, h, w = x.shape
@@ -185,4 +234,4 @@ def roll_each(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     return rolled.permute(0, 3, 1, 2)
 
 
-TASKS: dict[str, type[Task]] = {task.name: task for task in (UNetTask, ClassifierTask, EvaluatorTask)}
+TASKS: dict[str, type[Task]] = {task.name: task for task in (UNetTask, ClassifierTask, EvaluatorTask, AutoencoderTask)}

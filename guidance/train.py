@@ -31,24 +31,40 @@ from .tasks import TASKS
 from .trainer import LoopConfig, Trainer
 
 ALL = "all"
-SEED_OFFSETS = {"unet": 0, "classifier": 1, "evaluator": 2}  # under `all`: three different initial weights
+SEED_OFFSETS = {"unet": 0, "classifier": 1, "evaluator": 2}  # `all` trains these (pixel space), from different initial weights
+
+
+def _levels(text: str) -> tuple[int, ...]:
+    """'1,2,2' -> (1, 2, 2); '' -> ()."""
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
 # The fields of the Task classes that the command line sets; unset, each kind keeps its own default.
 NETWORK_OPTIONS = {
     "lr": (float, "AdamW learning rate"),
     "weight_decay": (float, "AdamW weight decay"),
     "base_channels": (int, "network width"),
     "dropout": (float, "dropout in the residual blocks"),
+    "channel_mults": (_levels, "width multiple per level, e.g. 1,2"),
+    "num_res_blocks": (int, "residual blocks per level"),
+    "attention_levels": (_levels, "levels with self-attention, e.g. 1, or '' for none"),
     "schedule": (str, "noise schedule, " + " or ".join(SCHEDULES)),
     "num_timesteps": (int, "diffusion steps T"),
     "p_uncond": (float, "probability of the null label, for classifier-free guidance"),
     "input_perturbation": (float, "DDPM-IP gamma (0 = off; 0.1 in the paper)"),
     "ema_decay": (float, "EMA decay of the exported weights"),
+    "latent_channels": (int, "channels C of the autoencoder's latent"),
+    "kl_weight": (float, "weight of the autoencoder's KL term"),
 }
 
 
 def _defaults(name: str) -> str:
     """'unet 0.0002, classifier 0.001, ...': the kinds that have the field, with their defaults."""
-    return ", ".join(f"{kind} {f.default}" for kind, cls in TASKS.items() for f in fields(cls) if f.name == name)
+    return ", ".join(f"{kind} {'its network config' if f.default is None else f.default}"
+                     for kind, cls in TASKS.items() for f in fields(cls) if f.name == name)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -70,6 +86,11 @@ def _parser() -> argparse.ArgumentParser:
     loop.add_argument("--seed", type=int, default=LoopConfig.seed)
     loop.add_argument("--save-every", type=int, default=LoopConfig.save_every)
     loop.add_argument("--log-every", type=int, default=LoopConfig.log_every)
+    loop.add_argument("--autoencoder", metavar="FOLDER",
+                      help="train the unet or classifier on the latents of FOLDER/autoencoder.safetensors "
+                           "(latent diffusion; usually --out itself)")
+    loop.add_argument("--init", metavar="FOLDER",
+                      help="fine-tune: start from FOLDER/KIND.safetensors (its config must be the one built here)")
     loop.add_argument("--resume", action="store_true", help="continue from OUT/train-KIND/state.safetensors")
     loop.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     loop.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -92,7 +113,7 @@ def make_task(kind: str, args: argparse.Namespace):
 def loop_config(kind: str, args: argparse.Namespace, command: str) -> LoopConfig:
     seed = args.seed + (SEED_OFFSETS[kind] if args.kind == ALL else 0)
     return LoopConfig(args.out, args.steps, args.minutes, args.batch_size, seed, args.save_every, args.log_every,
-                      args.resume, args.amp, args.channels_last, args.compile, command)
+                      args.resume, args.amp, args.channels_last, args.compile, command, args.init)
 
 
 def evaluation_args(args: argparse.Namespace, device: torch.device) -> list[str]:
@@ -103,10 +124,19 @@ def evaluation_args(args: argparse.Namespace, device: torch.device) -> list[str]
     return argv + (["--threads", str(args.threads)] if args.threads else [])
 
 
+def _latents(folder: str, train: data.Dataset, test: data.Dataset, device) -> tuple[data.Dataset, data.Dataset]:
+    from .checkpoints import load
+    from .codec import encode_splits
+
+    autoencoder, _ = load(folder, "autoencoder", device)
+    return encode_splits(autoencoder, Path(folder) / "autoencoder.safetensors",
+                         train._replace(images=train.images.to(device)), test._replace(images=test.images.to(device)))
+
+
 def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    kinds = list(TASKS) if args.kind == ALL else [args.kind]
+    kinds = list(SEED_OFFSETS) if args.kind == ALL else [args.kind]
     command = "python -m guidance.train " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
         if args.kind != ALL:
@@ -114,6 +144,8 @@ def main(argv=None) -> int:
                       and n not in {f.name for f in fields(TASKS[args.kind])}]
             if unused:
                 raise ValueError(f"{', '.join(unused)} do not apply to the {args.kind}")
+        if args.autoencoder and args.kind not in ("unet", "classifier"):
+            raise ValueError(f"--autoencoder is for the unet and the classifier, not {args.kind}")
         plan = [(make_task(kind, args), loop_config(kind, args, command)) for kind in kinds]
         source = data.source_from_args(args)
     except ValueError as err:
@@ -122,6 +154,8 @@ def main(argv=None) -> int:
     configure(context.device, args.threads)
     try:
         train, test = data.load(source)
+        if args.autoencoder:
+            train, test = _latents(args.autoencoder, train, test, context.device)
         for task, loop in plan:
             try:
                 trainer = Trainer(task, loop, train, test, context)

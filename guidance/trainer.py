@@ -48,6 +48,7 @@ class LoopConfig:
     channels_last: bool = False     # NHWC weights and batches (faster convolutions on recent GPUs)
     compile: bool = False           # torch.compile the network
     command: str = ""               # recorded in the checkpoint
+    init: str | None = None         # fine-tune: start from the weights of INIT/KIND.safetensors
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "save_every", "log_every"):
@@ -70,6 +71,8 @@ class Trainer:
         torch.manual_seed(loop.seed)  # the same initial weights on every rank
         _, channels, size, _ = train.images.shape
         self.model = task.build(self.num_classes, size, channels).to(self.device)
+        if loop.init:
+            self.model.load_state_dict(checkpoints.load(loop.init, task.name)[0].state_dict())
         memory_format = torch.channels_last if loop.channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=memory_format)
         self.memory_format = memory_format
@@ -185,6 +188,8 @@ class Trainer:
                     "device": str(self.device), "processes": self.ctx.world_size, "batch_size": self.loop.batch_size,
                     "seed": self.loop.seed, "loss": self.task.loss_name, **self.task.hyperparameters(), **metrics}
         data = {"data": self.train.record.to_json()} if self.train.record else {}
+        if self.train.latent:
+            data["latent"] = self.train.latent
         checkpoints.save(self.ema.module if self.ema else self.model, self.loop.out, self.task.name,
                          class_names=list(self.train.class_names), training=training, **data,
                          **self.task.checkpoint_extras())

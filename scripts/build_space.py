@@ -1,11 +1,11 @@
 """A Hugging Face Space of the app: exactly the files it needs, in a folder outside the repository.
 
-    python scripts/build_space.py OUT_DIR [--checkpoints DIR] [--check-only] [--no-start]
+    python scripts/build_space.py OUT_DIR [--checkpoints DIR [--checkpoints DIR]] [--check-only] [--no-start]
 
 Writes app.py, README.md (its YAML front matter is the Space's configuration), requirements.txt,
 the guidance/ and demo/ packages (their Python files and the data files their code names), the
-checkpoint folder (weights, JSON configs, defaults.json, README.md; from --checkpoints, default the
-shipped ones) and a .gitattributes that stores every *.safetensors file, and any other binary file
+checkpoint folders (weights, JSON configs, defaults.json, README.md; from --checkpoints, at most two,
+placed where the app looks for the shipped pixel and latent bundles; default the shipped ones) and a .gitattributes that stores every *.safetensors file, and any other binary file
 or file over 10 MB, in Git LFS: a Space repository refuses such files otherwise. OUT_DIR must lie
 outside the repository and be empty, absent, or a previous build of this command (marked by its
 manifest, .space-build.json). A .git folder in it is left alone, so the build can be committed
@@ -83,12 +83,16 @@ def checkpoint_files(folder: Path) -> list[Path]:
     return files
 
 
-def space_files(checkpoints: Path) -> dict[str, Path]:
-    """Every file of the Space: its path in the Space -> its source."""
+def space_files(checkpoints: list[Path]) -> dict[str, Path]:
+    """Every file of the Space: its path in the Space -> its source. Checkpoint folder k goes
+    where the app looks for shipped bundle k (demo/launch.py DEFAULT_CHECKPOINTS)."""
+    if not 1 <= len(checkpoints) <= len(DEFAULT_CHECKPOINTS):
+        raise Refused(f"give one to {len(DEFAULT_CHECKPOINTS)} checkpoint folders, got {len(checkpoints)}")
     files = {name: REPO / name for name in TOP_FILES}
     for package in PACKAGES:
         files.update({p.relative_to(REPO).as_posix(): p for p in package_files(REPO / package)})
-    files.update({f"{DEFAULT_CHECKPOINTS}/{p.name}": p for p in checkpoint_files(checkpoints)})
+    for place, folder in zip(DEFAULT_CHECKPOINTS, checkpoints):
+        files.update({f"{place}/{p.name}": p for p in checkpoint_files(folder)})
     return files
 
 
@@ -216,10 +220,12 @@ def clear_previous_build(out: Path) -> None:
         folder.rmdir()
 
 
-def build(out: Path, checkpoints: Path) -> list[str]:
+def build(out: Path, checkpoints: Path | list[Path]) -> list[str]:
     """Write the Space into out; returns the files written."""
-    if checkpoints.resolve().is_relative_to(out.resolve()):
-        raise Refused(f"the checkpoints {checkpoints} lie inside {out}, which the build replaces")
+    checkpoints = [checkpoints] if isinstance(checkpoints, Path) else list(checkpoints)
+    for folder in checkpoints:
+        if folder.resolve().is_relative_to(out.resolve()):
+            raise Refused(f"the checkpoints {folder} lie inside {out}, which the build replaces")
     files = space_files(checkpoints)
     clear_previous_build(out)
     for name, source in files.items():
@@ -227,7 +233,8 @@ def build(out: Path, checkpoints: Path) -> list[str]:
         shutil.copyfile(source, out / name)
     (out / GITATTRIBUTES).write_text(gitattributes_text(out, list(files)))
     written = sorted([*files, GITATTRIBUTES])
-    (out / MANIFEST).write_text(json.dumps({"files": written, "checkpoints": str(checkpoints.resolve())}, indent=2))
+    (out / MANIFEST).write_text(json.dumps({"files": written, "checkpoints": [str(f.resolve()) for f in checkpoints]},
+                                           indent=2))
     return written
 
 
@@ -355,8 +362,9 @@ def check(out: Path, start: bool) -> list[str]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python scripts/build_space.py", description=__doc__.split("\n\n")[0])
     p.add_argument("out", metavar="OUT_DIR", type=Path, help="folder for the Space, outside the repository")
-    p.add_argument("--checkpoints", type=Path, default=REPO / DEFAULT_CHECKPOINTS,
-                   help=f"checkpoint folder to ship (default {DEFAULT_CHECKPOINTS})")
+    p.add_argument("--checkpoints", type=Path, action="append", default=None,
+                   help=f"checkpoint folder to ship, once or twice (default: {', '.join(DEFAULT_CHECKPOINTS)}, "
+                        "those present)")
     p.add_argument("--check-only", action="store_true", help="check an existing OUT_DIR, write nothing")
     p.add_argument("--no-start", action="store_true", help="skip starting the app")
     args = p.parse_args(argv)
@@ -366,7 +374,8 @@ def main(argv=None) -> int:
             if not out.is_dir():
                 raise Refused(f"{out} is not a folder")
         else:
-            written = build(out, args.checkpoints)
+            shipped = [REPO / place for place in DEFAULT_CHECKPOINTS if (REPO / place).is_dir()]
+            written = build(out, args.checkpoints or shipped)
             print(f"wrote {len(written)} files to {out}:")
             for name in written:
                 print(f"  {name}  ({(out / name).stat().st_size / 1e6:.2f} MB)")

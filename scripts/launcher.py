@@ -41,20 +41,21 @@ def child_environment(app_dir: str | Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def running_app(checkpoints: str | Path | None, threads: int = 1, timeout_s: float = 120.0,
+def running_app(checkpoints: str | Path | list | tuple | None, threads: int = 1, timeout_s: float = 120.0,
                 extra_args: tuple[str, ...] = (), log_path: str | Path | None = None,
                 app_dir: str | Path = REPO) -> Iterator[str]:
     """Start app_dir/app.py, with app_dir as its working folder, on 127.0.0.1 and a free port;
     yield its URL once it answers; stop it after.
 
-    checkpoints: passed as --checkpoints (relative paths resolve against app_dir); None leaves the
-    app's default. The app's output goes to log_path (default: a temporary file).
+    checkpoints: passed as --checkpoints, once per folder of a list (relative paths resolve
+    against app_dir); None leaves the app's default. The app's output goes to log_path (default: a temporary file).
     Raises RuntimeError with the app's output if it exits or does not answer in timeout_s."""
     app_dir = Path(app_dir).resolve()
     port = free_port()
     log = open(log_path, "w+b") if log_path else tempfile.TemporaryFile()
+    folders = [] if checkpoints is None else list(checkpoints) if isinstance(checkpoints, (list, tuple)) else [checkpoints]
     command = [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port), "--threads", str(threads),
-               *(("--checkpoints", str(checkpoints)) if checkpoints is not None else ()), *extra_args]
+               *(arg for folder in folders for arg in ("--checkpoints", str(folder))), *extra_args]
     process = subprocess.Popen(command, cwd=app_dir, stdout=log, stderr=subprocess.STDOUT,
                                env=child_environment(app_dir))
     url = f"http://127.0.0.1:{port}/"

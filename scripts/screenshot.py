@@ -1,10 +1,11 @@
 """docs/screenshot.png: the app on the shipped checkpoints, after a run in headless Chromium.
 
-    python scripts/screenshot.py [--checkpoints DIR] [--tab compare|generate] [--out docs/screenshot.png]
+    python scripts/screenshot.py [--checkpoints DIR ...] [--model NAME] [--tab compare|generate] [--out docs/screenshot.png]
 
-Starts `python app.py` on a free local port, opens it in Debian's Chromium (/usr/bin/chromium)
-through Playwright, presses Generate or Compare with the default settings, waits for the run to
-finish and saves a full-page screenshot.
+Starts `python app.py` on a free local port (by default on the shipped models, as `python app.py`
+does), opens it in Debian's Chromium (/usr/bin/chromium) through Playwright, picks --model when
+given, presses Generate or Compare with that model's default settings, waits for the run to finish
+and saves a full-page screenshot.
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ CHROMIUM = "/usr/bin/chromium"
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoints", default="checkpoints/fashion-mnist")
+    p.add_argument("--checkpoints", action="append", default=None, help="as app.py's (default: the shipped ones)")
+    p.add_argument("--model", default=None, help="the model to pick on the page (default: the one it opens on)")
     p.add_argument("--tab", choices=("compare", "generate"), default="compare")
     p.add_argument("--out", default="docs/screenshot.png")
     p.add_argument("--threads", type=int, default=2)
@@ -33,6 +35,9 @@ def main(argv=None) -> int:
         browser = pw.chromium.launch(executable_path=CHROMIUM)
         page = browser.new_page(viewport={"width": 1440, "height": 1000}, device_scale_factor=1)
         page.goto(url)
+        if args.model:
+            page.locator("#model").locator(f"input[value='{args.model}']").check()
+            page.wait_for_timeout(1000)  # the controls take the model's defaults
         page.get_by_role("tab", name=args.tab.capitalize()).click()
         page.locator(f"#{args.tab}-button").click()
         # The status line says "done" once the last frame has arrived; downloads appear after.

@@ -57,6 +57,34 @@ def make_checkpoints(folder, channels: int = 1) -> None:
     save(evaluator, folder, "evaluator", **meta)
 
 
+LATENT_SCALE = 1.25   # the tiny latent bundle's scale factor (any positive number does for random networks)
+
+
+def make_latent_checkpoints(folder, evaluator_from=None) -> None:
+    """A tiny latent bundle in folder: an autoencoder of 16x16 grey images to 2x8x8 latents, a
+    UNet and a classifier on those latents carrying the autoencoder's latent record, and (from
+    evaluator_from, a pixel folder) the evaluator, which judges decoded images."""
+    from guidance.codec import file_digest
+    from guidance.models import Autoencoder, AutoencoderConfig
+
+    torch.manual_seed(0)
+    folder = Path(folder)
+    meta = dict(class_names=list(CLASS_NAMES), diffusion={"schedule": "cosine", "num_timesteps": NUM_TIMESTEPS})
+    autoencoder = Autoencoder(AutoencoderConfig(image_size=16, base_channels=8, channel_mults=(1, 2), latent_channels=2))
+    save(_randomized(autoencoder, 3), folder, "autoencoder", class_names=list(CLASS_NAMES))
+    latent = {"autoencoder": "autoencoder", "sha256": file_digest(folder / "autoencoder.safetensors"),
+              "scale_factor": LATENT_SCALE, "shape": [2, 8, 8], "clip_bound": 3.0}
+    unet = UNet(UNetConfig(image_size=8, in_channels=2, channel_mults=(1, 2), num_classes=len(CLASS_NAMES),
+                           base_channels=8, num_res_blocks=1, attention_levels=(1,), num_heads=2, dropout=0.0))
+    save(_randomized(unet, 4), folder, "unet", latent=latent, **meta)
+    classifier = NoisyClassifier(ClassifierConfig(image_size=8, in_channels=2, channel_mults=(1, 2),
+                                                  num_classes=len(CLASS_NAMES), base_channels=8))
+    save(_randomized(classifier, 5), folder, "classifier", latent=latent, **meta)
+    if evaluator_from is not None:
+        for suffix in (".json", ".safetensors"):
+            (folder / f"evaluator{suffix}").write_bytes((Path(evaluator_from) / f"evaluator{suffix}").read_bytes())
+
+
 def library_samples(bundle: Bundle, class_index: int, scale: float, steps: int, num_images: int, seed: int,
                     sampler: str = "ddim", eta: float = 0.0, **row) -> np.ndarray:
     """The images the command line (`python -m guidance.sample`) draws for the same settings, on the

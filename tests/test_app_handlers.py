@@ -578,8 +578,9 @@ def test_the_page_exposes_generate_and_compare_only_with_the_new_arguments_last(
     assert sorted(api) == ["/compare", "/generate"]
     for name, args in (("/generate", gen_args()), ("/compare", compare_args())):
         parameters = api[name]["parameters"]
-        assert [p["parameter_name"] for p in parameters] == list(args)
+        assert [p["parameter_name"] for p in parameters] == [*args, "model"]  # the model choice came last
         assert all(p["parameter_has_default"] for p in parameters)
+        assert parameters[-1]["parameter_default"] == handlers.model.name
     defaults = {p["parameter_name"]: p["parameter_default"] for p in api["/generate"]["parameters"]}
     assert defaults["interval"] == handlers.defaults.interval and defaults["sampler"] == handlers.defaults.sampler
     info = next(block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "info")
@@ -593,7 +594,7 @@ def test_launch_defaults_are_local_and_private(monkeypatch):
     monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
     args = parse_args([])
     assert args.host == "127.0.0.1" and args.share is False
-    assert args.checkpoints == "checkpoints/fashion-mnist"
+    assert args.checkpoints is None  # the shipped pixel bundle, and the latent one where it is present
     assert args.backend == "auto" and args.frame_interval == DISPLAY.frame_interval_s == 0.5
 
 

@@ -49,7 +49,7 @@ def test_the_api_names_generate_and_compare_with_the_new_arguments_last(client):
     assert sorted(api) == ["/compare", "/generate"]
     names = [p["parameter_name"] for p in api["/generate"]["parameters"]]
     assert names == ["class_name", "scale", "unet", "cfg_scale", "steps", "sampler", "eta", "num_images", "seed",
-                     "interval", "schedule", "threshold", "threshold_percentile"]
+                     "interval", "schedule", "threshold", "threshold_percentile", "model"]
     assert [p["parameter_name"] for p in api["/compare"]["parameters"]] == names[:1] + ["strengths", "mode"] + names[1:]
 
 

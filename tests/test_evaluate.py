@@ -16,7 +16,8 @@ from PIL import Image
 from guidance import checkpoints, data, evaluate
 from guidance.evaluation import card, sweeps
 from guidance.evaluation.compare import difference, matched_difference, not_worse, verdict
-from guidance.evaluation.defaults import choose_defaults, choose_sampler, choose_scale, choose_schedule
+from guidance.evaluation.defaults import (DECISION, choose_decided_scale, choose_defaults, choose_sampler, choose_scale,
+                                         choose_schedule, choose_steps, decide, non_inferior)
 from guidance.evaluation.measure import Measurement, Setting
 from guidance.evaluation.sweeps import BUDGETS, SWEEPS, Results
 from guidance.metrics import Scores
@@ -55,9 +56,9 @@ def test_differences_are_paired_replicate_by_replicate():
 
 def test_the_scale_is_the_smallest_meeting_both_targets():
     rows = [fake(Setting(scale=w), f, fd, sweep="classifier", seed=k)
-            for k, (w, f, fd) in enumerate([(0, 0.1, 4.0), (1, 0.8, 5.0), (2, 0.92, 7.9), (4, 0.97, 8.5)])]
+            for k, (w, f, fd) in enumerate([(0, 0.1, 4.0), (1, 0.8, 5.0), (2, 0.96, 7.9), (4, 0.97, 8.5)])]
     assert choose_scale(rows)[0] == 2
-    # No scale within 2x the unguided distance reaches 90%: the most faithful within it wins.
+    # No scale within 2x the unguided distance reaches 95%: the most faithful within it wins.
     rows[2] = fake(Setting(scale=2), 0.85, 7.9, sweep="classifier")
     assert choose_scale(rows)[0] == 2
     with pytest.raises(ValueError, match="w = 0"):
@@ -122,8 +123,11 @@ def test_the_defaults_follow_the_rules_in_turn():
                              m.sweeps, m.scores, m.replicates, m.per_class, m.histogram, m.images, 1.0)
                  for m in schedule_rows(gain=0.5, noise=0.005)]
     d = choose_defaults(rows + schedules, reference_steps=50)
-    assert (d.scale, d.schedule, d.interval) == (7.5, "constant", (200, 800))
-    assert set(d.to_json("cpu")) >= {"scale", "steps", "sampler", "schedule", "interval", "budget"}
+    # The schedule that wins is reported, not applied: its w was not measured on the decision sample.
+    assert (d.scale, d.schedule, d.interval) == (5, "constant", None)
+    assert d.schedule_reason.startswith("reported, not applied") and "constant 200-800 beats constant w" in d.schedule_reason
+    assert d.decision_images == 0 and d.steps_reason.startswith("screened, not decided")
+    assert set(d.to_json("cpu")) >= {"scale", "steps", "sampler", "schedule", "interval", "budget", "decision_images"}
 
 
 def test_the_plan_shares_settings_between_sweeps_and_scales_intervals_to_T():
@@ -225,7 +229,15 @@ def smoke_run(tiny, tmp_path_factory):
 def test_smoke_runs_every_sweep_once_per_setting(smoke_run):
     folder, out, _ = smoke_run
     results = Results.load(out / "results.json")
-    assert {s for m in results.measurements for s in m.sweeps} == set(SWEEPS)
+    assert {s for m in results.measurements for s in m.sweeps} == set(SWEEPS) - {DECISION}
+    # The decision sweep: its own, larger sample, each setting once, the reference among them.
+    decision_n = BUDGETS["smoke"].decision_images(len(CLASSES)) * len(CLASSES)
+    assert results.info.decision_images_per_class * len(CLASSES) == decision_n > BUDGETS["smoke"].images(len(CLASSES))
+    assert results.decisions and all(m.images == decision_n for m in results.decisions)
+    assert len({m.setting for m in results.decisions}) == len(results.decisions)
+    assert any((m.setting.sampler, m.setting.steps) == ("ddim", BUDGETS["smoke"].reference_steps) for m in results.decisions)
+    defaults = json.loads((out / "results.json").read_text())["defaults"]
+    assert defaults["decision_images"] == decision_n
     settings = [m.setting for m in results.measurements]
     assert len(settings) == len(set(settings))
     n = BUDGETS["smoke"].images(len(CLASSES))
@@ -254,7 +266,9 @@ def test_smoke_writes_the_report_figures_card_defaults_and_readme(smoke_run, tin
     assert str(tiny[1].resolve()) in model_card and "Fashion-MNIST" not in model_card
     assert all(f"| {name} |" in model_card for name in CLASSES) and card.MARKER.format(budget="smoke") in model_card
     defaults = json.loads((folder / "defaults.json").read_text())
-    assert defaults["budget"] == "smoke" and defaults["sampler"] in ("ddim", "ddpm", "dpm++2m", "unipc")
+    results = Results.load(out / "results.json")
+    decided = choose_defaults(results.measurements, results.info.reference_steps, results.decisions)
+    assert defaults == decided.to_json("smoke")  # what the app reads is what the rules chose
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text and "(default)" in text
 
@@ -347,3 +361,91 @@ def test_estimate_times_every_kind_of_step_and_writes_nothing(tiny, tmp_path, ca
 def test_missing_checkpoints_exit_with_code_2(tmp_path, capsys):
     assert evaluate.main(["--checkpoints", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# -- the decision rules: non-inferiority on constructed samples ----------------------------------
+
+def outcomes(setting: Setting, wrong: int, n: int, fd: float = 5.0, stream: int = 0, sweep: str = DECISION) -> Measurement:
+    """n images of which `wrong` are off-class, bootstrapped as the evaluation does: the same
+    resample indices for every setting of the same stream (a paired bootstrap). With one stream,
+    the wrong images nest (image k is wrong when k < wrong), as two settings from the same noise
+    would mostly agree; the Frechet distance's replicates move together by 2%."""
+    g = np.random.default_rng(stream)
+    index = g.integers(n, size=(RESAMPLES, n))
+    correct = (np.arange(n) >= wrong).astype(float)
+    if stream:  # another stream: the same count of wrong images, placed independently
+        correct = g.permutation(correct)
+    fidelity = correct[index].mean(1)
+    fds = fd * (1 + 0.02 * np.random.default_rng(100).standard_normal(RESAMPLES))
+    point = Scores(float(correct.mean()), fd, 0.8, 0.7)
+    replicates = Scores(tuple(fidelity), tuple(fds), (0.8,) * RESAMPLES, (0.7,) * RESAMPLES)
+    return Measurement(setting, (sweep,), point, replicates, (point.fidelity,) * 10, (n // 10,) * 10, n, 1.0)
+
+
+def test_a_three_point_loss_is_refused_on_1000_and_on_100_samples_and_an_equal_setting_passes():
+    reference, cheap = Setting("ddim", 50, 3.0), Setting("unipc", 8, 3.0)
+    # 1000 samples: 95.0% against 92.0% (3 points worse) is refused; equal is accepted.
+    worse = non_inferior(outcomes(cheap, 80, 1000), outcomes(reference, 50, 1000))
+    assert not worse.accepted and worse.fidelity.value == pytest.approx(-0.03) and worse.fidelity.low < -0.015
+    equal = non_inferior(outcomes(cheap, 50, 1000), outcomes(reference, 50, 1000))
+    assert equal.accepted and equal.fidelity.low == 0 and equal.fd_ratio.high < 1.1
+    # 100 samples: the same 3-point loss is refused too, its wider interval crossing the margin.
+    small = non_inferior(outcomes(cheap, 8, 100), outcomes(reference, 5, 100))
+    assert not small.accepted and small.fidelity.low < -0.015 < small.fidelity.high
+    # A small sample cannot pass by being noisy: equal shares measured independently on 100 images.
+    noisy = non_inferior(outcomes(cheap, 5, 100, stream=1), outcomes(reference, 5, 100, stream=2))
+    assert not noisy.accepted
+    # The Frechet distance margin: 15% worse is refused however equal the fidelity.
+    assert not non_inferior(outcomes(cheap, 50, 1000, fd=5.75), outcomes(reference, 50, 1000)).accepted
+
+
+def test_the_step_rule_takes_the_cheapest_non_inferior_setting_and_draws_no_further():
+    reference = outcomes(Setting("ddim", 50, 3.0), 50, 1000)
+    drawn = []
+
+    def candidates():
+        for setting, wrong in ((Setting("unipc", 5, 3.0), 120), (Setting("unipc", 8, 3.0), 52),
+                               (Setting("unipc", 10, 3.0), 50)):
+            drawn.append(setting.steps)
+            yield outcomes(setting, wrong, 1000)
+
+    chosen, reason = choose_steps(candidates(), reference)
+    assert (chosen.sampler, chosen.steps) == ("unipc", 8) and drawn == [5, 8]
+    assert "non-inferior" in reason and "1000 images" in reason and "UniPC at 5 steps" in reason
+    chosen, reason = choose_steps(iter([outcomes(Setting("unipc", 5, 3.0), 120, 1000)]), reference)
+    assert chosen == reference.setting and "no setting with fewer network evaluations" in reason
+
+
+def test_the_scale_rule_wants_the_interval_above_93_5_percent():
+    unguided = outcomes(Setting("unipc", 8, 0.0), 850, 1000, fd=4.0)
+    ladder = [outcomes(Setting("unipc", 8, w), wrong, 1000, fd=fd) for w, wrong, fd in
+              ((2, 70, 5.0), (3, 45, 6.0), (5, 30, 7.0))]
+    assert choose_decided_scale(iter(ladder), unguided).setting.scale == 3   # 95.5%: interval from about 94.2%
+    # The same 95.5% on 100 images: its interval reaches below 93.5%, so w = 3 does not pass there.
+    small = [outcomes(Setting("unipc", 8, 3), 4, 100, fd=6.0)]   # 96% on 100
+    assert choose_decided_scale(iter(small), outcomes(Setting("unipc", 8, 0.0), 85, 100, fd=4.0)) is None
+    # The Frechet distance limit is kept: 2x the unguided distance at most.
+    far = [outcomes(Setting("unipc", 8, 3), 45, 1000, fd=8.5)]
+    assert choose_decided_scale(iter(far), unguided) is None
+
+
+def test_the_decision_takes_more_steps_when_no_scale_reaches_the_goal():
+    stage1 = [fake(Setting(scale=w), f, fd, sweep="classifier", seed=k)
+              for k, (w, f, fd) in enumerate([(0, 0.1, 4.0), (3, 0.96, 6.0), (5, 0.97, 7.0)])]
+    stage1[1] = stage1[1].with_sweep("steps")
+    stage1 += [fake(Setting("unipc", s, 3.0), 0.96, 6.0, seed=10 + s) for s in (8, 15)]
+    # At UniPC 8 no w gets above 93.5% with confidence; at 15 steps w = 5 does (and 3 does not).
+    wrong = {("ddim", 50, 3.0): 70, ("unipc", 8, 3.0): 72, ("unipc", 8, 5.0): 75,
+             ("unipc", 15, 3.0): 70, ("unipc", 15, 5.0): 40}
+    asked = []
+
+    def get(setting: Setting) -> Measurement:
+        asked.append(setting)
+        if setting.scale == 0:
+            return outcomes(setting, 880, 1000, fd=4.0)
+        return outcomes(setting, wrong[(setting.sampler, setting.steps, setting.scale)], 1000, fd=6.0)
+
+    d = decide(stage1, 50, get)
+    assert (d.sampler, d.steps, d.scale, d.decision_images) == ("unipc", 15, 5.0, 1000)
+    assert "no w up to 5 got there at UniPC at 8 steps, so more steps were taken" in d.scale_reason
+    assert asked[0] == Setting("ddim", 50, 3.0) and asked[1] == Setting("unipc", 8, 3.0)

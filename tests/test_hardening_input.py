@@ -24,14 +24,14 @@ from demo import arguments
 from demo.handlers import Handlers
 from demo.settings import DISPLAY, LIMITS
 from guidance.checkpoints import load_bundle
-from guidance.request import MAX_CFG_SCALE, MAX_SCALE, MAX_SEED
+from guidance.request import MAX_CFG_SCALE, MAX_SCALE, MAX_SEED, choice
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "checkpoints" / "fashion-mnist"
 BATCH = 12  # calls in flight at once: below the queue's maximum size, so none is turned away
 
 # The smallest valid calls; each case below changes one argument.
-GUIDANCE = dict(interval="full", schedule="constant", threshold="clip", threshold_percentile=0.995)
+GUIDANCE = dict(interval="full", schedule="constant", threshold="clip", threshold_percentile=0.995, model=None)
 GENERATE = dict(class_name="Bag", scale=1.0, unet="unconditional", cfg_scale=0.0, steps=2, sampler="ddim",
                 eta=0.0, num_images=1, seed=0, **GUIDANCE)
 COMPARE = dict(class_name="Bag", strengths="0, 2", mode="classifier", scale=0.0, unet="unconditional",
@@ -49,6 +49,7 @@ INTERVAL = "a guidance interval is 'full' or two timesteps like '200-800'"
 SCHEDULE = "schedule must be one of constant, ramp-up, ramp-down"
 THRESHOLD = "threshold must be one of clip, dynamic, none"
 PERCENTILE = "threshold percentile must be a number from 0.5 to 1"
+MODEL = "model must be one of pixel"  # the tiny server offers its one bundle
 
 # (argument, bad value, what the error must say), for the arguments both endpoints take.
 SHARED_CASES = [
@@ -78,6 +79,7 @@ SHARED_CASES = [
     ("threshold", "static", THRESHOLD), ("threshold", ["clip"], THRESHOLD),
     ("threshold_percentile", 0.49, PERCENTILE), ("threshold_percentile", 1.01, PERCENTILE),
     ("threshold_percentile", "0.9", PERCENTILE), ("threshold_percentile", None, PERCENTILE),
+    ("model", "latent", MODEL), ("model", "../pixel", MODEL), ("model", 0, MODEL), ("model", ["pixel"], MODEL),
 ]
 # Cases that need more than one argument changed: (changes, what the error must say).
 GENERATE_CASES = [
@@ -212,7 +214,11 @@ def malformed_calls(count: int, seed: int) -> list[tuple[str, dict]]:
 def expected_error(api_name: str, args: dict) -> str | None:
     """What demo/arguments.py says about args in this process (None: a valid call)."""
     check = arguments.generate_run if api_name == "/generate" else arguments.compare_run
+    args = dict(args)
+    model = args.pop("model")
     try:
+        if model is not None:  # the handler picks the model first (demo/handlers.py Handlers.pick)
+            choice(model, "model", ("pixel",))
         check(*args.values(), class_names=CLASS_NAMES, num_timesteps=NUM_TIMESTEPS)
     except ValueError as err:
         return str(err)

@@ -68,7 +68,7 @@ def losses(log: list[dict]) -> list[float]:
 
 
 def test_the_trainer_names_kinds_as_their_checkpoints():
-    assert set(TASKS) == set(MODELS) == {"unet", "classifier", "evaluator"}
+    assert set(TASKS) == set(MODELS) == {"unet", "classifier", "evaluator", "autoencoder"}
 
 
 @pytest.mark.parametrize("kind, steps, batch", [("unet", 30, 8), ("classifier", 40, 16)])
@@ -193,8 +193,8 @@ def test_main_rejects_options_of_other_kinds(tmp_path, capsys):
 def test_main_rejects_a_network_that_does_not_fit_the_images(tmp_path, capsys):
     images = write_stripes_folder(tmp_path / "images", per_class=2)
     code = train.main(["unet", "--out", str(tmp_path / "out"), "--image-folder", str(images), "--image-size", "10",
-                       "--steps", "1", "--device", "cpu"])
-    assert code == 2 and "image_size 10 must be divisible by 2^2" in capsys.readouterr().err
+                       "--attention-levels", "3", "--steps", "1", "--device", "cpu"])
+    assert code == 2 and "attention levels (3,) must be among the levels 0..2" in capsys.readouterr().err
 
 
 def test_main_reports_missing_data(tmp_path, capsys):

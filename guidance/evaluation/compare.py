@@ -6,6 +6,9 @@ same resample of the same seeds: the spread of A_r - B_r is the noise of the dif
 (a paired bootstrap), narrower than two separate intervals would suggest.
 
 Two settings differ "within noise" when the CONFIDENCE interval of each difference contains 0.
+That reading describes; it never decides a default, since the smaller the sample, the wider the
+interval and the easier "contains 0" becomes. Decisions use non-inferiority (defaults.py): the
+whole interval must lie on the right side of a stated margin.
 Curves (one setting swept over w) are compared at matched fidelity: each curve's metric is
 interpolated linearly in fidelity, replicate by replicate.
 """
@@ -16,7 +19,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from .measure import CONFIDENCE, Measurement
+from .measure import Measurement, percentile_interval
 
 HIGHER_IS_BETTER = {"fidelity": True, "fd": False, "precision": True, "recall": True}
 
@@ -39,14 +42,6 @@ class Difference(NamedTuple):
                 f"{scale * self.high:+.{digits}f}]")
 
 
-def _interval(values: np.ndarray) -> tuple[float, float]:
-    if not np.isfinite(values).any():
-        return math.nan, math.nan
-    tail = 100 * (1 - CONFIDENCE) / 2
-    low, high = np.nanpercentile(values, [tail, 100 - tail])
-    return float(low), float(high)
-
-
 def _replicates(m: Measurement, metric: str) -> np.ndarray:
     return np.asarray(getattr(m.replicates, metric), dtype=float)
 
@@ -56,7 +51,15 @@ def difference(a: Measurement, b: Measurement, metric: str) -> Difference:
     if a.images != b.images or len(a.replicates.fidelity) != len(b.replicates.fidelity):
         raise ValueError("settings measured on different numbers of images or resamples cannot be paired")
     return Difference(getattr(a.scores, metric) - getattr(b.scores, metric),
-                      *_interval(_replicates(a, metric) - _replicates(b, metric)))
+                      *percentile_interval(_replicates(a, metric) - _replicates(b, metric)))
+
+
+def ratio(a: Measurement, b: Measurement, metric: str) -> Difference:
+    """A / B in metric, with the paired bootstrap interval of the replicates' ratios."""
+    if a.images != b.images or len(a.replicates.fidelity) != len(b.replicates.fidelity):
+        raise ValueError("settings measured on different numbers of images or resamples cannot be paired")
+    return Difference(getattr(a.scores, metric) / getattr(b.scores, metric),
+                      *percentile_interval(_replicates(a, metric) / _replicates(b, metric)))
 
 
 def better(diff: Difference, metric: str) -> int:
@@ -110,4 +113,4 @@ def matched_difference(curve: Sequence[Measurement], base: Sequence[Measurement]
     value_b, reps_b = at_fidelity(base, fidelity, metric)
     if math.isnan(value_a) or math.isnan(value_b):
         return Difference(math.nan, math.nan, math.nan)
-    return Difference(value_a - value_b, *_interval(reps_a - reps_b))
+    return Difference(value_a - value_b, *percentile_interval(reps_a - reps_b))

@@ -24,13 +24,10 @@ from ..generation import Samples, generate
 from ..guide import Schedule, Threshold
 from ..metrics import RealReference, Scores, bootstrap_scores
 from ..request import Request, Row, interval_text
+from ..samplers import sampler_title as sampler_name
 
 BOOTSTRAP_SEED = 0      # the same resamples for every setting: differences are paired
 CONFIDENCE = 0.95       # the bootstrap intervals' coverage
-
-
-def sampler_name(sampler: str) -> str:
-    return {"dpm++2m": "DPM-Solver++(2M)", "unipc": "UniPC"}.get(sampler, sampler.upper())
 
 
 @dataclass(frozen=True)
@@ -66,6 +63,15 @@ class Setting:
                 f"{self.threshold}")
 
 
+def percentile_interval(values: np.ndarray) -> tuple[float, float]:
+    """The central CONFIDENCE percentile interval of bootstrap replicates (NaN ones left out)."""
+    if not np.isfinite(values).any():
+        return math.nan, math.nan
+    tail = 100 * (1 - CONFIDENCE) / 2
+    low, high = np.nanpercentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
 def _json_number(value: float):
     return None if math.isnan(value) else round(value, 6)
 
@@ -84,12 +90,7 @@ class Measurement:
 
     def interval(self, metric: str) -> tuple[float, float]:
         """The central CONFIDENCE interval of the bootstrap replicates of metric."""
-        values = np.asarray(getattr(self.replicates, metric), dtype=float)
-        if not np.isfinite(values).any():
-            return math.nan, math.nan
-        tail = 100 * (1 - CONFIDENCE) / 2
-        low, high = np.nanpercentile(values, [tail, 100 - tail])
-        return float(low), float(high)
+        return percentile_interval(np.asarray(getattr(self.replicates, metric), dtype=float))
 
     def half_width(self, metric: str) -> float:
         """Half the width of the bootstrap interval: the '±' of the report."""

@@ -12,7 +12,7 @@ from ..data import DEFAULT_FASHION_DIR
 from ..metrics import Scores
 from . import plots
 from .compare import difference, not_worse, verdict
-from .defaults import FD_TARGET, FIDELITY_TARGET, REFERENCE_SAMPLER, Defaults, compare_schedules, schedule_curves
+from .defaults import FD_MARGIN, FD_TARGET, FIDELITY_GOAL, FIDELITY_MARGIN, REFERENCE_SAMPLER, Defaults, compare_schedules, schedule_curves
 from .measure import Measurement, sampler_name
 from .sweeps import Results
 
@@ -84,7 +84,7 @@ def _header(results: Results) -> list[str]:
         f"**Noise.** ± is half the width of the 95% bootstrap percentile interval ({info.resamples} resamples of "
         "the generated images, class by class; the real images stay fixed). Two settings are compared by the "
         "paired bootstrap of their difference (the same resamples of the same seeds); they differ *within "
-        "noise* when the 95% interval of the difference contains 0. " + _noise_summary(results), "",
+        "noise* when the 95% interval of the difference contains 0, a description that never decides a default. " + _noise_summary(results), "",
         f"- Data: {describe_data(info.data)}.",
         f"- Evaluator ({info.evaluator}): accuracy {info.evaluator_test_acc:.2%} on the held-out images.",
         f"- Frechet distance floor ({info.n_real} training images against the held-out ones): {info.fd_floor:.2f}.",
@@ -93,18 +93,40 @@ def _header(results: Results) -> list[str]:
         + ".", ""]
 
 
-def _defaults_section(d: Defaults) -> list[str]:
+def _defaults_section(d: Defaults, results: Results) -> list[str]:
     schedule = "constant w over every step" if d.schedule == "constant" and d.interval is None else (
         f"{d.schedule} over timesteps {d.interval[0]}-{d.interval[1]}")
-    return ["## The app's defaults", "",
-            f"Written to defaults.json. Rules: scale, the smallest w with fidelity >= {FIDELITY_TARGET:.0%} and "
-            f"Frechet distance <= {FD_TARGET:g}x unguided; sampler and steps, the fewest network evaluations "
-            f"whose fidelity and Frechet distance are within the measured noise of {REFERENCE_SAMPLER.upper()} "
-            "at the reference step count; schedule, constant unless one is significantly better at equal "
-            "fidelity (guidance/evaluation/defaults.py).", "",
-            f"- Classifier-guidance scale w = {d.scale:g}: {d.scale_reason}.",
-            f"- {sampler_name(d.sampler)}, {d.steps} steps: {d.steps_reason}.",
-            f"- Schedule: {schedule}: {d.schedule_reason}.", ""]
+    sample = (f"Decided on {d.decision_images} images a setting (the decision sweep, below)." if d.decision_images
+              else "**Screened only**: the decision sweep has not run, so these are not decided defaults.")
+    lines = ["## The app's defaults", "",
+             f"Written to defaults.json. {sample} The wide sweeps screen; the decision is made on a larger sample "
+             "by non-inferiority, where the whole 95% interval must clear a stated margin, so a smaller sample "
+             "makes a setting harder to pass, never easier (guidance/evaluation/defaults.py):", "",
+             f"1. Sampler and steps: at the screened w, the cheapest setting whose fidelity difference from "
+             f"{REFERENCE_SAMPLER.upper()} at the reference step count has its interval above "
+             f"-{100 * FIDELITY_MARGIN:g} points and whose Frechet distance ratio has its interval below "
+             f"{1 + FD_MARGIN:g}.",
+             f"2. Scale: at that sampler and step count, the smallest w whose fidelity interval starts at "
+             f"{FIDELITY_GOAL - FIDELITY_MARGIN:.1%} or above (a {FIDELITY_GOAL:.0%} goal read with the same "
+             f"margin) and whose Frechet distance is at most {FD_TARGET:g}x the unguided one; if none gets there, "
+             "more steps.",
+             "3. Schedule: compared with constant w at equal fidelity and reported; not applied.", "",
+             f"- Classifier-guidance scale w = {d.scale:g}: {d.scale_reason}.",
+             f"- {sampler_name(d.sampler)}, {d.steps} steps: {d.steps_reason}.",
+             f"- Schedule: {schedule}: {d.schedule_reason}.", ""]
+    if results.decisions:
+        lines += ["### The decision sweep", "",
+                  f"Every setting the rules asked for, in the order they asked, on {results.decisions[0].images} "
+                  "images each (a sample of its own: these rows are not in the tables below).", "",
+                  *_table(results.decisions, [SAMPLER, STEPS, SCALE, *METRICS, SECONDS]), "",
+                  "Per-class fidelity at the default:", ""]
+        default = next((m for m in results.decisions if (m.setting.sampler, m.setting.steps, m.setting.scale)
+                        == (d.sampler, d.steps, d.scale)), None)
+        if default is not None:
+            names = results.info.class_names
+            lines += ["| " + " | ".join(names) + " |", "|" + "---:|" * len(names),
+                      "| " + " | ".join(f"{v:.1%}" for v in default.per_class) + " |", ""]
+    return lines
 
 
 def _classifier_section(results: Results) -> list[str]:
@@ -252,7 +274,7 @@ def _simple_section(results: Results, sweep: str, title: str, note: str) -> list
 
 def write_results_page(results: Results, defaults: Defaults, out: Path) -> None:
     """OUT/RESULTS.md and its figures."""
-    lines = [*_header(results), *_defaults_section(defaults), *_classifier_section(results),
+    lines = [*_header(results), *_defaults_section(defaults, results), *_classifier_section(results),
              *_samplers_section(results, defaults), *_schedules_section(results, defaults),
              *_thresholds_section(results),
              *_simple_section(results, "cfg", "Classifier-free guidance",

@@ -3,7 +3,9 @@
 Sweeps, in the order they run; a later one uses what defaults.py chose from the earlier ones:
     classifier  w over classifier_scales, unconditional model, DDIM at reference_steps -> the scale w*
     steps       at w*: DPM-Solver++ at dpm_steps, UniPC at unipc_steps, DDIM at ddim_steps, DDPM at
-                ddpm_steps -> sampler, steps
+                ddpm_steps -> the screened sampler and steps
+    decision    on decision_images_per_class images a class: the settings the decision rules of
+                defaults.py ask for, measured as they ask -> the app's sampler, steps and w
     samplers    over sampler_scales: DDIM at reference_steps and at compare_ddim_steps, DPM-Solver++ at
                 the chosen step count (compare_dpm_steps unless DPM-Solver++ was chosen), and UniPC at
                 the chosen step count when UniPC was chosen
@@ -11,8 +13,9 @@ Sweeps, in the order they run; a later one uses what defaults.py chose from the 
     thresholds  at the chosen sampler and steps: dynamic thresholding and the clip, over threshold_scales
     cfg         classifier-free w_cfg over cfg_scales on the conditional model, DDIM at reference_steps
     combined    classifier w over combined_scales on top of w_cfg = combined_cfg, DDIM at reference_steps
-A setting that two sweeps share is measured once. results.json is rewritten after every setting, and
-a resumed run keeps the settings already in it.
+A setting that two sweeps share is measured once (the decision sweep's sample is another one, kept
+apart). results.json is rewritten after every setting, and a resumed run keeps the settings already
+in it.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -30,10 +33,10 @@ from ..checkpoints import Bundle
 from ..data import to_model_range
 from ..images import grid
 from ..metrics import RealReference, bootstrap_scores
-from .defaults import Defaults, choose_defaults
+from .defaults import DECISION, Defaults, choose_defaults, decide
 from .measure import Measurement, Setting, draw, first_images, judge, measure
 
-SWEEPS = ("classifier", "steps", "samplers", "schedules", "thresholds", "cfg", "combined")
+SWEEPS = ("classifier", "steps", DECISION, "samplers", "schedules", "thresholds", "cfg", "combined")
 MIN_IMAGES = 8  # per setting: k-NN recall (k = 3) needs more than k distinct images in a resample
 
 # (shape, guided part of the timestep range as fractions of T; None: all of it)
@@ -46,6 +49,7 @@ class Budget:
     """How much an evaluation measures; every budget runs every sweep."""
     name: str
     images_per_class: int                   # per setting (at least MIN_IMAGES in all)
+    decision_images_per_class: int          # per setting of the decision sweep
     n_real: int                             # held-out images of the Frechet reference (and training images of its floor)
     resamples: int = 200                    # bootstrap resamples
     reference_steps: int = 50               # DDIM steps of the reference sampler and of the strength sweeps
@@ -68,19 +72,23 @@ class Budget:
         """Images per class per setting for a checkpoint with num_classes classes."""
         return max(self.images_per_class, math.ceil(MIN_IMAGES / num_classes))
 
+    def decision_images(self, num_classes: int) -> int:
+        """Images per class per setting of the decision sweep."""
+        return max(self.decision_images_per_class, self.images(num_classes))
+
 
 BUDGETS = {
     # Checks the pipeline in seconds on tiny networks; its numbers mean nothing.
-    "smoke": Budget("smoke", images_per_class=2, n_real=200, resamples=20, reference_steps=4,
+    "smoke": Budget("smoke", images_per_class=2, decision_images_per_class=4, n_real=200, resamples=20, reference_steps=4,
                     classifier_scales=(0, 2), dpm_steps=(2, 3), unipc_steps=(2, 3), ddim_steps=(2, 4), ddpm_steps=(4,),
                     sampler_scales=(2, 4), compare_ddim_steps=2, compare_dpm_steps=3, schedule_scales=(2, 4),
                     threshold_scales=(4,), cfg_scales=(0, 1), combined_scales=(1,)),
     # Within an hour on a 2-core CPU (python -m guidance.evaluate --estimate tells for this machine).
-    "cpu": Budget("cpu", images_per_class=10, n_real=2000, classifier_scales=(0, 1, 2, 3, 5, 8, 12),
+    "cpu": Budget("cpu", images_per_class=10, decision_images_per_class=100, n_real=2000, classifier_scales=(0, 1, 2, 3, 5, 8, 12),
                   ddpm_steps=(50,), schedule_scales=(2, 5, 8, 12, 20), cfg_scales=(0, 1, 2, 4),
                   combined_scales=(1, 4)),
     # The full sweep, for one GPU.
-    "gpu": Budget("gpu", images_per_class=500, n_real=10_000),
+    "gpu": Budget("gpu", images_per_class=500, decision_images_per_class=1000, n_real=10_000),
 }
 
 
@@ -131,6 +139,7 @@ class RunInfo:
     class_names: tuple[str, ...]
     data: dict                      # the data's record (guidance.data.DataRecord.to_json())
     images_per_class: int
+    decision_images_per_class: int | None  # of the decision sweep (None: a results.json from before it)
     seed: int
     resamples: int
     reference_steps: int
@@ -142,16 +151,21 @@ class RunInfo:
 
     def resumable_from(self, other: "RunInfo") -> list[str]:
         """The fields that differ from other's and forbid continuing its results."""
-        same = ("budget", "checkpoints", "class_names", "data", "images_per_class", "seed", "resamples",
+        same = ("budget", "checkpoints", "class_names", "data", "images_per_class", "decision_images_per_class",
+                "seed", "resamples",
                 "reference_steps", "n_real")
-        return [name for name in same if getattr(self, name) != getattr(other, name)]
+        # A results.json from before the decision sweep holds none of it: its wide sweeps still count.
+        return [name for name in same if getattr(self, name) != getattr(other, name)
+                and not (name == "decision_images_per_class" and getattr(other, name) is None)]
 
 
 @dataclass
 class Results:
-    """An evaluation's info and measurements, in the order measured."""
+    """An evaluation's info and measurements, in the order measured; decisions are the decision
+    sweep's, on its larger sample."""
     info: RunInfo
     measurements: list[Measurement]
+    decisions: list[Measurement] = field(default_factory=list)
 
     def sweep(self, name: str) -> list[Measurement]:
         return [m for m in self.measurements if name in m.sweeps]
@@ -165,7 +179,8 @@ class Results:
         info = asdict(self.info)
         text = ('{\n"info": ' + json.dumps(info, indent=1) + ',\n"defaults": '
                 + json.dumps(defaults.to_json(self.info.budget) if defaults else None, indent=1) + ',\n"rows": [\n'
-                + ",\n".join(json.dumps(m.to_json()) for m in self.measurements) + "\n]}\n")
+                + ",\n".join(json.dumps(m.to_json()) for m in self.measurements) + '\n],\n"decision_rows": [\n'
+                + ",\n".join(json.dumps(m.to_json()) for m in self.decisions) + "\n]}\n")
         partial = path.with_name(path.name + ".partial")
         partial.write_text(text)
         os.replace(partial, path)
@@ -176,9 +191,10 @@ class Results:
         try:
             record = json.loads(Path(path).read_text())
             info = record["info"]
-            info = RunInfo(**{**info, "class_names": tuple(info["class_names"]),
+            info = RunInfo(**{"decision_images_per_class": None, **info, "class_names": tuple(info["class_names"]),
                               "classifier_acc": tuple(info["classifier_acc"])})
-            return cls(info, [Measurement.from_json(row) for row in record["rows"]])
+            return cls(info, [Measurement.from_json(row) for row in record["rows"]],
+                       [Measurement.from_json(row) for row in record.get("decision_rows", [])])
         except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as err:
             raise ValueError(f"{path} is not the results.json of this evaluation ({type(err).__name__}: {err}); "
                              "measure afresh (without --resume)") from None
@@ -186,14 +202,40 @@ class Results:
 
 def run(bundle: Bundle, budget: Budget, info: RunInfo, reference: RealReference, path: Path,
         previous: Results | None = None, batch_size: int | None = None,
-        log: Callable[[str], None] = print) -> Results:
+        log: Callable[[str], None] = print, decision_reference: RealReference | None = None) -> Results:
     """Measure every sweep's settings (those of previous are kept, not redrawn), rewriting path
-    (results.json) after each, and draw OUT/samples_classifier.png after the classifier sweep."""
+    (results.json) after each, and draw OUT/samples_classifier.png after the classifier sweep.
+    decision_reference: the real side of the metrics for the decision sweep's sample size
+    (default: reference)."""
     results = Results(info, [])
     kept = {m.setting: m for m in previous.measurements} if previous else {}
+    kept_decisions = {m.setting: m for m in previous.decisions} if previous else {}
     n, started = info.images_per_class, time.perf_counter()
+
+    def measured(setting: Setting, sweep: str, size: int, real: RealReference) -> Measurement:
+        m, _ = measure(bundle, setting, real, size, info.seed, info.resamples, batch_size, sweep)
+        log(f"{setting.label()}{' (decision)' if sweep == DECISION else ''}: fidelity {m.show('fidelity')}, "
+            f"Frechet distance {m.show('fd')}, precision {m.show('precision')}, recall {m.show('recall')} "
+            f"({m.sample_seconds:.1f} s; {(time.perf_counter() - started) / 60:.1f} min so far)")
+        return m
+
+    def decision(setting: Setting) -> Measurement:
+        found = next((m for m in results.decisions if m.setting == setting), None)
+        if found is None:
+            found = kept_decisions.get(setting) or measured(setting, DECISION, info.decision_images_per_class,
+                                                             decision_reference or reference)
+            results.decisions.append(found)
+            results.save(path)
+        return found
+
     for sweep in SWEEPS:
-        chosen = None if sweep == "classifier" else choose_defaults(results.measurements, budget.reference_steps)
+        chosen = None if sweep == "classifier" else choose_defaults(
+            results.measurements, budget.reference_steps, results.decisions)
+        if sweep == DECISION:
+            log(f"-- {sweep}: the settings the rules ask for, {info.decision_images_per_class * len(bundle.class_names)} "
+                "images each")
+            decide(results.measurements, budget.reference_steps, decision)
+            continue
         settings = plan(budget, sweep, chosen, bundle.num_timesteps)
         log(f"-- {sweep}: {len(settings)} settings of {n * len(bundle.class_names)} images")
         for setting in settings:
@@ -205,11 +247,7 @@ def run(bundle: Bundle, budget: Budget, info: RunInfo, reference: RealReference,
                 results.measurements.append(replace(kept[setting], sweeps=(sweep,)))
                 log(f"{setting.label()}: kept from {path}")
             else:
-                m, _ = measure(bundle, setting, reference, n, info.seed, info.resamples, batch_size, sweep)
-                results.measurements.append(m)
-                log(f"{setting.label()}: fidelity {m.show('fidelity')}, Frechet distance {m.show('fd')}, "
-                    f"precision {m.show('precision')}, recall {m.show('recall')} "
-                    f"({m.sample_seconds:.1f} s; {(time.perf_counter() - started) / 60:.1f} min so far)")
+                results.measurements.append(measured(setting, sweep, n, reference))
             results.save(path)
         picture = path.parent / "samples_classifier.png"
         if sweep == "classifier" and (not picture.exists() or any(s not in kept for s in settings)):
@@ -222,7 +260,7 @@ def planned_settings(budget: Budget, chosen: Defaults, num_timesteps: int) -> li
     """Every distinct setting of every sweep, with `chosen` standing in for the defaults that the
     run chooses as it goes."""
     settings = {}
-    for sweep in SWEEPS:
+    for sweep in (s for s in SWEEPS if s != DECISION):
         settings.update(dict.fromkeys(plan(budget, sweep, None if sweep == "classifier" else chosen, num_timesteps)))
     return list(settings)
 
@@ -258,6 +296,20 @@ def estimate_seconds(bundle: Bundle, budget: Budget, chosen: Defaults, batch_siz
                      samples.labels, budget.resamples)
     per_setting = time.perf_counter() - start + per_image * n * classes
     sampling = sum(n * classes * s.steps * cost[_kind(s)] for s in settings)
+    decisions = decision_guess(budget, chosen, bundle.num_timesteps)
+    n_decide = budget.decision_images(classes)
+    sampling += sum(n_decide * classes * s.steps * cost[_kind(s)] for s in decisions)
+    # Bootstrapping grows with the sample about as fast as judging: scale the per-setting cost.
+    per_setting_total = per_setting * len(settings) + per_setting * (n_decide / n) * len(decisions)
     # The real images: held-out and training features, and four noise levels of the classifier.
     real = 6 * budget.n_real * per_image
-    return sampling + per_setting * len(settings) + real, len(settings), cost
+    return sampling + per_setting_total + real, len(settings) + len(decisions), cost
+
+
+def decision_guess(budget: Budget, chosen: Defaults, num_timesteps: int) -> list[Setting]:
+    """What the decision sweep is likely to measure when `chosen` is where it lands: the reference,
+    every cheaper candidate of the step sweep (at most), the unguided setting and three scales."""
+    ref = Setting("ddim", budget.reference_steps, chosen.scale)
+    candidates = [s for s in plan(budget, "steps", chosen, num_timesteps) if s.steps < budget.reference_steps]
+    ladder = [Setting(chosen.sampler, chosen.steps, w) for w in (0.0, chosen.scale, 2 * chosen.scale, 3 * chosen.scale)]
+    return list(dict.fromkeys([ref, *candidates, *ladder]))
