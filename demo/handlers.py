@@ -229,24 +229,33 @@ class Handlers:
             schedule, threshold, threshold_percentile), model, request)
 
     def live_generate(self, live, class_name, scale, unet, cfg_scale, steps, sampler, eta, num_images, seed, interval,
-                      schedule, threshold, threshold_percentile, model,
-                      request: gr.Request = None) -> Iterator[StreamOutputs]:
-        """When live is on: generate, sending only the final frame. The page calls it as a control
-        moves, after supersede has ended the session's previous run."""
-        if live is True:
-            yield from self._serve(arguments.generate_run, (
-                class_name, scale, unet, cfg_scale, steps, sampler, eta, num_images, seed, interval, schedule,
-                threshold, threshold_percentile), model, request, final_only=True)
+                      schedule, threshold, threshold_percentile, model, request: gr.Request = None) -> tuple:
+        """When live is on: generate's final frame (StreamOutputs). The page calls it as a control
+        moves, after supersede has ended the session's previous run. When live is off, or a newer
+        move superseded this run, every output is left as it is (gr.skip)."""
+        return self._live(live, arguments.generate_run, (
+            class_name, scale, unet, cfg_scale, steps, sampler, eta, num_images, seed, interval, schedule,
+            threshold, threshold_percentile), model, request)
 
     def live_compare(self, live, class_name, strengths, mode, scale, unet, cfg_scale, steps, sampler, eta, num_images,
-                     seed, interval, schedule, threshold, threshold_percentile, model,
-                     request: gr.Request = None) -> Iterator[StreamOutputs]:
-        """When live is on: compare with one image per row (the strip of final images across the
-        rows, for one noise), sending only the final frame."""
-        if live is True:
-            yield from self._serve(arguments.compare_run, (
-                class_name, strengths, mode, scale, unet, cfg_scale, steps, sampler, eta, 1, seed, interval, schedule,
-                threshold, threshold_percentile), model, request, final_only=True)
+                     seed, interval, schedule, threshold, threshold_percentile, model, request: gr.Request = None) -> tuple:
+        """As live_generate, for compare with one image per row: the strip of final images across
+        the rows, for one noise."""
+        return self._live(live, arguments.compare_run, (
+            class_name, strengths, mode, scale, unet, cfg_scale, steps, sampler, eta, 1, seed, interval, schedule,
+            threshold, threshold_percentile), model, request)
+
+    def _live(self, live, build, values: tuple, model, request: gr.Request | None) -> tuple:
+        frames = list(self._serve(build, values, model, request, final_only=True)) if live is True else []
+        return frames[-1] if frames else tuple(gr.skip() for _ in StreamOutputs._fields)
+
+    def after_live(self, live) -> AfterRun:
+        """After a live run: the scrubber and the downloads, which belong to the last Generate or
+        Compare, are hidden; the status is the live run's own. When live is off, nothing changes."""
+        if live is not True:
+            return AfterRun(*(gr.skip() for _ in AfterRun._fields))
+        hidden = gr.update(visible=False)
+        return AfterRun(hidden, hidden, hidden, gr.skip())
 
     def supersede(self, live, request: gr.Request = None) -> None:
         """When live is on, end this session's running sample after its current step without

@@ -235,7 +235,7 @@ def _wire_live(handlers: Handlers, toggle: gr.Checkbox, triggers: list, fn, inpu
         component.input(handlers.supersede, toggle, None, queue=False, **private)
         run = component.input(fn, [toggle, *inputs], panel.stream, preprocess=False, trigger_mode="always_last",
                               concurrency_id="sampling", concurrency_limit=concurrency_limit, **private)
-        run.then(handlers.finish, panel.recording, panel.after_run, **private)
+        run.then(handlers.after_live, toggle, panel.after_run, **private)
 
 
 def build(handlers: Handlers, concurrency_limit: int = SERVER.concurrency_limit) -> gr.Blocks:

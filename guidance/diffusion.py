@@ -156,3 +156,18 @@ class GaussianDiffusion:
         else:
             raise ValueError(f"unknown variance {learn_sigma!r}; choose 'small' or 'large'")
         return MeanVariance(torch.empty(0), self._gather(var, t, like), self._gather(log_var, t, like))
+
+    def learned_variance(self, t: torch.Tensor, v: torch.Tensor) -> MeanVariance:
+        """Sigma_theta from a learn_sigma model's second output v in [-1, 1] (improved DDPM eq. 15,
+        guided-diffusion's LEARNED_RANGE), mean left empty:
+
+            log Sigma_theta = frac log beta_t + (1 - frac) log beta-tilde_t,   frac = (v + 1) / 2
+
+        v is (B, C, H, W), t (B,) indices into this schedule. Respaced, beta_t and beta-tilde_t are
+        those of the kept steps (from_schedule recomputes the betas), as in guided-diffusion's respace;
+        beta-tilde_0 is clipped to beta-tilde_1, as the posterior's log variance is.
+        """
+        frac = (v + 1) / 2
+        log_variance = (frac * self._gather("betas", t, v).log()
+                        + (1 - frac) * self._gather("posterior_log_variance_clipped", t, v))
+        return MeanVariance(torch.empty(0), log_variance.exp(), log_variance)

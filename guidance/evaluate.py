@@ -202,8 +202,8 @@ def main(argv=None) -> int:
                 budget = replace(budget, images_per_class=args.images_per_class)
             if args.decision_images_per_class:
                 budget = replace(budget, decision_images_per_class=args.decision_images_per_class)
+            print_estimate(bundle, budget, args.batch_size)  # what the run will take, before it starts
             if args.estimate:
-                print_estimate(bundle, budget, args.batch_size)
                 return 0
             Path(args.out).mkdir(parents=True, exist_ok=True)
             results = measure_all(args, bundle, budget, command)

@@ -323,8 +323,11 @@ class Autoencoder(nn.Module):
         return self.decode(self.encode(x)[0])
 
 
+from .adm import ADMClassifier, ADMClassifierConfig, ADMUNet, ADMUNetConfig  # noqa: E402 (ADM's ImageNet networks)
+
 MODELS = {"unet": (UNet, UNetConfig), "classifier": (NoisyClassifier, ClassifierConfig),
-          "evaluator": (Evaluator, EvaluatorConfig), "autoencoder": (Autoencoder, AutoencoderConfig)}
+          "evaluator": (Evaluator, EvaluatorConfig), "autoencoder": (Autoencoder, AutoencoderConfig),
+          "adm_unet": (ADMUNet, ADMUNetConfig), "adm_classifier": (ADMClassifier, ADMClassifierConfig)}
 
 
 def build_model(kind: str, config: dict) -> nn.Module:

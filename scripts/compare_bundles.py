@@ -26,6 +26,8 @@ from guidance.evaluation.defaults import choose_defaults  # noqa: E402
 from guidance.evaluation.measure import Measurement  # noqa: E402
 from guidance.evaluation.sweeps import Results  # noqa: E402
 
+README_START, README_END = "<!-- latent:start -->", "<!-- latent:end -->"
+
 
 def default_row(results: Results) -> Measurement | None:
     d = choose_defaults(results.measurements, results.info.reference_steps, results.decisions)
@@ -46,6 +48,7 @@ def main(argv=None) -> int:
     p.add_argument("--pixel", default="docs/results.json")
     p.add_argument("--latent", default="docs/latent/results.json")
     p.add_argument("--out", default="docs/LATENT.md")
+    p.add_argument("--readme", help="also put the table between this README's latent markers")
     args = p.parse_args(argv)
     pixel, latent = Results.load(Path(args.pixel)), Results.load(Path(args.latent))
     pd, ld = default_row(pixel), default_row(latent)
@@ -80,6 +83,19 @@ def main(argv=None) -> int:
             f"At their defaults the latent model samples {speed:.1f}x faster per image than the pixel model.", ""]
     Path(args.out).write_text("\n".join(page))
     print("\n".join(page))
+    if args.readme:
+        readme = Path(args.readme)
+        text = readme.read_text()
+        if README_START not in text or README_END not in text:
+            print(f"error: {readme} has no {README_START} ... {README_END} section", file=sys.stderr)
+            return 2
+        head, rest = text.split(README_START, 1)
+        section = ["Pixel and latent at their defaults and at equal sampling time, from their evaluations "
+                   f"(written by `python scripts/compare_bundles.py`; details in [{Path(args.out).name}]({args.out})):", "",
+                   *page[page.index(next(line for line in page if line.startswith("| model"))):]]
+        readme.write_text(head + README_START + "\n" + "\n".join(section).rstrip() + "\n" + README_END
+                          + rest.split(README_END, 1)[1])
+        print(f"wrote the latent section of {readme}")
     return 0
 
 

@@ -11,7 +11,9 @@ import torch
 
 from app_fixtures import CLASS_NAMES, LATENT_SCALE, checkpoint_dir, make_latent_checkpoints  # noqa: F401
 from demo import runs
-from demo.handlers import Handlers, models_of
+import gradio as gr
+
+from demo.handlers import Handlers, StreamOutputs, models_of
 from demo.launch import opening_order
 from guidance import train
 from guidance.checkpoints import CheckpointError, load, load_bundle, save
@@ -170,9 +172,10 @@ LIVE_VALUES = ("Bag", 3.0, "unconditional", 0.0, 4, "unipc", 0.0, 2, 1, "full", 
 
 def test_a_live_run_sends_its_final_frame_only_and_nothing_once_superseded(latent_dir, tmp_path, monkeypatch, caplog):
     handlers = Handlers(load_bundle(latent_dir), downloads=tmp_path)
-    frames = list(handlers.live_generate(True, *LIVE_VALUES, request=Session()))
-    assert len(frames) == 1 and len(frames[0].recording.frames) == 4 and frames[0].recording.state == "finished"
-    assert list(handlers.live_generate(False, *LIVE_VALUES, request=Session())) == []  # live off: nothing runs
+    final = handlers.live_generate(True, *LIVE_VALUES, request=Session())  # the final frame alone
+    assert len(final.recording.frames) == 4 and final.recording.state == "finished" and "done" in final.status
+    skipped = handlers.live_generate(False, *LIVE_VALUES, request=Session())  # live off: nothing runs or changes
+    assert len(skipped) == len(StreamOutputs._fields) and all(out == gr.skip() for out in skipped)
     # A newer live request arrives after step 2: the run ends there and sends nothing.
     from demo import handlers as handlers_module
     library_stream = handlers_module.generation.stream
@@ -185,7 +188,7 @@ def test_a_live_run_sends_its_final_frame_only_and_nothing_once_superseded(laten
 
     monkeypatch.setattr(handlers_module.generation, "stream", interrupted)
     caplog.set_level("INFO", logger="demo.handlers")
-    assert list(handlers.live_generate(True, *LIVE_VALUES, request=Session())) == []
+    assert all(out == gr.skip() for out in handlers.live_generate(True, *LIVE_VALUES, request=Session()))
     assert "superseded after step 3 of 4; Stop came after step 2" in caplog.text  # within one step, as Stop
     # Supersede with live off is no Stop: the run goes to its end.
     monkeypatch.setattr(handlers_module.generation, "stream", library_stream)
