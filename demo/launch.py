@@ -87,6 +87,8 @@ def launch(args: argparse.Namespace) -> int:
     models, opening = opening_order(models)
     handlers = Handlers(models, display=replace(DISPLAY, frame_interval_s=args.frame_interval))
     handlers.opening = opening
+    if torch.device(device).type == "cpu":
+        handlers.time_steps()  # the page shows what one step takes here: seconds for a full-size ImageNet model
     if args.live == "auto":
         handlers.time_runs()  # for live mode: what one run at each model's defaults takes on this machine
     else:

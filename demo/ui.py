@@ -78,7 +78,8 @@ class OutputPanel(NamedTuple):
 
 def _controls(defaults: AppDefaults, class_names: tuple[str, ...], num_timesteps: int) -> Controls:
     d = defaults
-    class_name = gr.Dropdown(list(class_names), value=d.class_name(class_names), label="class c", elem_id="class")
+    class_name = gr.Dropdown(list(class_names), value=d.class_name(class_names), label="class c", elem_id="class",
+                             filterable=True)  # type to search: ImageNet has 1000 classes
     scale = gr.Slider(0, DISPLAY.scale_slider_max, value=d.scale, step=0.25, label="classifier guidance w",
                       info=f"0 = off; Compare and the API accept up to {MAX_SCALE:g}", elem_id="scale")
     unet = gr.Radio(list(UNET_CHOICES), value=d.unet, label="UNet")
@@ -201,12 +202,14 @@ def _load_example(example: Example, defaults: AppDefaults, class_names: tuple[st
     return (*s.generate_values(class_names), s.strengths, s.compare, gr.Tabs(selected=example.tab))
 
 
-def _info(model: Model) -> str:
+def _info(model: Model, step_seconds: float | None = None) -> str:
+    """The model's facts; step_seconds: the measured time of one step of one image (Handlers.time_steps)."""
     b = model.bundle
     space = ("latent z_t " + "x".join(map(str, b.sample_shape)) + f" (scale factor {b.codec.scale_factor:.3g})"
              if b.space == "latent" else "pixels " + "x".join(map(str, b.sample_shape)))
+    timing = "" if step_seconds is None else f" · one step of one image takes {step_seconds:.2f} s here"
     return (f"{len(b.class_names)} classes · T = {b.num_timesteps} · {b.schedule} schedule · samples {space} · "
-            f"UNet on {b.backend} · running on {b.device}")
+            f"UNet on {b.backend} · running on {b.device}{timing}")
 
 
 def _switch(handlers: Handlers, name: str) -> list:
@@ -222,7 +225,7 @@ def _switch(handlers: Handlers, name: str) -> list:
                 d.schedule, d.threshold, gr.Slider(value=d.threshold_percentile, interactive=d.threshold == "dynamic")]
     captions = [SAMPLE_CAPTIONS[b.space], XSTART_CAPTIONS[b.space], PUSH_CAPTIONS[b.space]] * 2
     toggles = [gr.Checkbox(interactive=True) if live else gr.Checkbox(value=False, interactive=False)] * 2 + [note]
-    return [*controls, _info(model), *captions, *toggles]
+    return [*controls, _info(model, handlers.step_seconds.get(model.name)), *captions, *toggles]
 
 
 def _wire_live(handlers: Handlers, toggle: gr.Checkbox, triggers: list, fn, inputs: list, panel: OutputPanel,
@@ -256,7 +259,7 @@ def build(handlers: Handlers, concurrency_limit: int = SERVER.concurrency_limit)
                 if handlers.opening:
                     gr.Markdown(handlers.opening, elem_id="opening")
                 controls = _controls(defaults, bundle.class_names, bundle.num_timesteps)
-                info = gr.Markdown(_info(first), elem_id="info")
+                info = gr.Markdown(_info(first, handlers.step_seconds.get(first.name)), elem_id="info")
             with gr.Column(scale=3):
                 with gr.Tabs() as tabs:
                     with gr.Tab("Generate", id="generate"):

@@ -323,6 +323,13 @@ class ADMUNet(_Torso):
                 self.output_blocks.append(EmbedSequential(*layers))
         self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(), _zero(nn.Conv2d(ch, cfg.out_channels, 3, padding=1)))
 
+    @property
+    def null_label(self) -> int | None:
+        """The label meaning "no class" (guidance.guide.GuidedDenoiser): none for a class-conditional
+        ADM, trained without label dropout (so no classifier-free guidance); any label for an
+        unconditional one, which ignores y (0 stands for them all)."""
+        return None if self.config.class_cond else 0
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.embed(t)
         if self.config.class_cond:

@@ -75,6 +75,10 @@ class TorchRunner(UNetRunner):
         super().__init__(unet.config, reason)
         self.unet = unet
 
+    @property
+    def null_label(self) -> int | None:
+        return self.unet.null_label
+
     def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.unet(x, t, y)
 
@@ -217,6 +221,11 @@ def select_unet(unet: nn.Module, backend: str = "auto", device="cpu",
         return TorchRunner(unet, f"torch on {device}: the runtimes here are for CPUs")
     if backend == "torch":
         return TorchRunner(unet, "backend 'torch' requested")
+    if not isinstance(unet.config, UNetConfig):
+        reason = f"the ONNX export covers this project's UNet, not {type(unet).__name__}"
+        if backend == "onnx":
+            raise BackendError(f"{reason}; use backend 'torch' (--backend torch)")
+        return TorchRunner(unet, f"torch: {reason}")
     try:
         return _onnxruntime_runner(unet, cache_dir)
     except BackendError as err:

@@ -2,7 +2,10 @@
 rebuilt. Loading never unpickles.
 
 Layout of a checkpoint folder:
-    unet.safetensors        + unet.json        {"kind", "config", "class_names", "diffusion", "training"}
+    unet.safetensors        + unet.json        {"kind", "config", "class_names", "diffusion", "training"};
+                                               "diffusion" is {"schedule", "num_timesteps"} and, for a
+                                               converted ADM model (guidance.convert), "learn_sigma"
+                                               and "guidance_order" (guidance.samplers.ORDERS)
     classifier.safetensors  + classifier.json
     evaluator.safetensors   + evaluator.json
     autoencoder.safetensors + autoencoder.json   latent bundles only: the unet and the classifier
@@ -24,6 +27,8 @@ from .codec import Codec, LatentCodec, PixelCodec, file_digest
 from .diffusion import GaussianDiffusion
 from .guide import GuidedDenoiser
 from .models import build_model, config_dict
+from .request import Conditioning
+from .samplers import ORDERS
 
 REBUILD_HINT = "rebuild it with `python -m guidance.train {kind} --out {folder}` (see checkpoints/fashion-mnist/README.md)"
 
@@ -97,6 +102,8 @@ class Bundle:
     device: torch.device = torch.device("cpu")
     folder: Path | None = None
     codec: Codec | None = None      # the sampler's space; None: pixels (the identity)
+    variance: str = "small"         # DDPM's Sigma: "learned" for a learn_sigma UNet (guidance.samplers.VARIANCES)
+    guidance_order: str = ORDERS[0]  # where guidance meets the x-hat_0 threshold (guidance.samplers.ORDERS)
 
     def __post_init__(self):
         if self.codec is None:
@@ -108,6 +115,11 @@ class Bundle:
 
     def denoiser(self) -> GuidedDenoiser:
         return GuidedDenoiser(self.unet, self.classifier, self.unet.null_label)
+
+    @property
+    def conditioning(self) -> Conditioning:
+        """Which rows the UNet can run: unconditional ones need a null label, conditional ones a class input."""
+        return Conditioning(self.unet.null_label is not None, self.unet.config.class_cond)
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -139,6 +151,20 @@ def _diffusion_record(meta: dict, path: Path) -> tuple[str, int]:
     return str(record["schedule"]), int(record["num_timesteps"])
 
 
+def _sampling_record(meta: dict, unet: nn.Module, path: Path) -> tuple[str, str]:
+    """(variance, guidance order) of a UNet's diffusion record: a learn_sigma model samples DDPM with
+    its own Sigma_theta; a record without those keys (this project's UNets) means fixed and ORDERS[0]."""
+    record = meta["diffusion"]
+    learn_sigma = bool(record.get("learn_sigma", False))
+    if learn_sigma != bool(getattr(unet.config, "learn_sigma", False)):
+        raise CheckpointError(f"{path} says learn_sigma={learn_sigma}, but its UNet outputs "
+                              f"{getattr(unet.config, 'out_channels', unet.config.in_channels)} channels")
+    order = record.get("guidance_order", ORDERS[0])
+    if order not in ORDERS:
+        raise CheckpointError(f"{path} has guidance_order {order!r}; choose one of {', '.join(ORDERS)}")
+    return ("learned" if learn_sigma else "small"), order
+
+
 def load_bundle(folder: str | Path, device="cpu", need_evaluator: bool = False, backend: str = "torch") -> Bundle:
     """Load unet, classifier (and evaluator when present or needed) from folder. backend picks
     what runs the UNet forward pass (guidance.backend: "torch", "auto" or a CPU runtime).
@@ -164,6 +190,7 @@ def load_bundle(folder: str | Path, device="cpu", need_evaluator: bool = False, 
             f"noise schedules disagree: {folder / 'unet.json'} has {schedule} with T = {num_timesteps}, "
             f"{folder / 'classifier.json'} has {classifier_schedule[0]} with T = {classifier_schedule[1]}; "
             "train the classifier on the UNet's schedule")
+    variance, order = _sampling_record(meta, unet, folder / "unet.json")
     codec = _codec(folder, {"unet": meta, "classifier": classifier_meta}, unet.config, device)
     if codec is None:
         for other in (classifier, evaluator):
@@ -179,7 +206,8 @@ def load_bundle(folder: str | Path, device="cpu", need_evaluator: bool = False, 
     if backend != "torch":
         from .backend import select_unet
         unet = select_unet(unet, backend, device)
-    return Bundle(unet, classifier, evaluator, names, schedule, num_timesteps, torch.device(device), folder, codec)
+    return Bundle(unet, classifier, evaluator, names, schedule, num_timesteps, torch.device(device), folder, codec,
+                  variance, order)
 
 
 def _codec(folder: Path, metas: dict[str, dict], unet_config, device) -> LatentCodec | None:

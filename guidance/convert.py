@@ -11,7 +11,10 @@ the classifier's (parsed after --flags, which give its --image_size, as in class
 The .pt files are read with torch.load(weights_only=True) and nothing else: a pickle that would
 run code is refused, not run. A file whose keys or shapes differ from the config is refused,
 naming the first difference. The folder gets unet.* and classifier.* with the config, the noise
-schedule, ImageNet's class names (for 1000 classes) and the source files and flags.
+schedule, ImageNet's class names (for 1000 classes) and the source files and flags, and a
+defaults.json with the paper's sampler settings (25 DDIM steps, the command's classifier scale)
+for the app. The bundle guides in guided-diffusion's order (guidance.samplers.ORDERS), so its
+images are those of classifier_sample.py for the same x_T and noise.
 """
 from __future__ import annotations
 
@@ -48,6 +51,8 @@ FLAG_DEFAULTS = dict(
 # guided-diffusion's channel_mult for each image size it knows (create_model, create_classifier).
 CHANNEL_MULT = {512: (0.5, 1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4), 64: (1, 2, 3, 4)}
 NUM_CLASSES = 1000  # ImageNet
+GUIDANCE_ORDER = "threshold-then-guide"  # guided-diffusion's: cond_fn acts on p_mean_variance's clipped output
+DEFAULT_CLASS = 207  # "golden retriever": the page opens on a class anyone can judge
 
 
 @dataclass(frozen=True)
@@ -159,7 +164,21 @@ def diffusion_record(flags: dict) -> dict:
         raise ValueError("--rescale_timesteps True models take t * 1000 / T; only T = 1000 converts")
     return {"schedule": flags["noise_schedule"], "num_timesteps": flags["diffusion_steps"],
             "learn_sigma": flags["learn_sigma"], "timestep_respacing": flags["timestep_respacing"],
-            "use_ddim": flags["use_ddim"]}
+            "use_ddim": flags["use_ddim"], "guidance_order": GUIDANCE_ORDER}
+
+
+def app_defaults(flags: dict, classifier_flags: dict) -> dict:
+    """defaults.json for the app (demo.settings.AppDefaults' names): the paper's 25 DDIM steps
+    (guided-diffusion's README: --timestep_respacing ddim25 --use_ddim True), the command's
+    classifier scale, the UNet the model is (no classifier-free guidance: no null label), and one
+    image, since a full-size step takes seconds on a CPU."""
+    return {"class_index": DEFAULT_CLASS, "scale": classifier_flags["classifier_scale"],
+            "unet": "conditional" if flags["class_cond"] else "unconditional", "cfg_scale": 0.0,
+            "steps": 25, "sampler": "ddim", "eta": 0.0, "num_images": 1,
+            "scale_reason": "the --classifier_scale of guided-diffusion's README command for this model",
+            "steps_reason": "Dhariwal & Nichol sample with 25 DDIM steps (README: --timestep_respacing ddim25 "
+                            "--use_ddim True); here 25 evenly spaced steps ending at T-1, which keep other "
+                            "timesteps than ddim25's range(0, 1000, 40)"}
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -234,6 +253,7 @@ def convert(model_path: Path, model_flags: str, out: Path, classifier_path: Path
     save_as(unet, out, "unet", "adm_unet", class_names=names, diffusion=record, source=source)
     if classifier is not None:
         save_as(classifier, out, "classifier", "adm_classifier", class_names=names, diffusion=record, source=source)
+    (out / "defaults.json").write_text(json.dumps(app_defaults(flags, classifier_all), indent=2) + "\n")
     return Path(out)
 
 

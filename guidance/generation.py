@@ -29,7 +29,7 @@ def _steps(bundle: Bundle, request: Request, items: Sequence[int], diagnostics: 
     shape = (len(items), *bundle.sample_shape)
     return sample_loop(bundle.denoiser(), bundle.diffusion(request.steps), shape,
                        request.guidance(items, diagnostics, bundle.codec.clip_bound), request.noise(items),
-                       request.sampler, request.eta, device=bundle.device)
+                       request.sampler, request.eta, bundle.variance, bundle.device, bundle.guidance_order)
 
 
 def stream(bundle: Bundle, request: Request, diagnostics: bool = True) -> Iterator[Step]:
@@ -37,7 +37,7 @@ def stream(bundle: Bundle, request: Request, diagnostics: bool = True) -> Iterat
     iterated). A Step holds the sampler's tensors: latents for a latent bundle (bundle.codec.decode
     turns them into images). diagnostics: also compute log p(c | x_t) where guidance is off (for charts).
     Raises ValueError for an invalid request, at once."""
-    check(request, len(bundle.class_names), bundle.num_timesteps)
+    check(request, len(bundle.class_names), bundle.num_timesteps, bundle.conditioning)
     return _steps(bundle, request, range(request.batch_size), diagnostics)
 
 
@@ -45,7 +45,7 @@ def generate(bundle: Bundle, request: Request, batch_size: int = 64,
              on_step: Callable[[Step], None] | None = None) -> Samples:
     """All images of the request, sampled batch_size items at a time on bundle.device; on_step is
     called with every Step of every batch. Returns uint8 images (N, C, H, W) and labels (N,)."""
-    check(request, len(bundle.class_names), bundle.num_timesteps)
+    check(request, len(bundle.class_names), bundle.num_timesteps, bundle.conditioning)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
     images = []

@@ -2,10 +2,13 @@
 
 Classifier guidance (Dhariwal & Nichol 2021, Algorithms 1 and 2), with g = grad_{x_t} log p_phi(c | x_t, t):
     eps-tilde = eps - k_t * w(t) * g
-The sampler picks k_t. DDIM and DPM-Solver++ use k_t = sqrt(1 - alpha-bar_t) (Algorithm 2). DDPM
-uses k_t = sqrt(1 - alpha-bar_t) sqrt(alpha_t) Sigma_t / beta_t, which moves the posterior mean by
-exactly w * Sigma_t * g (Algorithm 1) when x-hat_0 is not clipped. w is the paper's gradient scale
-s: sampling then targets p(x_t) p(c | x_t)^w, and w = 0 is the plain model.
+The sampler picks k_t, once the networks have run (GuidedDenoiser.predict, then shift), so k_t may
+depend on their output. DDIM and DPM-Solver++ use k_t = sqrt(1 - alpha-bar_t) (Algorithm 2). DDPM
+uses k_t = sqrt(1 - alpha-bar_t) sqrt(alpha_t) Sigma / beta_t, which moves the posterior mean by
+exactly w * Sigma * g (Algorithm 1) when x-hat_0 is not clipped; Sigma is fixed, or the model's own
+Sigma_theta (per pixel) for a learn_sigma UNet. Where the shift meets the x-hat_0 threshold is the
+sampler's order (guidance.samplers.ORDERS). w is the paper's gradient scale s: sampling then
+targets p(x_t) p(c | x_t)^w, and w = 0 is the plain model.
 
 Classifier-free guidance (Ho & Salimans 2022), with the null label standing for "no class":
     eps-tilde = (1 + w_cfg(t)) eps(x_t, c) - w_cfg(t) eps(x_t, null)
@@ -190,6 +193,17 @@ class Guidance:
         return out
 
 
+class Prediction(NamedTuple):
+    """What the networks give at x_t, before the classifier-guidance shift: the shift's factor k_t
+    may depend on it (DDPM with a learned variance: Sigma_theta comes from v)."""
+    eps: torch.Tensor                     # (B, C, H, W) eps_theta, or the classifier-free combination
+    v: torch.Tensor | None                # (B, C, H, W) a learn_sigma UNet's variance output in [-1, 1], or None
+    grad: torch.Tensor | None             # (R, C, H, W) g = grad_{x_t} log p_phi(c | x_t, t) of the guided rows
+    rows: torch.Tensor | None             # (R,) which items those are; None (and grad None) when no item is guided
+    scale: torch.Tensor                   # (B,) w(t)
+    log_prob: torch.Tensor | None         # (B,) log p_phi(c | x_t, t), None when not computed
+
+
 class GuidedEps(NamedTuple):
     eps: torch.Tensor                     # (B, C, H, W) guided eps-tilde
     log_prob: torch.Tensor | None         # (B,) log p_phi(c | x_t, t), None when not computed
@@ -206,27 +220,42 @@ class GuidedDenoiser:
     classifier(x_t, t) -> logits. Networks are always called with original timestep indices.
     The classifier must not mix batch items (no BatchNorm), so the gradient of the summed
     log-probabilities is each item's own gradient.
+
+    A learn_sigma UNet returns (B, 2C, H, W): eps, then v (improved DDPM); the split is made here.
+    null_label is the label meaning "no class", or None for a UNet trained without one (ADM's
+    class-conditional models): every item must then be conditional with w_cfg = 0, which
+    guidance.request.check makes sure of.
     """
 
-    def __init__(self, unet, classifier: nn.Module | None, null_label: int):
+    def __init__(self, unet, classifier: nn.Module | None, null_label: int | None):
         self.unet, self.classifier, self.null_label = unet, classifier, null_label
 
-    def eps(self, x_t: torch.Tensor, t: torch.Tensor, guidance: Guidance, cfg_scale: torch.Tensor) -> torch.Tensor:
-        """The unguided or classifier-free eps prediction, in one batched UNet call that holds each
+    def output(self, x_t: torch.Tensor, t: torch.Tensor, guidance: Guidance, cfg_scale: torch.Tensor) -> torch.Tensor:
+        """The unguided or classifier-free UNet output, in one batched UNet call that holds each
         conditional item once and the null label only for the items that need it: unconditional
-        items and conditional items whose w_cfg(t) is not 0."""
+        items and conditional items whose w_cfg(t) is not 0. Classifier-free guidance combines the
+        eps channels; a v output is the conditional pass's, as in GLIDE."""
         conditional = guidance.conditional.to(x_t.device)
         needs_null = ~conditional | (cfg_scale.to(x_t.device) != 0)
         labels = guidance.class_labels.to(x_t.device)
-        if not conditional.any() or not needs_null.any():  # one kind of pass: no gathering
-            return self.unet(x_t, t, torch.where(conditional, labels, self.null_label))
+        if not needs_null.any():  # one kind of pass: no gathering
+            return self.unet(x_t, t, labels)
+        if self.null_label is None:
+            raise ValueError("this UNet has no null label: it cannot run unconditional items or classifier-free guidance")
+        if not conditional.any():
+            return self.unet(x_t, t, torch.full_like(labels, self.null_label))
         cond, null = conditional.nonzero()[:, 0], needs_null.nonzero()[:, 0]
         rows = torch.cat([cond, null])
         out = self.unet(x_t[rows], t[rows], torch.cat([labels[cond], torch.full_like(null, self.null_label)]))
-        eps_cond, eps_null = torch.zeros_like(x_t), torch.zeros_like(x_t)
-        eps_cond[cond], eps_null[null] = out[:len(cond)], out[len(cond):]
-        w = _as_column(cfg_scale, x_t)
-        return torch.where(_as_column(conditional, x_t).bool(), (1 + w) * eps_cond - w * eps_null, eps_null)
+        shape = (len(x_t), *out.shape[1:])
+        out_cond, out_null = out.new_zeros(shape), out.new_zeros(shape)
+        out_cond[cond], out_null[null] = out[:len(cond)], out[len(cond):]
+        w, is_cond = _as_column(cfg_scale, x_t), _as_column(conditional, x_t).bool()
+        combined = torch.where(is_cond, (1 + w) * out_cond - w * out_null, out_null)
+        c = x_t.shape[1]
+        if out.shape[1] > c:  # v is not extrapolated: the conditional item keeps its own
+            combined[:, c:] = torch.where(is_cond, out_cond[:, c:], out_null[:, c:])
+        return combined
 
     def class_log_prob(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """log p_phi(c | x_t, t) per item, shape (B,)."""
@@ -235,39 +264,32 @@ class GuidedDenoiser:
         log_probs = torch.log_softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
         return log_probs.gather(1, labels.to(x_t.device)[:, None])[:, 0]
 
-    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, guidance: Guidance,
-                 grad_coef: torch.Tensor) -> GuidedEps:
-        """eps-tilde for x_t (B, C, H, W) at original timesteps t (B,), all equal (one sampling
-        step); grad_coef is k_t, (B,). The classifier's backward pass runs only on the items
-        guided at this step, and not at all when none is."""
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, guidance: Guidance) -> Prediction:
+        """The networks at x_t (B, C, H, W), original timesteps t (B,), all equal (one sampling
+        step): eps (and v), and the classifier gradient g of the items guided at this step. The
+        classifier's backward pass runs only on those items, and not at all when none is."""
         scale, cfg_scale = guidance.at(int(t[0]))
         with torch.no_grad():
-            eps = self.eps(x_t, t, guidance, cfg_scale)
+            out = self.output(x_t, t, guidance, cfg_scale)
+        c = x_t.shape[1]
+        eps, v = (out, None) if out.shape[1] == c else (out[:, :c], out[:, c:])
         guided = (scale != 0).to(x_t.device)
         if self.classifier is None:
             if guided.any():
                 raise ValueError("classifier guidance needs a classifier")
-            return GuidedEps(eps, None, None, None)
+            return Prediction(eps, v, None, None, scale, None)
         labels = guidance.class_labels.to(x_t.device)
         if not guided.any():
             if not guidance.diagnostics:
-                return GuidedEps(eps, None, None, None)
+                return Prediction(eps, v, None, None, scale, None)
             with torch.no_grad():
-                return GuidedEps(eps, self.class_log_prob(x_t, t, labels), None, None)
+                return Prediction(eps, v, None, None, scale, self.class_log_prob(x_t, t, labels))
         rows = guided.nonzero()[:, 0]
         every = len(rows) == len(x_t)
         with torch.enable_grad():
             x_in = (x_t if every else x_t[rows]).detach().requires_grad_(True)
             log_prob_guided = self.class_log_prob(x_in, t[rows], labels[rows])
             grad = torch.autograd.grad(log_prob_guided.sum(), x_in)[0]
-        term = torch.zeros_like(x_t)
-        term[rows] = (_as_column(grad_coef, x_t) * _as_column(scale, x_t))[rows] * grad
-        norm = term.flatten(1).norm(dim=1)
-        if not torch.isfinite(norm).all():
-            raise NonFiniteError("the classifier gradient is not finite")
-        if guidance.max_guidance_norm is not None:
-            factor = (guidance.max_guidance_norm / norm.clamp(min=1e-12)).clamp(max=1.0)
-            term, norm = term * _as_column(factor, x_t), norm * factor
         log_prob = None
         if every:
             log_prob = log_prob_guided.detach()
@@ -278,4 +300,30 @@ class GuidedDenoiser:
             log_prob = torch.empty(len(x_t), dtype=log_prob_others.dtype, device=x_t.device)
             log_prob[rows] = log_prob_guided.detach().to(log_prob.dtype)
             log_prob[others] = log_prob_others
-        return GuidedEps(eps - term, log_prob, norm, term)
+        return Prediction(eps, v, grad, rows, scale, log_prob)
+
+    @staticmethod
+    def shift(prediction: Prediction, guidance: Guidance, grad_coef: torch.Tensor) -> GuidedEps:
+        """eps-tilde = eps - k_t w(t) g, with the term's per-item norm clipped to
+        guidance.max_guidance_norm. grad_coef is k_t: (B,), or (B, C, H, W) where it varies per
+        pixel (DDPM with the learned Sigma_theta), known only once the UNet has run."""
+        eps = prediction.eps
+        if prediction.rows is None:
+            return GuidedEps(eps, prediction.log_prob, None, None)
+        rows = prediction.rows
+        k = grad_coef.to(eps.device, eps.dtype) if grad_coef.ndim == eps.ndim else _as_column(grad_coef, eps)
+        term = torch.zeros_like(eps)
+        term[rows] = (k * _as_column(prediction.scale, eps))[rows] * prediction.grad
+        norm = term.flatten(1).norm(dim=1)
+        if not torch.isfinite(norm).all():
+            raise NonFiniteError("the classifier gradient is not finite")
+        if guidance.max_guidance_norm is not None:
+            factor = (guidance.max_guidance_norm / norm.clamp(min=1e-12)).clamp(max=1.0)
+            term, norm = term * _as_column(factor, eps), norm * factor
+        return GuidedEps(eps - term, prediction.log_prob, norm, term)
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, guidance: Guidance,
+                 grad_coef: torch.Tensor) -> GuidedEps:
+        """eps-tilde for x_t (B, C, H, W) at original timesteps t (B,) with k_t = grad_coef (B,):
+        predict, then shift."""
+        return self.shift(self.predict(x_t, t, guidance), guidance, grad_coef)

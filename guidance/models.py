@@ -81,6 +81,7 @@ class UNetConfig:
     num_heads: int = 4
     dropout: float = 0.1
     num_classes: int = 10           # class embedding has one more row: the null label
+    class_cond = True               # not a field: the class embedding is always there (guidance.adm's may not be)
 
     def __post_init__(self):
         object.__setattr__(self, "channel_mults", tuple(self.channel_mults))

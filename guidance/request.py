@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 
@@ -225,7 +225,26 @@ class Request:
         return torch.tensor([r.class_label for r in self.rows]).repeat_interleave(self.images_per_row)
 
 
-def check(request: Request, num_classes: int, num_timesteps: int) -> None:
+class Conditioning(NamedTuple):
+    """Which rows a UNet can run: unconditional ones eps(x_t, null), conditional ones eps(x_t, c),
+    and classifier-free guidance, which needs both. This project's UNets can do all; ADM's
+    class-conditional models have no null label, its unconditional ones no class input."""
+    unconditional: bool = True
+    conditional: bool = True
+
+
+def _check_conditioning(row: Row, conditioning: Conditioning) -> None:
+    if row.cfg_scale is None and not conditioning.unconditional:
+        raise ValueError("this UNet has no unconditional mode (no null label: it was trained without label "
+                         "dropout): use the class-conditional UNet, with w_cfg = 0")
+    if row.cfg_scale is not None and not conditioning.conditional:
+        raise ValueError("this UNet is unconditional (it has no class input): use the unconditional UNet")
+    if row.cfg_scale and not conditioning.unconditional:
+        raise ValueError(f"classifier-free guidance needs a UNet trained with a null label, which this one "
+                         f"lacks: set w_cfg to 0; got w_cfg={row.cfg_scale:g}")
+
+
+def check(request: Request, num_classes: int, num_timesteps: int, conditioning: Conditioning = Conditioning()) -> None:
     """Raise ValueError, naming the valid range or choices, for anything the library cannot run."""
     if not request.rows:
         raise ValueError("a request needs at least one row of guidance settings")
@@ -243,6 +262,7 @@ def check(request: Request, num_classes: int, num_timesteps: int) -> None:
         number(row.scale, "classifier guidance w", 0, MAX_SCALE)
         if row.cfg_scale is not None:
             number(row.cfg_scale, "classifier-free scale w_cfg", 0, MAX_CFG_SCALE)
+        _check_conditioning(row, conditioning)
         if row.schedule.interval is not None:
             check_interval(row.schedule.interval, num_timesteps)
         exact_integer(row.first_image, "first image", 0, 2**62)

@@ -15,6 +15,18 @@ so a new solver is a new class, not a new loop.
 
 A multistep method sees the steps before it as a history (newest first); a predictor-corrector
 method also corrects x_t once the network has seen it (Solver.correct), before it steps.
+
+k_t is asked for after the networks have run, so it may depend on their output: DDPM with a
+learn_sigma UNet uses the model's own Sigma_theta (guided-diffusion's condition_mean).
+
+Where the guidance shift meets the x-hat_0 threshold (ORDERS):
+    guide-then-threshold   x-hat_0 of eps-tilde is thresholded (this project's networks)
+    threshold-then-guide   the model's x-hat_0 is thresholded, then shifted by the guidance term:
+                           x-hat_0' = threshold(x-hat_0(eps)) + sqrt(1 / alpha-bar_t - 1) k_t w g,
+                           which is guided-diffusion's order: condition_score for DDIM (eps from the
+                           clipped x-hat_0, minus sqrt(1 - alpha-bar_t) w g) and, for DDPM, exactly
+                           condition_mean, mu(x-hat_0) + w Sigma g (ADM bundles, guidance.convert)
+The two agree wherever the threshold does not act.
 """
 from __future__ import annotations
 
@@ -24,9 +36,11 @@ from typing import Callable, Iterator, NamedTuple
 import torch
 
 from .diffusion import GaussianDiffusion
-from .guide import GuidedDenoiser, Guidance, NonFiniteError
+from .guide import GuidedDenoiser, GuidedEps, Guidance, NonFiniteError
 
 Noise = Callable[[tuple, torch.device], torch.Tensor]  # noise(shape, device) -> a fresh N(0, I) draw
+ORDERS = ("guide-then-threshold", "threshold-then-guide")
+VARIANCES = ("small", "large", "learned")  # DDPM's Sigma: beta-tilde_t, beta_t, or the model's (learn_sigma)
 
 
 class Step(NamedTuple):
@@ -55,42 +69,71 @@ class Solver:
     name = ""                       # what requests, the command line and the API call it
     title = ""                      # how pages and reports name it
 
-    def grad_coef(self, i: int) -> float:
-        """k_t, the factor of w g in the eps shift at schedule index i."""
+    def grad_coef(self, i: int, v: torch.Tensor | None) -> float | torch.Tensor:
+        """k_t, the factor of w g in the eps shift at schedule index i: a number, or (B, C, H, W)
+        where it depends on the UNet's variance output v (None for an eps-only UNet)."""
         raise NotImplementedError
 
     def correct(self, x: torch.Tensor, i: int, pred_xstart: torch.Tensor, history: History) -> torch.Tensor:
         """x_t after the network's x-hat_0 at it is known; most methods keep it as it is."""
         return x
 
+    def shift_xstart(self, x: torch.Tensor, t: torch.Tensor, model_xstart: torch.Tensor,
+                     term: torch.Tensor) -> torch.Tensor:
+        """x-hat_0(eps - term) from the model's thresholded x-hat_0 (order threshold-then-guide), by
+        guided-diffusion's condition_score: its eps, shifted, back to x-hat_0. At high noise both
+        conversions cancel large numbers, so the reference's operations keep its float32 rounding."""
+        shifted = self.diffusion.predict_eps_from_xstart(x, t, model_xstart) - term
+        return self.diffusion.predict_xstart_from_eps(x, t, shifted)
+
     def step(self, x: torch.Tensor, i: int, pred_xstart: torch.Tensor, noise: Noise,
-             history: History) -> torch.Tensor:
+             history: History, v: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
 
 
 class DDPM(Solver):
-    """x_{t-1} = mu-tilde(x-hat_0, x_t) + sqrt(Sigma_t) z, no noise at the last step. Classifier
-    guidance moves mu by w Sigma_t g (Dhariwal & Nichol Algorithm 1)."""
+    """x_{t-1} = mu-tilde(x-hat_0, x_t) + sqrt(Sigma) z, no noise at the last step; Sigma is fixed
+    (beta-tilde_t or beta_t) or the model's Sigma_theta (variance "learned"). Classifier guidance
+    moves mu by w Sigma g (Dhariwal & Nichol Algorithm 1)."""
     name = "ddpm"
     title = "DDPM"
 
     def __init__(self, diffusion: GaussianDiffusion, variance: str = "small"):
+        if variance not in VARIANCES:
+            raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
         self.diffusion, self.variance = diffusion, variance
-        _, var, _ = diffusion.model_variance(torch.arange(diffusion.num_timesteps), diffusion.betas, variance)
         abar, alphas, betas = diffusion.alphas_cumprod, diffusion.alphas, diffusion.betas
-        # k_t = sqrt(1 - alpha-bar_t) sqrt(alpha_t) Sigma_t / beta_t turns w*g into a mean shift w Sigma_t g.
-        self.grad_coefs = ((1 - abar) * alphas).sqrt().mul(var.flatten()).div(betas).tolist()
+        # k_t = c_t Sigma with c_t = sqrt(1 - alpha-bar_t) sqrt(alpha_t) / beta_t turns w*g into a mean shift w Sigma g.
+        self.mean_coefs = ((1 - abar) * alphas).sqrt().div(betas)
+        if variance != "learned":
+            _, var, _ = diffusion.model_variance(torch.arange(diffusion.num_timesteps), diffusion.betas, variance)
+            self.grad_coefs = ((1 - abar) * alphas).sqrt().mul(var.flatten()).div(betas).tolist()
 
-    def grad_coef(self, i: int) -> float:
-        return self.grad_coefs[i]
+    def _learned(self, i: int, v: torch.Tensor | None):
+        """Sigma_theta at schedule index i from the UNet's v."""
+        if v is None:
+            raise ValueError("the learned variance needs a learn_sigma UNet (one that also outputs v)")
+        return self.diffusion.learned_variance(torch.full((len(v),), i, device=v.device), v)
+
+    def shift_xstart(self, x: torch.Tensor, t: torch.Tensor, model_xstart: torch.Tensor,
+                     term: torch.Tensor) -> torch.Tensor:
+        """The same x-hat_0 as condition_mean's: x-hat_0 + sqrt(1/alpha-bar_t - 1) term has the posterior
+        mean mu(x-hat_0) + w Sigma g, since k_t = c_t Sigma."""
+        return model_xstart + self.diffusion._gather("sqrt_recipm1_alphas_cumprod", t, x) * term
+
+    def grad_coef(self, i: int, v: torch.Tensor | None) -> float | torch.Tensor:
+        if self.variance != "learned":
+            return self.grad_coefs[i]
+        return float(self.mean_coefs[i]) * self._learned(i, v).variance
 
     def step(self, x: torch.Tensor, i: int, pred_xstart: torch.Tensor, noise: Noise,
-             history: History) -> torch.Tensor:
+             history: History, v: torch.Tensor | None) -> torch.Tensor:
         t = torch.full((x.shape[0],), i, device=x.device)
         mean = self.diffusion.q_posterior_mean_variance(pred_xstart, x, t).mean
         if i == 0:
             return mean
-        _, _, log_var = self.diffusion.model_variance(t, x, self.variance)
+        log_var = (self._learned(i, v).log_variance if self.variance == "learned"
+                   else self.diffusion.model_variance(t, x, self.variance).log_variance)
         return mean + (0.5 * log_var).exp() * noise(x.shape, x.device)
 
 
@@ -107,11 +150,11 @@ class DDIM(Solver):
         self.diffusion, self.eta = diffusion, eta
         self.abar, self.abar_prev = diffusion.alphas_cumprod.tolist(), diffusion.alphas_cumprod_prev.tolist()
 
-    def grad_coef(self, i: int) -> float:
+    def grad_coef(self, i: int, v: torch.Tensor | None) -> float:
         return math.sqrt(1 - self.abar[i])
 
     def step(self, x: torch.Tensor, i: int, pred_xstart: torch.Tensor, noise: Noise,
-             history: History) -> torch.Tensor:
+             history: History, v: torch.Tensor | None) -> torch.Tensor:
         abar, abar_prev = self.abar[i], self.abar_prev[i]
         t = torch.full((x.shape[0],), i, device=x.device)
         eps = self.diffusion.predict_eps_from_xstart(x, t, pred_xstart)
@@ -135,17 +178,18 @@ class DPMSolverPP2M(Solver):
     title = "DPM-Solver++(2M)"
 
     def __init__(self, diffusion: GaussianDiffusion):
+        self.diffusion = diffusion
         abar, abar_prev = diffusion.alphas_cumprod, diffusion.alphas_cumprod_prev
         self.alpha, self.sigma = abar.sqrt().tolist(), (1 - abar).sqrt().tolist()
         self.alpha_prev, self.sigma_prev = abar_prev.sqrt().tolist(), (1 - abar_prev).sqrt().tolist()
         self.lam = (0.5 * (abar.log() - (1 - abar).log())).tolist()
         self.lam_prev = (0.5 * (abar_prev.log() - (1 - abar_prev).log())).tolist()  # +inf at i = 0
 
-    def grad_coef(self, i: int) -> float:
+    def grad_coef(self, i: int, v: torch.Tensor | None) -> float:
         return self.sigma[i]
 
     def step(self, x: torch.Tensor, i: int, pred_xstart: torch.Tensor, noise: Noise,
-             history: History) -> torch.Tensor:
+             history: History, v: torch.Tensor | None) -> torch.Tensor:
         if i == 0:
             return pred_xstart
         h = self.lam_prev[i] - self.lam[i]
@@ -202,7 +246,8 @@ def sampler_title(sampler: str) -> str:
 
 
 def make_solver(sampler: str, diffusion: GaussianDiffusion, eta: float = 0.0, variance: str = "small") -> Solver:
-    """The step object for a sampler name; eta applies to DDIM only."""
+    """The step object for a sampler name; eta applies to DDIM only, variance (VARIANCES) to DDPM
+    only: the other methods use eps alone."""
     if sampler == "ddim":
         return DDIM(diffusion, eta)
     if eta != 0:
@@ -221,25 +266,41 @@ def _check_finite(step: Step) -> Step:
     return step
 
 
+def _guided_xstart(solver: Solver, diffusion: GaussianDiffusion, guidance: Guidance, x: torch.Tensor,
+                   t: torch.Tensor, eps: torch.Tensor, guided: GuidedEps, order: str) -> torch.Tensor:
+    """x-hat_0 of this step, with the guidance shift on the side of the threshold that order names."""
+    if order == "guide-then-threshold" or guided.guidance_term is None:
+        return guidance.threshold(diffusion.predict_xstart_from_eps(x, t, guided.eps))
+    model_xstart = guidance.threshold(diffusion.predict_xstart_from_eps(x, t, eps))
+    return solver.shift_xstart(x, t, model_xstart, guided.guidance_term)
+
+
 def sample_loop(model: GuidedDenoiser, diffusion: GaussianDiffusion, shape, guidance: Guidance, noise: Noise,
-                sampler: str = "ddim", eta: float = 0.0, variance: str = "small", device="cpu") -> Iterator[Step]:
+                sampler: str = "ddim", eta: float = 0.0, variance: str = "small", device="cpu",
+                order: str = "guide-then-threshold") -> Iterator[Step]:
     """Sample from x_T = noise(shape) through every timestep of `diffusion` (respaced or not),
-    yielding one Step per network evaluation. shape is (B, C, H, W) with B = len(guidance).
+    yielding one Step per network evaluation. shape is (B, C, H, W) with B = len(guidance);
+    variance is DDPM's Sigma (VARIANCES), order where guidance meets the threshold (ORDERS).
     Raises NonFiniteError at the step where a NaN or inf appears."""
+    if order not in ORDERS:
+        raise ValueError(f"unknown guidance order {order!r}; choose one of {', '.join(ORDERS)}")
     solver = make_solver(sampler, diffusion, eta, variance)
     x = noise(shape, device)
     timesteps = diffusion.timesteps.to(device)
     history: History = ()
     for index, i in enumerate(reversed(range(diffusion.num_timesteps))):
         t = torch.full((shape[0],), i, device=device)
-        grad_coef = torch.full((shape[0],), solver.grad_coef(i), dtype=torch.float64, device=device)
-        out = model(x, timesteps[t], guidance, grad_coef)
-        pred_xstart = guidance.threshold(diffusion.predict_xstart_from_eps(x, t, out.eps))
+        out = model.predict(x, timesteps[t], guidance)
+        grad_coef = solver.grad_coef(i, out.v)  # k_t, now that the networks have run
+        if not isinstance(grad_coef, torch.Tensor):
+            grad_coef = torch.full((shape[0],), grad_coef, dtype=torch.float64, device=device)
+        guided = model.shift(out, guidance, grad_coef)
+        pred_xstart = _guided_xstart(solver, diffusion, guidance, x, t, out.eps, guided, order)
         x_from = solver.correct(x, i, pred_xstart, history)
-        x = solver.step(x_from, i, pred_xstart, noise, history)
+        x = solver.step(x_from, i, pred_xstart, noise, history, out.v)
         history = (Previous(i, pred_xstart, x_from), *history[:HISTORY - 1])
-        yield _check_finite(Step(index, int(diffusion.timesteps[i]), x, pred_xstart, out.log_prob,
-                                 out.guidance_norm, out.guidance_term))
+        yield _check_finite(Step(index, int(diffusion.timesteps[i]), x, pred_xstart, guided.log_prob,
+                                 guided.guidance_norm, guided.guidance_term))
 
 
 def final(steps: Iterator[Step]) -> Step:

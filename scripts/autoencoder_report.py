@@ -31,6 +31,19 @@ from guidance.metrics import RealReference  # noqa: E402
 from guidance.runtime import configure  # noqa: E402
 
 
+def _logged_psnr(log: Path, step: int) -> str:
+    """The held-out PSNR a training log recorded at a save at `step`, or '–'."""
+    import json
+
+    if not log.is_file():
+        return "–"
+    for line in log.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("step") == step and "test_psnr" in record:
+            return f"{record['test_psnr']:.2f} dB"
+    return "–"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--evaluator", default="checkpoints/fashion-mnist", help="folder of the evaluator that judges")
@@ -39,6 +52,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="docs/AUTOENCODER.md")
     p.add_argument("--note", default="", help="a paragraph of Markdown after the table (what the table shows)")
+    p.add_argument("--at-step", type=int, default=1500,
+                   help="also report each training log's held-out PSNR at this step: equal training, compared")
     args = p.parse_args(argv)
     configure("cpu", args.threads)
     evaluator, _ = load(args.evaluator, "evaluator")
@@ -60,11 +75,12 @@ def main(argv=None) -> int:
             autoencoder.decode(autoencoder.encode(originals[:1])[0])
         decode_flops = counter.get_total_flops()
         cfg, training = autoencoder.config, meta.get("training", {})
+        early = _logged_psnr(Path(folder) / "train-autoencoder.log", args.at_step)
         c, h, _ = cfg.latent_shape
         rows.append(f"| {name} | {c}x{h}x{h} | {cfg.image_size // h} | {sum(q.numel() for q in autoencoder.parameters()) / 1e6:.2f} M "
                     f"| {decode_flops / 1e6:.0f} | {training.get('wall_time_minutes', '?')} min, {training.get('steps', '?')} steps "
                     f"| {mse:.4f} | {10 * math.log10(4 / mse):.2f} dB | {float((predictions.cpu() == labels).double().mean()):.2%} "
-                    f"| {reference.frechet(features):.2f} |")
+                    f"| {reference.frechet(features):.2f} | {early} |")
     load_avg = os.getloadavg()[0]
     page = ["# The autoencoder of the latent bundle", "",
             f"Written by `python scripts/autoencoder_report.py {' '.join(sys.argv[1:] if argv is None else argv)}` "
@@ -74,8 +90,12 @@ def main(argv=None) -> int:
             f"- Originals: evaluator accuracy {base_acc:.2%}; Frechet distance floor ({args.n} training images to "
             f"the held-out ones) {floor:.2f}.", "",
             "| autoencoder | latent | f | parameters | encode+decode MFLOP/image | training | MSE | PSNR | "
-            "evaluator accuracy on reconstructions | Frechet distance of reconstructions |",
-            "|---|---|---:|---:|---:|---|---:|---:|---:|---:|", *rows, ""]
+            "evaluator accuracy on reconstructions | Frechet distance of reconstructions | "
+            f"PSNR at step {args.at_step} (training log) |",
+            "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|", *rows, "",
+            f"The last column is each run's own held-out score at step {args.at_step} (batch 64, the same "
+            "schedule of steps), from its training log: the same training for every row, where the other "
+            "columns score each network as it was finally trained.", ""]
     if args.note:
         page += [args.note, ""]
     Path(args.out).write_text("\n".join(page))

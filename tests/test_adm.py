@@ -122,7 +122,7 @@ def test_converter_writes_a_folder_that_loads_to_the_same_network(tmp_path):
     loaded, meta = load(tmp_path / "out", "unet")
     assert meta["kind"] == "adm_unet" and loaded.config == unet.config
     assert meta["diffusion"] == {"schedule": "cosine", "num_timesteps": 100, "learn_sigma": True,
-                                 "timestep_respacing": "", "use_ddim": False}
+                                 "timestep_respacing": "", "use_ddim": False, "guidance_order": "threshold-then-guide"}
     assert len(meta["class_names"]) == 1000 and meta["class_names"][1] == "goldfish"
     assert meta["source"]["model"] == "model.pt"
     x, t, y = torch.randn(2, 3, 8, 8), torch.tensor([5, 90]), torch.tensor([3, 999])

@@ -144,7 +144,7 @@ def test_the_server_validates_what_the_api_sends(client, args, message):
 def test_the_server_refuses_non_finite_numbers_sent_as_raw_json(app_url, value):
     """JSON has no NaN, so clients cannot send one; Python's parser accepts the literal anyway."""
     events = raw_call_events(app_url, "generate", f'["Bag", {value}, "unconditional", 0, 10, "ddim", 0, 2, 0, '
-                                                  f'"full", "constant", "clip", 0.995]')
+                                                  f'"full", "constant", "clip", 0.995, null]')
     assert "event: error" in events and "w must be a number from 0 to 100" in events
 
 

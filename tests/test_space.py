@@ -23,7 +23,9 @@ from scripts.launcher import running_app
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "checkpoints" / "fashion-mnist"
-BIG_WEIGHTS = ("unet.safetensors", "evaluator.safetensors")  # each over 10 MB
+# Each over 10 MB: the pixel bundle's UNet and evaluator, and the latent bundle's copy of that evaluator.
+BIG_WEIGHTS = ("checkpoints/fashion-mnist/evaluator.safetensors", "checkpoints/fashion-mnist/unet.safetensors",
+               "checkpoints/fashion-mnist-latent/evaluator.safetensors")
 TINY_RUN = dict(class_name=CLASS_NAMES[0], scale=1.0, unet="unconditional", cfg_scale=0.0, steps=2, sampler="ddim",
                 eta=0.0, num_images=1, seed=0)
 GENEROUS_S = 600  # upper bounds only: a shared machine may be slow
@@ -182,7 +184,8 @@ def test_the_shipped_checkpoints_build_with_their_big_weights_in_lfs(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     files = space_files(out)
     big = [f for f in files if (out / f).stat().st_size > build_space.LFS_LIMIT_BYTES]
-    assert sorted(big) == [f"checkpoints/fashion-mnist/{name}" for name in sorted(BIG_WEIGHTS)]
+    assert sorted(big) == sorted(BIG_WEIGHTS)
+    assert "checkpoints/fashion-mnist-latent/autoencoder.safetensors" in files  # both shipped models
     assert "*.safetensors filter=lfs diff=lfs merge=lfs -text" in (out / ".gitattributes").read_text().splitlines()
     assert not [f for f in files if f.endswith(".log")]  # the training logs stay in the repository
     manifest = json.loads((out / build_space.MANIFEST).read_text())
