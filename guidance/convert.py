@@ -4,10 +4,13 @@
         --preset 64x64 --out checkpoints/imagenet-64
     python -m guidance.convert guided-diffusion --model M.pt --flags "--image_size 64 ..." \\
         [--classifier C.pt --classifier-flags "--classifier_depth 4"] --out DIR
+    python -m guidance.convert guided-diffusion --download --preset 64x64 [--cache DIR] --out DIR
 
 A preset is the flags of guided-diffusion's README sampling command for that model; --flags takes
 any guided-diffusion flags instead (MODEL_FLAGS, the command's own, or both), --classifier-flags
 the classifier's (parsed after --flags, which give its --image_size, as in classifier_sample.py).
+--download fetches a preset's published model and classifier (the README's links) into --cache and
+converts them as if they were given with --model and --classifier.
 The .pt files are read with torch.load(weights_only=True) and nothing else: a pickle that would
 run code is refused, not run. A file whose keys or shapes differ from the config is refused,
 naming the first difference. The folder gets unet.* and classifier.* with the config, the noise
@@ -19,10 +22,15 @@ images are those of classifier_sample.py for the same x_T and noise.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import pickle
 import shlex
+import shutil
 import sys
+import tempfile
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,9 +65,12 @@ DEFAULT_CLASS = 207  # "golden retriever": the page opens on a class anyone can 
 
 @dataclass(frozen=True)
 class Preset:
-    """A README sampling command: MODEL_FLAGS, the command's classifier flags, and its SAMPLE_FLAGS."""
+    """A README sampling command: MODEL_FLAGS, the command's classifier flags, the published files
+    it samples with (names under DEFAULT_BASE_URL), and its SAMPLE_FLAGS."""
     model_flags: str
     classifier_flags: str
+    model_file: str
+    classifier_file: str
     sample_flags: str = "--timestep_respacing 250"
 
 
@@ -69,16 +80,26 @@ _ADM_256 = _ADM_COMMON + " --image_size 256 --noise_schedule linear --num_channe
 PRESETS = {
     "64x64": Preset(_ADM_COMMON + " --class_cond True --dropout 0.1 --image_size 64 --noise_schedule cosine "
                     "--num_channels 192 --num_head_channels 64 --num_res_blocks 3 --use_new_attention_order True",
-                    "--classifier_scale 1.0 --classifier_depth 4"),
+                    "--classifier_scale 1.0 --classifier_depth 4", "64x64_diffusion.pt", "64x64_classifier.pt"),
     "128x128": Preset(_ADM_COMMON + " --class_cond True --image_size 128 --noise_schedule linear --num_channels 256 "
-                      "--num_heads 4 --num_res_blocks 2", "--classifier_scale 0.5"),
-    "256x256": Preset(_ADM_256 + " --class_cond True", "--classifier_scale 1.0"),
-    "256x256_uncond": Preset(_ADM_256 + " --class_cond False", "--classifier_scale 10.0"),
+                      "--num_heads 4 --num_res_blocks 2", "--classifier_scale 0.5",
+                      "128x128_diffusion.pt", "128x128_classifier.pt"),
+    "256x256": Preset(_ADM_256 + " --class_cond True", "--classifier_scale 1.0",
+                      "256x256_diffusion.pt", "256x256_classifier.pt"),
+    # the README guides the unconditional model with the conditional model's classifier
+    "256x256_uncond": Preset(_ADM_256 + " --class_cond False", "--classifier_scale 10.0",
+                             "256x256_diffusion_uncond.pt", "256x256_classifier.pt"),
 }
+DEFAULT_BASE_URL = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021"  # the README's download links
+DEFAULT_CACHE = Path("~/.cache/classifier-guidance/guided-diffusion")
 
 
 class ConversionError(RuntimeError):
     """A checkpoint cannot be converted: unreadable, not plain weights, or not the config's."""
+
+
+class DownloadError(RuntimeError):
+    """A published file cannot be fetched: the network or server is unreachable, or answered an error."""
 
 
 def _typed(name: str, text: str):
@@ -257,21 +278,75 @@ def convert(model_path: Path, model_flags: str, out: Path, classifier_path: Path
     return Path(out)
 
 
+def download(url: str, dest: Path, timeout: float = 60.0) -> Path:
+    """Fetch url to dest, streamed into a temporary file beside it that is renamed only once the
+    whole body (the server's Content-Length, where it gives one) has arrived, so a failed run
+    leaves no partial dest. A dest already of the server's size is kept, not fetched again.
+    DownloadError names the URL."""
+    dest, part = Path(dest), None
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            length = response.headers.get("Content-Length")
+            size = None if length is None else int(length)
+            if size is not None and dest.is_file() and dest.stat().st_size == size:
+                return dest
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part",
+                                             delete=False) as file:
+                part = Path(file.name)
+                shutil.copyfileobj(response, file, 1 << 20)
+        if size is not None and part.stat().st_size != size:
+            raise DownloadError(f"{url} sent {part.stat().st_size} of its {size} bytes")
+        part.replace(dest)
+        part = None
+        return dest
+    except urllib.error.HTTPError as err:  # before URLError, which it is
+        raise DownloadError(f"{url} answered {err.code} {err.reason}") from None
+    except urllib.error.URLError as err:
+        raise DownloadError(f"cannot reach {url}: {err.reason}") from None
+    except (OSError, http.client.HTTPException) as err:
+        raise DownloadError(f"cannot fetch {url}: {err}") from None
+    finally:
+        if part is not None:
+            part.unlink(missing_ok=True)
+
+
+def fetch_preset(name: str, cache: Path = DEFAULT_CACHE, base_url: str = DEFAULT_BASE_URL) -> tuple[Path, Path]:
+    """The preset's published (model, classifier) files in cache, fetched from base_url/NAME."""
+    preset, folder = PRESETS[name], Path(cache).expanduser()
+    paths = []
+    for file in (preset.model_file, preset.classifier_file):
+        url = f"{base_url.rstrip('/')}/{file}"
+        print(f"fetching {url} -> {folder / file}", file=sys.stderr)
+        paths.append(download(url, folder / file))
+    return tuple(paths)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m guidance.convert", description=__doc__.split("\n\n")[0])
     p.add_argument("format", choices=FORMATS)
-    p.add_argument("--model", required=True, type=Path, help="the diffusion model's .pt state dict")
+    p.add_argument("--model", type=Path, default=None, help="the diffusion model's .pt state dict")
     p.add_argument("--classifier", type=Path, default=None, help="the noise-aware classifier's .pt state dict")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--preset", choices=sorted(PRESETS), help="flags of guided-diffusion's README command")
     which.add_argument("--flags", help='guided-diffusion flags, e.g. "--image_size 64 --num_channels 192 ..."')
     p.add_argument("--classifier-flags", default=None, help="the classifier's flags (a preset has its own)")
     p.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
+    p.add_argument("--download", action="store_true",
+                   help="fetch the --preset's published model and classifier into --cache (a file already there "
+                        "at the server's size is kept) and convert them, in place of --model and --classifier")
+    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"where --download keeps files ({DEFAULT_CACHE})")
+    p.add_argument("--base-url", default=DEFAULT_BASE_URL, help="where --download fetches from (the README's links)")
     return p
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.download and (args.preset is None or args.model or args.classifier):
+        p.error("--download fetches a --preset's own files: give --preset and no --model or --classifier")
+    if not args.download and args.model is None:
+        p.error("give --model, or --download with --preset")
     if args.preset:
         preset = PRESETS[args.preset]
         model_flags = f"{preset.model_flags} {preset.sample_flags}"
@@ -279,8 +354,10 @@ def main(argv=None) -> int:
     else:
         model_flags, classifier_flags = args.flags, args.classifier_flags or ""
     try:
+        if args.download:
+            args.model, args.classifier = fetch_preset(args.preset, args.cache, args.base_url)
         out = convert(args.model, model_flags, args.out, args.classifier, classifier_flags)
-    except (ConversionError, ValueError) as err:
+    except (ConversionError, DownloadError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {out}")

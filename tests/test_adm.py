@@ -4,7 +4,12 @@ The reference numbers are test data written by scripts/adm_reference.py, which r
 in a scratch environment: the sorted (key, shape) lists of the README presets' networks, and the
 outputs of tiny random networks whose weights both sides fill from one seeded recipe (adm_fixtures).
 """
+import dataclasses
+import functools
+import http.server
 import pickle
+import socket
+import threading
 
 import pytest
 import torch
@@ -279,3 +284,83 @@ def test_guided_run_follows_the_reference_sample_loop(reference, sampler, run):
         torch.testing.assert_close(x, expected[k], atol=1e-4, rtol=0, msg=f"{sampler} step {k}")
     # The guidance term is far above the tolerance, so the comparison checks it.
     assert (run(reference, scale=0.0)[-1] - expected[-1]).abs().max() > 1e-2
+
+
+# Downloading a preset's published files (from a file server on 127.0.0.1) ------------------------
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def file_server(tmp_path):
+    """(folder, base URL) of an HTTP server on 127.0.0.1 that serves the folder's files."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield folder, f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+TINY_64 = TINY_FLAGS.replace("--image_size 8", "--image_size 64")  # a classifier needs an image size ADM knows
+
+
+def download_args(tmp_path, base_url: str) -> list[str]:
+    return ["guided-diffusion", "--download", "--preset", "64x64", "--cache", str(tmp_path / "cache"),
+            "--base-url", base_url, "--out", str(tmp_path / "out")]
+
+
+def test_download_fetches_the_presets_files_and_converts_them(tmp_path, file_server, monkeypatch):
+    folder, base_url = file_server
+    monkeypatch.setitem(PRESETS, "64x64", dataclasses.replace(
+        PRESETS["64x64"], model_flags=TINY_64, classifier_flags=CLASSIFIER_FLAGS, sample_flags="--timestep_respacing 25"))
+    unet, model_path = tiny_checkpoint(tmp_path, TINY_64)
+    model_path.rename(folder / "64x64_diffusion.pt")
+    classifier = ADMClassifier(convert.classifier_config(parse_flags(CLASSIFIER_FLAGS, parse_flags(TINY_64))))
+    classifier.load_state_dict(random_weights(shapes_of(classifier.state_dict()), seed=6))
+    torch.save(classifier.state_dict(), folder / "64x64_classifier.pt")
+    assert convert.main(download_args(tmp_path, base_url)) == 0
+    for name in ("64x64_diffusion.pt", "64x64_classifier.pt"):
+        assert (tmp_path / "cache" / name).read_bytes() == (folder / name).read_bytes()
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["64x64_classifier.pt", "64x64_diffusion.pt"]
+    loaded_unet, meta = load(tmp_path / "out", "unet")
+    loaded_classifier, _ = load(tmp_path / "out", "classifier")
+    assert meta["source"]["model"] == "64x64_diffusion.pt" and meta["source"]["classifier"] == "64x64_classifier.pt"
+    x, t, y = torch.randn(1, 3, 64, 64), torch.tensor([7]), torch.tensor([3])
+    assert torch.equal(loaded_unet(x, t, y), unet(x, t, y))
+    assert torch.equal(loaded_classifier(x, t), classifier.eval()(x, t))
+
+
+def test_download_keeps_a_file_of_the_servers_size_and_replaces_another(tmp_path, file_server):
+    folder, base_url = file_server
+    (folder / "f.pt").write_bytes(b"published")
+    dest = tmp_path / "cache" / "f.pt"
+    assert convert.download(base_url + "f.pt", dest) == dest and dest.read_bytes() == b"published"
+    dest.write_bytes(b"same-size")  # as long as the server's file: kept, not fetched again
+    convert.download(base_url + "f.pt", dest)
+    assert dest.read_bytes() == b"same-size"
+    dest.write_bytes(b"short")
+    convert.download(base_url + "f.pt", dest)
+    assert dest.read_bytes() == b"published"
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("failure", ["unreachable", "404"])
+def test_download_failure_exits_2_naming_the_url(tmp_path, file_server, capsys, failure):
+    base_url = closed_port_url() if failure == "unreachable" else file_server[1]  # the served folder is empty
+    assert convert.main(download_args(tmp_path, base_url)) == 2
+    err = capsys.readouterr().err
+    url = f"{base_url.rstrip('/')}/64x64_diffusion.pt"
+    assert f"error: cannot reach {url}: " in err if failure == "unreachable" else f"error: {url} answered 404" in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
