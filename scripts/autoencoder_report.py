@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     base_acc = float((real_predictions.cpu() == labels).double().mean())
     rows = []
     for item in args.autoencoder:
-        name, folder = item.split("=", 1)
+        name, folder = item.rsplit("=", 1)  # the name may hold "=", a folder seldom does
         autoencoder, meta = load(folder, "autoencoder")
         with torch.no_grad():
             recon = torch.cat([autoencoder(x) for x in originals.split(500)]).clamp(-1, 1)

@@ -23,9 +23,9 @@ from scripts.launcher import running_app
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "checkpoints" / "fashion-mnist"
-# Each over 10 MB: the pixel bundle's UNet and evaluator, and the latent bundle's copy of that evaluator.
+# Each over 10 MB: both bundles' UNets and evaluators (the latent bundle's is a copy of the pixel one's).
 BIG_WEIGHTS = ("checkpoints/fashion-mnist/evaluator.safetensors", "checkpoints/fashion-mnist/unet.safetensors",
-               "checkpoints/fashion-mnist-latent/evaluator.safetensors")
+               "checkpoints/fashion-mnist-latent/evaluator.safetensors", "checkpoints/fashion-mnist-latent/unet.safetensors")
 TINY_RUN = dict(class_name=CLASS_NAMES[0], scale=1.0, unet="unconditional", cfg_scale=0.0, steps=2, sampler="ddim",
                 eta=0.0, num_images=1, seed=0)
 GENEROUS_S = 600  # upper bounds only: a shared machine may be slow
