@@ -313,10 +313,12 @@ class Handlers:
             sent = time.monotonic()
             with user_errors():
                 for step in steps:
-                    frame = recording.add(step)
+                    last = step.index == run.request.steps - 1
+                    images = bundle.codec.decode(step.sample) if last else None  # decoded once, for both
+                    frame = recording.add(step, images)
                     progress.steps_done = frame.index + 1
-                    if frame.index == run.request.steps - 1:
-                        recording.end("finished", runs.row_stats(bundle, run, step.sample))
+                    if last:
+                        recording.end("finished", runs.row_stats(bundle, run, step.sample, images=images))
                         yield self._outputs(recording, frame)
                     elif progress.stop_came is not None:
                         recording.end("stopped", self._live_stats(recording, frame, step))

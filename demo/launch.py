@@ -16,7 +16,7 @@ from guidance.evaluation.defaults import FIDELITY_GOAL, FIDELITY_MARGIN
 from guidance.runtime import configure
 
 from .arguments import check_defaults
-from .settings import DISPLAY, SERVER, SHIPPED_CHECKPOINTS, SHIPPED_LATENT
+from .settings import DISPLAY, SERVER, SHIPPED_CHECKPOINTS, SHIPPED_LATENT, defaults_record
 
 DEFAULT_CHECKPOINTS = ("checkpoints/fashion-mnist", "checkpoints/fashion-mnist-latent")
 REBUILD_DOC = "checkpoints/fashion-mnist/README.md"  # the commands that trained the shipped checkpoints
@@ -105,13 +105,11 @@ def launch(args: argparse.Namespace) -> int:
 
 def _recorded(model) -> tuple[tuple[float, float, float] | None, float | None]:
     """(fidelity (value, low, high), seconds per image) that the evaluation wrote into defaults.json."""
-    import json
-
+    record = defaults_record(model.bundle.folder)
     try:
-        record = json.loads((model.bundle.folder / "defaults.json").read_text())
         fidelity, seconds = record.get("fidelity"), record.get("seconds_per_image")
         return (tuple(fidelity) if fidelity else None), (float(seconds) if seconds else None)
-    except (OSError, ValueError, TypeError, AttributeError):
+    except (ValueError, TypeError):
         return None, None
 
 

@@ -113,7 +113,9 @@ class Recording:
     def latent(self) -> bool:
         return self.codec is not None and self.codec.space == "latent"
 
-    def add(self, step: Step) -> Frame:
+    def add(self, step: Step, images: torch.Tensor | None = None) -> Frame:
+        """Record a step. images: the decoded samples of the last step where the caller has them
+        (on a latent bundle they are decoded here otherwise)."""
         rows = len(self.run.request.rows)
         prob = None if step.log_prob is None else step.log_prob.exp()
         stats = _row_means(prob, rows, np.nan), _row_means(step.guidance_norm, rows, 0.0)
@@ -127,7 +129,8 @@ class Recording:
             frame = Frame(step.index, step.timestep, latent_view(step.sample, side), None,
                           push(term, (len(step.sample), 1, side, side)), *stats,
                           latent_xstart=step.pred_xstart.detach().to("cpu", torch.float32),
-                          images=to_uint8(self.codec.decode(step.sample)) if last else None)
+                          images=to_uint8(self.codec.decode(step.sample) if images is None else images)
+                          if last else None)
         self.frames.append(frame)
         self.elapsed = time.monotonic() - self.started
         return frame
@@ -184,18 +187,19 @@ def diversity(images: torch.Tensor, n_rows: int) -> np.ndarray:
     return (distances.sum((1, 2)) / (n * (n - 1))).cpu().numpy()
 
 
-def row_stats(bundle: Bundle, run: Run, sample: torch.Tensor, t: int = 0) -> RowStats:
+def row_stats(bundle: Bundle, run: Run, sample: torch.Tensor, t: int = 0,
+              images: torch.Tensor | None = None) -> RowStats:
     """Per-row confidence in each image's target class, and diversity, of the sampler's tensors
     (B, *bundle.sample_shape) read at timestep t: images in [-1, 1], or latents.
 
     The guidance classifier sees them as x_t at t (0: clean samples); the evaluator, when the
-    checkpoint has one, sees them as clean images (decoded, on a latent bundle), and the
-    diversity is measured in pixels.
+    checkpoint has one, sees them as clean images (decoded, on a latent bundle, unless images
+    holds them already), and the diversity is measured in pixels.
     """
     rows = len(run.request.rows)
     labels = run.request.labels().to(sample.device)[:, None]  # (B, 1)
     with torch.no_grad():
-        images = bundle.codec.decode(sample)
+        images = bundle.codec.decode(sample) if images is None else images
         timesteps = torch.full((sample.shape[0],), t, device=sample.device)
         probs = bundle.denoiser().class_log_prob(sample, timesteps, labels[:, 0]).exp()
         classifier_prob = _row_means(probs, rows, np.nan)

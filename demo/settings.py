@@ -144,19 +144,23 @@ def _default_value(name: str, value):
     return value if type(value) is kind else None
 
 
+def defaults_record(folder: str | Path | None) -> dict:
+    """folder/defaults.json as a dict; {} when there is none, or it is unreadable or not an object."""
+    if folder is None:
+        return {}
+    try:
+        chosen = json.loads((Path(folder) / "defaults.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return chosen if isinstance(chosen, dict) else {}
+
+
 def app_defaults(folder: str | Path | None) -> AppDefaults:
     """AppDefaults with the values of folder/defaults.json (which `python -m guidance.evaluate`
     writes for its checkpoints, with its reasons) put in by field name. Keys that name no field,
     and values of the wrong type, are ignored; a missing or unreadable file changes nothing.
     Whether the values make a valid request is checked where the app starts (demo/launch.py)."""
-    if folder is None:
-        return AppDefaults()
-    try:
-        chosen = json.loads((Path(folder) / "defaults.json").read_text())
-    except (OSError, ValueError):
-        return AppDefaults()
-    if not isinstance(chosen, dict):
-        return AppDefaults()
+    chosen = defaults_record(folder)
     names = {f.name for f in fields(AppDefaults)}
     values = {name: _default_value(name, value) for name, value in chosen.items() if name in names}
     return replace(AppDefaults(), **{name: value for name, value in values.items() if value is not None})

@@ -56,11 +56,14 @@ class LatentCodec:
         return self.autoencoder.decode(z.to(next(self.autoencoder.parameters()).dtype) / self.scale_factor)
 
 
-@torch.no_grad()
-def latent_scale_factor(autoencoder: Autoencoder, images: torch.Tensor, batch_size: int = 1000) -> float:
-    """1 / std of the posterior means of images (LDM's scale factor)."""
-    means = torch.cat([autoencoder.encode(chunk)[0] for chunk in images.split(batch_size)])
+def scale_factor_of(means: torch.Tensor) -> float:
+    """1 / std of unscaled posterior means (LDM's scale factor)."""
     return float(1.0 / means.double().std())
+
+
+def latent_scale_factor(autoencoder: Autoencoder, images: torch.Tensor) -> float:
+    """LDM's scale factor of images (N, *image_shape): 1 / std of their posterior means."""
+    return scale_factor_of(LatentCodec(autoencoder, 1.0).encode(images))
 
 
 Codec = Union[PixelCodec, LatentCodec]
@@ -79,8 +82,9 @@ def encode_splits(autoencoder: Autoencoder, weights_path, train, test):
     trained on them write into their checkpoints: {"autoencoder": file name, "sha256",
     "scale_factor", "shape", "clip_bound"}. The scale factor and the range (clip_bound, where the
     x-hat_0 clip acts) come from the training images alone."""
-    codec = LatentCodec(autoencoder, latent_scale_factor(autoencoder, train.images))
-    latents = codec.encode(train.images)
+    means = LatentCodec(autoencoder, 1.0).encode(train.images)  # encoded once, then scaled
+    codec = LatentCodec(autoencoder, scale_factor_of(means))
+    latents = means * codec.scale_factor
     record = {"autoencoder": "autoencoder", "sha256": file_digest(weights_path),
               "scale_factor": codec.scale_factor, "shape": list(codec.latent_shape),
               "clip_bound": float(latents.abs().max())}  # the range of the training latents
