@@ -31,8 +31,7 @@ README_START, README_END = "<!-- latent:start -->", "<!-- latent:end -->"
 
 def default_row(results: Results) -> Measurement | None:
     d = choose_defaults(results.measurements, results.info.reference_steps, results.decisions)
-    return next((m for m in results.decisions if (m.setting.sampler, m.setting.steps, m.setting.scale)
-                 == (d.sampler, d.steps, d.scale)), None)
+    return next((m for m in results.decisions if m.setting == d.setting), None)
 
 
 def line(name: str, m: Measurement, note: str) -> str:

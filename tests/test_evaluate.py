@@ -75,12 +75,15 @@ def step_rows(noise: float) -> list[Measurement]:
 
 
 def test_the_step_count_is_the_fewest_within_the_noise_of_the_reference():
-    sampler, steps, reason = choose_sampler(step_rows(noise=0.01), reference_steps=50)
-    assert (sampler, steps) == ("dpm++2m", 8) and "within the measured noise" in reason
+    pick, reason = choose_sampler(step_rows(noise=0.01), reference_steps=50)
+    assert (pick.sampler, pick.steps) == ("dpm++2m", 8) and "within the measured noise" in reason
     # With less noise the small loss at 8 steps is real: the next cheapest as good as DDIM 50 wins.
-    assert choose_sampler(step_rows(noise=0.001), reference_steps=50)[:2] == ("ddim", 25)
+    assert choose_sampler(step_rows(noise=0.001), reference_steps=50)[0] == Setting("ddim", 25, 5.0)
     # Nothing cheaper within the noise: the reference stays.
-    assert choose_sampler(step_rows(noise=0.001)[:2], reference_steps=50)[:2] == ("ddim", 50)
+    assert choose_sampler(step_rows(noise=0.001)[:2], reference_steps=50)[0] == Setting("ddim", 50, 5.0)
+    # DDIM 50 with dynamic thresholding is not the reference: the reference is the clip's.
+    dynamic_ref = fake(Setting("ddim", 50, 5.0, threshold="dynamic"), 0.99, 3.0, noise=0.001, seed=9)
+    assert choose_sampler([dynamic_ref] + step_rows(noise=0.001)[:2], reference_steps=50)[0] == Setting("ddim", 50, 5.0)
 
 
 def schedule_rows(gain: float, noise: float, reach: float = 1.0) -> list[Measurement]:
@@ -221,7 +224,7 @@ def smoke_run(tiny, tmp_path_factory):
     folder, _ = tiny
     out = tmp_path_factory.mktemp("out") / "evaluation"
     readme = out.parent / "README.md"
-    readme.write_text("intro\n<!-- results:start -->\nold\n<!-- results:end -->\noutro\n")
+    readme.write_text("intro\n<!-- results:start -->\nthe stale table\n<!-- results:end -->\noutro\n")
     assert smoke(folder, out, "--readme", readme) == 0
     return folder, out, readme
 
@@ -270,7 +273,7 @@ def test_smoke_writes_the_report_figures_card_defaults_and_readme(smoke_run, tin
     decided = choose_defaults(results.measurements, results.info.reference_steps, results.decisions)
     assert defaults == decided.to_json("smoke")  # what the app reads is what the rules chose
     text = readme.read_text()
-    assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text and "(default)" in text
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "the stale table" not in text and "(default)" in text
 
 
 def test_report_only_rebuilds_the_same_files_and_keeps_a_larger_budgets(smoke_run):
@@ -449,3 +452,31 @@ def test_the_decision_takes_more_steps_when_no_scale_reaches_the_goal():
     assert (d.sampler, d.steps, d.scale, d.decision_images) == ("unipc", 15, 5.0, 1000)
     assert "no w up to 5 got there at UniPC at 8 steps, so more steps were taken" in d.scale_reason
     assert asked[0] == Setting("ddim", 50, 3.0) and asked[1] == Setting("unipc", 8, 3.0)
+
+
+def test_the_decision_weighs_the_threshold_with_the_step_count():
+    """Clipped, UniPC needs 15 steps to match DDIM 50; with dynamic thresholding 8 do. The decision
+    takes UniPC 8 with dynamic thresholding, its scale ladder keeps that threshold, and
+    defaults.json says so."""
+    stage1 = [fake(Setting(scale=w), f, fd, sweep="classifier", seed=k)
+              for k, (w, f, fd) in enumerate([(0, 0.1, 4.0), (3, 0.96, 6.0), (5, 0.97, 7.0)])]
+    stage1[1] = stage1[1].with_sweep("steps")
+    stage1 += [fake(Setting("unipc", s, 3.0, threshold=mode), 0.96, 6.0, seed=10 + s + 50 * k)
+               for k, mode in enumerate(("clip", "dynamic")) for s in (8, 15)]
+    wrong = {("ddim", 50, 3.0, "clip"): 40, ("unipc", 8, 3.0, "clip"): 75, ("unipc", 8, 3.0, "dynamic"): 40,
+             ("unipc", 15, 3.0, "clip"): 41}
+    asked = []
+
+    def get(setting: Setting) -> Measurement:
+        asked.append(setting)
+        if setting.scale == 0:
+            return outcomes(setting, 880, 1000, fd=4.0)
+        return outcomes(setting, wrong[(setting.sampler, setting.steps, setting.scale, setting.threshold)], 1000, fd=6.0)
+
+    d = decide(stage1, 50, get)
+    assert (d.sampler, d.steps, d.scale, d.threshold) == ("unipc", 8, 3.0, "dynamic")
+    assert d.setting == Setting("unipc", 8, 3.0, threshold="dynamic")
+    assert "UniPC at 8 steps with dynamic thresholding is the fewest network evaluations non-inferior" in d.steps_reason
+    assert "refused before it: UniPC at 8 steps (" in d.steps_reason
+    assert asked[0] == Setting("ddim", 50, 3.0) and Setting("unipc", 8, 0.0, threshold="dynamic") in asked
+    assert d.to_json("cpu")["threshold"] == "dynamic"

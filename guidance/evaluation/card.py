@@ -13,8 +13,7 @@ import os
 import re
 from pathlib import Path
 
-from .defaults import Defaults
-from .measure import sampler_name
+from .defaults import Defaults, setting_name
 from .report import describe_data
 from .sweeps import BUDGETS, Results
 
@@ -64,10 +63,8 @@ def _network_rows(folder: Path) -> list[str]:
 
 
 def _default_line(results: Results, d: Defaults) -> list[str]:
-    plain = [m for m in results.measurements if m.setting.cfg_scale is None and m.setting.threshold == "clip"]
     base = next((m for m in results.sweep("classifier") if m.setting.scale == 0), None)
-    pick = next((m for m in plain if (m.setting.sampler, m.setting.steps, m.setting.scale, m.setting.schedule,
-                                      m.setting.interval) == (d.sampler, d.steps, d.scale, d.schedule, d.interval)), None)
+    pick = next((m for m in results.measurements if m.setting == d.setting), None)
     lines = []
     if base:
         h = base.histogram
@@ -108,9 +105,8 @@ def model_card(results: Results, defaults: Defaults, folder: Path, card: Path, r
 
 def decided_line(results: Results, d: Defaults) -> str:
     """'The app defaults to UniPC at 10 steps and w = 5: fidelity 96.1% [94.9%, 97.2%] on 1000 images.'"""
-    head = f"The app defaults to {sampler_name(d.sampler)} at {d.steps} steps and w = {d.scale:g}"
-    m = next((m for m in results.decisions if (m.setting.sampler, m.setting.steps, m.setting.scale)
-              == (d.sampler, d.steps, d.scale)), None)
+    head = f"The app defaults to {setting_name(d.setting)} and w = {d.scale:g}"
+    m = next((m for m in results.decisions if m.setting == d.setting), None)
     if m is None:
         return head + " (screened on the wide sweeps; not decided)."
     low, high = m.interval("fidelity")

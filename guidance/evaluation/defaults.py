@@ -10,17 +10,21 @@ Screening (wide sweeps):
   S1. Scale: the smallest classifier w (unconditional model, DDIM at the reference step count)
       whose fidelity is at least FIDELITY_GOAL and whose Frechet distance is at most FD_TARGET
       times the unguided one; failing that, the most faithful w within that distance.
-  S2. Sampler and steps: at that w, the fewest network evaluations within the measured noise of
-      DDIM at the reference step count (compare.not_worse); this only orders the candidates.
+  S2. Sampler, steps and x-hat_0 threshold: at that w, the fewest network evaluations within the
+      measured noise of DDIM at the reference step count with the clip (compare.not_worse); this
+      only orders the candidates. The step sweep measures every sampler and step count with each
+      threshold of the budget (the clip, and dynamic thresholding), since how far a solver can cut
+      the step count depends on what keeps its x-hat_0 in range.
 Decision (DECISION sweep, on the larger sample):
-  1. Sampler and steps: at the screened w, the candidates with fewer network evaluations than
-     DDIM at the reference step count, cheapest first; the first that is non-inferior to that
-     reference wins: the fidelity difference's interval lies above -FIDELITY_MARGIN and the
-     Frechet distance ratio's interval below 1 + FD_MARGIN. None: the reference itself.
+  1. Sampler, steps and threshold: at the screened w, the candidates with fewer network
+     evaluations than DDIM at the reference step count (with the clip), cheapest first; the first
+     that is non-inferior to that reference wins: the fidelity difference's interval lies above
+     -FIDELITY_MARGIN and the Frechet distance ratio's interval below 1 + FD_MARGIN. None: the
+     reference itself.
   2. Scale: at that sampler and step count, the smallest w whose fidelity interval's lower end is
      at least FIDELITY_GOAL - FIDELITY_MARGIN and whose Frechet distance is at most FD_TARGET
      times the unguided one at the same steps. When no w gets there, the next larger step count
-     of the same sampler is tried (then the reference), and the reason says so.
+     of the same sampler and threshold is tried (then the reference), and the reason says so.
   3. Schedule: reported, not applied. The guidance schedules are compared with constant w at the
      fidelity constant w reaches (compare.matched_difference); the default stays constant w,
      since a schedule's w would not have been measured on the decision sample.
@@ -51,6 +55,7 @@ class Defaults:
     sampler: str
     steps: int
     steps_reason: str
+    threshold: str = "clip"         # guidance.guide.THRESHOLDS: what the sampler does to each x-hat_0
     schedule: str = "constant"
     interval: tuple[int, int] | None = None
     schedule_reason: str = ""
@@ -58,9 +63,15 @@ class Defaults:
     fidelity: tuple[float, float, float] | None = None  # at the default on those images: (value, low, high)
     seconds_per_image: float | None = None  # the evaluation's sampling time per image at the default
 
+    @property
+    def setting(self) -> Setting:
+        """The default as the evaluation's Setting (unconditional model, classifier guidance)."""
+        return Setting(self.sampler, self.steps, self.scale, None, self.schedule, self.interval, self.threshold)
+
     def to_json(self, budget: str) -> dict:
         """defaults.json: what the app reads, the reasons, and the budget that measured them."""
-        return {"scale": self.scale, "steps": self.steps, "sampler": self.sampler, "schedule": self.schedule,
+        return {"scale": self.scale, "steps": self.steps, "sampler": self.sampler, "threshold": self.threshold,
+                "schedule": self.schedule,
                 "interval": None if self.interval is None else list(self.interval), "budget": budget,
                 "decision_images": self.decision_images,
                 "fidelity": None if self.fidelity is None else [round(v, 4) for v in self.fidelity],
@@ -69,10 +80,14 @@ class Defaults:
                 "schedule_reason": self.schedule_reason}
 
 
+def is_constant(m: Measurement) -> bool:
+    """Classifier guidance on the unconditional model, constant over every step (any threshold)."""
+    return m.setting.cfg_scale is None and m.setting.schedule_name == "constant"
+
+
 def is_plain(m: Measurement) -> bool:
-    """Classifier guidance on the unconditional model, constant over every step, x-hat_0 clipped."""
-    s = m.setting
-    return s.cfg_scale is None and s.schedule_name == "constant" and s.threshold == "clip"
+    """is_constant, with x-hat_0 clipped: the setting of the strength sweeps and of the reference."""
+    return is_constant(m) and m.setting.threshold == "clip"
 
 
 def choose_scale(classifier: Sequence[Measurement]) -> tuple[float, str]:
@@ -94,21 +109,25 @@ def choose_scale(classifier: Sequence[Measurement]) -> tuple[float, str]:
         f"Frechet distance ({pick.show('fidelity')}, {pick.show('fd')} vs {base.show('fd')})")
 
 
-def choose_sampler(steps: Sequence[Measurement], reference_steps: int) -> tuple[str, int, str]:
-    """Screening rule S2 on the step sweep at the screened scale (it must hold DDIM at reference_steps)."""
-    reference = next((m for m in steps if m.setting.sampler == REFERENCE_SAMPLER
-                      and m.setting.steps == reference_steps), None)
+def _reference(steps: Sequence[Measurement], reference_steps: int) -> Measurement | None:
+    """DDIM at reference_steps with the clip, among the step sweep's rows."""
+    return next((m for m in steps if is_plain(m) and (m.setting.sampler, m.setting.steps)
+                 == (REFERENCE_SAMPLER, reference_steps)), None)
+
+
+def choose_sampler(steps: Sequence[Measurement], reference_steps: int) -> tuple[Setting, str]:
+    """Screening rule S2 on the step sweep at the screened scale (it must hold DDIM at reference_steps
+    with the clip): the picked setting (sampler, steps, threshold) and the reason."""
+    reference = _reference(steps, reference_steps)
     if reference is None:
         raise ValueError(f"the step sweep needs {REFERENCE_SAMPLER.upper()} at {reference_steps} steps, the reference")
-    candidates = [m for m in steps if not_worse(m, reference)]
-    pick = min(candidates, key=lambda m: (m.setting.steps, m.scores.fd))
-    name = f"{sampler_name(pick.setting.sampler)} at {pick.setting.steps} steps"
-    ref = f"{REFERENCE_SAMPLER.upper()} at {reference_steps} steps"
+    cheaper = [m for m in steps if m.setting.steps < reference_steps and not_worse(m, reference)]
+    pick = min(cheaper, key=lambda m: (m.setting.steps, m.scores.fd), default=reference)
+    name, ref = setting_name(pick.setting), setting_name(reference.setting)
     if pick is reference:
-        return pick.setting.sampler, pick.setting.steps, (
-            f"no setting with fewer network evaluations came within the measured noise of {ref}")
+        return pick.setting, f"no setting with fewer network evaluations came within the measured noise of {ref}"
     fid, fd = difference(pick, reference, "fidelity"), difference(pick, reference, "fd")
-    return pick.setting.sampler, pick.setting.steps, (
+    return pick.setting, (
         f"{name} is the fewest network evaluations whose fidelity and Frechet distance are within the "
         f"measured noise of {ref} (fidelity {pick.show('fidelity')} vs {reference.show('fidelity')}, "
         f"difference {fid.text(1, percent=True)}; Frechet distance {pick.show('fd')} vs "
@@ -146,8 +165,12 @@ def reaches_goal(m: Measurement, unguided: Measurement) -> bool:
             and m.scores.fd <= FD_TARGET * unguided.scores.fd)
 
 
-def _name(setting: Setting) -> str:
-    return f"{sampler_name(setting.sampler)} at {setting.steps} steps"
+def setting_name(setting: Setting) -> str:
+    """'UniPC at 8 steps', '... with dynamic thresholding' when x-hat_0 is not clipped."""
+    return f"{sampler_name(setting.sampler)} at {setting.steps} steps{_THRESHOLD_WORDS[setting.threshold]}"
+
+
+_THRESHOLD_WORDS = {"clip": "", "dynamic": " with dynamic thresholding", "none": " without a threshold"}
 
 
 def choose_steps(candidates: Iterable[Measurement], reference: Measurement) -> tuple[Setting, str]:
@@ -158,12 +181,12 @@ def choose_steps(candidates: Iterable[Measurement], reference: Measurement) -> t
         verdict_ = non_inferior(m, reference)
         if verdict_.accepted:
             return m.setting, (
-                f"{_name(m.setting)} is the fewest network evaluations non-inferior to {_name(reference.setting)} "
+                f"{setting_name(m.setting)} is the fewest network evaluations non-inferior to {setting_name(reference.setting)} "
                 f"at w = {reference.setting.scale:g} on {m.images} images: {verdict_.text()}"
                 + (f"; refused before it: {'; '.join(tried)}" if tried else ""))
-        tried.append(f"{_name(m.setting)} ({verdict_.text()})")
+        tried.append(f"{setting_name(m.setting)} ({verdict_.text()})")
     return reference.setting, (
-        f"no setting with fewer network evaluations was non-inferior to {_name(reference.setting)} at "
+        f"no setting with fewer network evaluations was non-inferior to {setting_name(reference.setting)} at "
         f"w = {reference.setting.scale:g} on {reference.images} images"
         + (f": {'; '.join(tried)}" if tried else " (none passed the screening)"))
 
@@ -176,7 +199,7 @@ def choose_decided_scale(ladder: Iterable[Measurement], unguided: Measurement) -
 
 def _scale_reason(m: Measurement, unguided: Measurement) -> str:
     low, high = m.interval("fidelity")
-    return (f"the smallest w at {_name(m.setting)} whose fidelity interval starts at "
+    return (f"the smallest w at {setting_name(m.setting)} whose fidelity interval starts at "
             f"{FIDELITY_GOAL - FIDELITY_MARGIN:.1%} or above: {m.scores.fidelity:.1%} [{low:.1%}, {high:.1%}] on "
             f"{m.images} images, Frechet distance {m.show('fd')} <= {FD_TARGET:g}x unguided ({unguided.show('fd')})")
 
@@ -186,16 +209,17 @@ def decide(stage1: Sequence[Measurement], reference_steps: int, get: Get) -> Def
     the decision sample; stage1 are the wide sweeps (classifier and steps) that screen them."""
     classifier = [m for m in stage1 if "classifier" in m.sweeps]
     w, _ = choose_scale(classifier)
-    steps = [m for m in stage1 if "steps" in m.sweeps and is_plain(m) and m.setting.scale == w]
-    screen_ref = next(m for m in steps if (m.setting.sampler, m.setting.steps) == (REFERENCE_SAMPLER, reference_steps))
-    reference = get(Setting(REFERENCE_SAMPLER, reference_steps, w))
+    steps = [m for m in stage1 if "steps" in m.sweeps and is_constant(m) and m.setting.scale == w]
+    screen_ref = _reference(steps, reference_steps)
+    reference = get(screen_ref.setting)
     screened = sorted((m for m in steps if m.setting.steps < reference_steps and not_worse(m, screen_ref)),
                       key=lambda m: (m.setting.steps, m.scores.fd))
     chosen, steps_reason = choose_steps((get(m.setting) for m in screened), reference)
     start = min((m.setting.scale for m in classifier if m.setting.scale > 0
                  and m.scores.fidelity >= FIDELITY_GOAL - SCREEN), default=w)
     ladder = sorted(m.setting.scale for m in classifier if m.setting.scale >= start)
-    larger = sorted({m.setting.steps for m in steps if m.setting.sampler == chosen.sampler and m.setting.steps > chosen.steps})
+    larger = sorted({m.setting.steps for m in steps if (m.setting.sampler, m.setting.threshold)
+                     == (chosen.sampler, chosen.threshold) and m.setting.steps > chosen.steps})
     tries = [chosen] + [replace(chosen, steps=n) for n in larger] + [reference.setting]
     missed = []
     for setting in dict.fromkeys(tries):
@@ -204,16 +228,16 @@ def decide(stage1: Sequence[Measurement], reference_steps: int, get: Get) -> Def
         if pick is not None:
             note = (f"; no w up to {ladder[-1]:g} got there at {', '.join(missed)}, so more steps were taken"
                     if missed else "")
-            reason = steps_reason if not missed else f"{steps_reason}. Then {_name(setting)}: more steps for fidelity"
+            reason = steps_reason if not missed else f"{steps_reason}. Then {setting_name(setting)}: more steps for fidelity"
             return Defaults(pick.setting.scale, _scale_reason(pick, unguided) + note, setting.sampler,
-                            setting.steps, reason, "constant", None, "", pick.images, _fidelity(pick),
-                            pick.sample_seconds / pick.images)
-        missed.append(_name(setting))
+                            setting.steps, reason, setting.threshold, decision_images=pick.images,
+                            fidelity=_fidelity(pick), seconds_per_image=pick.sample_seconds / pick.images)
+        missed.append(setting_name(setting))
     best = max((get(replace(chosen, scale=v)) for v in ladder), key=lambda m: m.scores.fidelity)
     return Defaults(best.setting.scale, f"no w up to {ladder[-1]:g} reached the goal at {', '.join(missed)}; "
-                    f"this is the most faithful at {_name(chosen)} ({best.show('fidelity')} on {best.images} images)",
-                    chosen.sampler, chosen.steps, steps_reason, "constant", None, "", best.images, _fidelity(best),
-                    best.sample_seconds / best.images)
+                    f"this is the most faithful at {setting_name(chosen)} ({best.show('fidelity')} on {best.images} images)",
+                    chosen.sampler, chosen.steps, steps_reason, chosen.threshold, decision_images=best.images,
+                    fidelity=_fidelity(best), seconds_per_image=best.sample_seconds / best.images)
 
 
 def _fidelity(m: Measurement) -> tuple[float, float, float]:
@@ -276,13 +300,13 @@ def screen(measurements: Sequence[Measurement], reference_steps: int) -> Default
     """Screening rules S1 and S2 on the wide sweeps measured so far."""
     classifier = [m for m in measurements if "classifier" in m.sweeps]
     scale, scale_reason = choose_scale(classifier)
-    steps = [m for m in measurements if "steps" in m.sweeps and is_plain(m) and m.setting.scale == scale]
-    if any(m.setting.sampler == REFERENCE_SAMPLER and m.setting.steps == reference_steps for m in steps):
-        sampler, n_steps, steps_reason = choose_sampler(steps, reference_steps)
+    steps = [m for m in measurements if "steps" in m.sweeps and is_constant(m) and m.setting.scale == scale]
+    if _reference(steps, reference_steps) is not None:
+        pick, steps_reason = choose_sampler(steps, reference_steps)
     else:
-        sampler, n_steps, steps_reason = REFERENCE_SAMPLER, reference_steps, "the step sweep has not run yet"
-    return Defaults(scale, "screened, not decided: " + scale_reason, sampler, n_steps,
-                    "screened, not decided: " + steps_reason)
+        pick, steps_reason = Setting(REFERENCE_SAMPLER, reference_steps, scale), "the step sweep has not run yet"
+    return Defaults(scale, "screened, not decided: " + scale_reason, pick.sampler, pick.steps,
+                    "screened, not decided: " + steps_reason, pick.threshold)
 
 
 def choose_defaults(measurements: Sequence[Measurement], reference_steps: int,
@@ -297,7 +321,8 @@ def choose_defaults(measurements: Sequence[Measurement], reference_steps: int,
         except KeyError:  # the decision sweep has not finished
             pass
     schedules = [m for m in measurements if "schedules" in m.sweeps and m.setting.cfg_scale is None
-                 and m.setting.threshold == "clip" and (m.setting.sampler, m.setting.steps) == (chosen.sampler, chosen.steps)]
+                 and (m.setting.sampler, m.setting.steps, m.setting.threshold)
+                 == (chosen.sampler, chosen.steps, chosen.threshold)]
     pick, schedule_reason = choose_schedule(schedules, chosen.scale)
     if pick is not None:
         schedule_reason = "reported, not applied (its w was not measured on the decision sample): " + schedule_reason

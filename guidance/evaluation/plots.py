@@ -49,14 +49,19 @@ def guidance_tradeoff(classifier: Sequence[Measurement], cfg: Sequence[Measureme
 
 
 def sampler_steps(rows: Sequence[Measurement], path: Path) -> None:
-    """Fidelity (left) and Frechet distance (right) against network evaluations, one line per sampler."""
+    """Fidelity (left) and Frechet distance (right) against network evaluations, one line per sampler:
+    solid with the clip of x-hat_0, dashed with dynamic thresholding (dotted: none)."""
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for k, sampler in enumerate(sorted({m.setting.sampler for m in rows})):
-        line = sorted((m for m in rows if m.setting.sampler == sampler), key=lambda m: m.setting.steps)
+    samplers = sorted({m.setting.sampler for m in rows})
+    for sampler, threshold in sorted({(m.setting.sampler, m.setting.threshold) for m in rows}):
+        line = sorted((m for m in rows if (m.setting.sampler, m.setting.threshold) == (sampler, threshold)),
+                      key=lambda m: m.setting.steps)
         xs = [m.setting.steps for m in line]
-        _errorbar(left, xs, line, "fidelity", color=f"C{k}", label=sampler_name(sampler))
-        _errorbar(right, xs, line, "fd", color=f"C{k}", label=sampler_name(sampler))
+        label = sampler_name(sampler) + ("" if threshold == "clip" else f", {threshold}")
+        style = dict(color=f"C{samplers.index(sampler)}", linestyle=_LINESTYLES[threshold], label=label)
+        _errorbar(left, xs, line, "fidelity", **style)
+        _errorbar(right, xs, line, "fd", **style)
     steps = sorted({m.setting.steps for m in rows})
     for ax in (left, right):
         ax.set_xscale("log")
@@ -66,6 +71,9 @@ def sampler_steps(rows: Sequence[Measurement], path: Path) -> None:
     left.set(xlabel="network evaluations (steps)", ylabel="fidelity", title="fidelity by step count")
     right.set(xlabel="network evaluations (steps)", ylabel="Frechet distance", title="sample quality by step count")
     _save(plt, fig, path)
+
+
+_LINESTYLES = {"clip": "-", "dynamic": "--", "none": ":"}
 
 
 def schedule_tradeoff(curves: dict[str, list[Measurement]], path: Path) -> None:

@@ -12,7 +12,8 @@ from ..data import DEFAULT_FASHION_DIR
 from ..metrics import Scores
 from . import plots
 from .compare import difference, not_worse, verdict
-from .defaults import FD_MARGIN, FD_TARGET, FIDELITY_GOAL, FIDELITY_MARGIN, REFERENCE_SAMPLER, Defaults, compare_schedules, schedule_curves
+from .defaults import (FD_MARGIN, FD_TARGET, FIDELITY_GOAL, FIDELITY_MARGIN, REFERENCE_SAMPLER, Defaults,
+                       compare_schedules, is_plain, schedule_curves, setting_name)
 from .measure import Measurement, sampler_name
 from .sweeps import Results
 
@@ -102,8 +103,9 @@ def _defaults_section(d: Defaults, results: Results) -> list[str]:
              f"Written to defaults.json. {sample} The wide sweeps screen; the decision is made on a larger sample "
              "by non-inferiority, where the whole 95% interval must clear a stated margin, so a smaller sample "
              "makes a setting harder to pass, never easier (guidance/evaluation/defaults.py):", "",
-             f"1. Sampler and steps: at the screened w, the cheapest setting whose fidelity difference from "
-             f"{REFERENCE_SAMPLER.upper()} at the reference step count has its interval above "
+             f"1. Sampler, steps and x̂_0 threshold (the clip or dynamic thresholding): at the screened w, the "
+             f"cheapest setting whose fidelity difference from {REFERENCE_SAMPLER.upper()} at the reference step "
+             "count (with the clip) has its interval above "
              f"-{100 * FIDELITY_MARGIN:g} points and whose Frechet distance ratio has its interval below "
              f"{1 + FD_MARGIN:g}.",
              f"2. Scale: at that sampler and step count, the smallest w whose fidelity interval starts at "
@@ -112,16 +114,15 @@ def _defaults_section(d: Defaults, results: Results) -> list[str]:
              "more steps.",
              "3. Schedule: compared with constant w at equal fidelity and reported; not applied.", "",
              f"- Classifier-guidance scale w = {d.scale:g}: {d.scale_reason}.",
-             f"- {sampler_name(d.sampler)}, {d.steps} steps: {d.steps_reason}.",
+             f"- {setting_name(d.setting)}: {d.steps_reason}.",
              f"- Schedule: {schedule}: {d.schedule_reason}.", ""]
     if results.decisions:
         lines += ["### The decision sweep", "",
                   f"Every setting the rules asked for, in the order they asked, on {results.decisions[0].images} "
                   "images each (a sample of its own: these rows are not in the tables below).", "",
-                  *_table(results.decisions, [SAMPLER, STEPS, SCALE, *METRICS, SECONDS]), "",
+                  *_table(results.decisions, [SAMPLER, STEPS, THRESHOLD, SCALE, *METRICS, SECONDS]), "",
                   "Per-class fidelity at the default:", ""]
-        default = next((m for m in results.decisions if (m.setting.sampler, m.setting.steps, m.setting.scale)
-                        == (d.sampler, d.steps, d.scale)), None)
+        default = next((m for m in results.decisions if m.setting == d.setting), None)
         if default is not None:
             names = results.info.class_names
             lines += ["| " + " | ".join(names) + " |", "|" + "---:|" * len(names),
@@ -160,18 +161,19 @@ def _against(reference: Measurement) -> list[Column]:
 
 
 def _samplers_section(results: Results, d: Defaults) -> list[str]:
-    rows = sorted(results.sweep("steps"), key=lambda m: (m.setting.sampler, m.setting.steps))
+    rows = sorted(results.sweep("steps"), key=lambda m: (m.setting.threshold, m.setting.sampler, m.setting.steps))
     ref_steps = results.info.reference_steps
-    reference = next((m for m in rows if m.setting.sampler == REFERENCE_SAMPLER and m.setting.steps == ref_steps), None)
+    reference = next((m for m in rows if is_plain(m) and (m.setting.sampler, m.setting.steps)
+                      == (REFERENCE_SAMPLER, ref_steps)), None)
     if reference is None:
         return []
     ref_name = f"{REFERENCE_SAMPLER.upper()} at {ref_steps} steps"
     lines = ["## Samplers and step counts", "",
              f"At the default scale w = {rows[0].setting.scale:g}, unconditional model. One network evaluation per "
-             f"step. Differences (95% paired intervals) are against {ref_name}; the verdict reads fidelity and "
-             "Frechet distance together.", "",
-             *_table(rows, [SAMPLER, STEPS, *METRICS, *_against(reference), SECONDS]), "",
-             f"Default: {sampler_name(d.sampler)} at {d.steps} steps. {d.steps_reason[0].upper()}{d.steps_reason[1:]}.", "",
+             f"step, with each x̂_0 threshold. Differences (95% paired intervals) are against {ref_name} with the "
+             "clip; the verdict reads fidelity and Frechet distance together.", "",
+             *_table(rows, [SAMPLER, STEPS, THRESHOLD, *METRICS, *_against(reference), SECONDS]), "",
+             f"Default: {setting_name(d.setting)}. {d.steps_reason[0].upper()}{d.steps_reason[1:]}.", "",
              "![fidelity and Frechet distance against the number of network evaluations](sampler_steps.png)", ""]
     return lines + _across_scales(results.sweep("samplers"), ref_steps)
 
@@ -217,7 +219,7 @@ def _schedules_section(results: Results, d: Defaults) -> list[str]:
         return []
     s = rows[0].setting
     lines = ["## Guidance schedules", "",
-             f"{sampler_name(s.sampler)} at {s.steps} steps, unconditional model. A schedule scales w per step "
+             f"{setting_name(s)}, unconditional model. A schedule scales w per step "
              "(guidance/guide.py Schedule): constant inside an interval of original timesteps and 0 outside it, "
              "or a ramp over the whole range (ramp-up: 0 at the noisy end, w at the clean end).", "",
              "![Frechet distance and recall against fidelity, one curve per schedule](schedule_tradeoff.png)", "",
@@ -253,7 +255,8 @@ def _thresholds_section(results: Results) -> list[str]:
     s = rows[0].setting
     lines = ["## Dynamic thresholding", "",
              f"{sampler_name(s.sampler)} at {s.steps} steps. Dynamic thresholding (Saharia et al. 2022, percentile 99.5%) "
-             "against the static clip of x-hat_0 to [-1, 1]; differences are dynamic - clip (95% paired intervals).",
+             "against the static clip of x-hat_0 (to [-1, 1] in pixels; to the latents' measured range in a latent "
+             "space); differences are dynamic - clip (95% paired intervals).",
              "", *_table([m for pair in pairs for m in pair], [SCALE, THRESHOLD, *METRICS, SECONDS]), "",
              "| w | fidelity diff. | Frechet diff. | precision diff. | recall diff. | verdict |",
              "|---:|---:|---:|---:|---:|---|"]

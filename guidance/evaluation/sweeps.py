@@ -3,13 +3,14 @@
 Sweeps, in the order they run; a later one uses what defaults.py chose from the earlier ones:
     classifier  w over classifier_scales, unconditional model, DDIM at reference_steps -> the scale w*
     steps       at w*: DPM-Solver++ at dpm_steps, UniPC at unipc_steps, DDIM at ddim_steps, DDPM at
-                ddpm_steps -> the screened sampler and steps
+                ddpm_steps, each with every threshold of step_thresholds -> the screened sampler, steps
+                and threshold
     decision    on decision_images_per_class images a class: the settings the decision rules of
                 defaults.py ask for, measured as they ask -> the app's sampler, steps and w
-    samplers    over sampler_scales: DDIM at reference_steps and at compare_ddim_steps, DPM-Solver++ at
+    samplers    over sampler_scales, with the chosen threshold: DDIM at reference_steps and at compare_ddim_steps, DPM-Solver++ at
                 the chosen step count (compare_dpm_steps unless DPM-Solver++ was chosen), and UniPC at
                 the chosen step count when UniPC was chosen
-    schedules   at the chosen sampler and steps: every schedule over schedule_scales (and w*) -> schedule
+    schedules   at the chosen sampler, steps and threshold: every schedule over schedule_scales (and w*) -> schedule
     thresholds  at the chosen sampler and steps: dynamic thresholding and the clip, over threshold_scales
     cfg         classifier-free w_cfg over cfg_scales on the conditional model, DDIM at reference_steps
     combined    classifier w over combined_scales on top of w_cfg = combined_cfg, DDIM at reference_steps
@@ -58,6 +59,7 @@ class Budget:
     unipc_steps: tuple[int, ...] = (5, 8, 10, 15)
     ddim_steps: tuple[int, ...] = (10, 25, 50)
     ddpm_steps: tuple[int, ...] = (50, 250, 1000)
+    step_thresholds: tuple[str, ...] = ("clip", "dynamic")  # x-hat_0 thresholds of the step sweep
     sampler_scales: tuple[float, ...] = (2, 3, 5, 8, 12)
     compare_ddim_steps: int = 25            # the cheaper DDIM line of the samplers sweep
     compare_dpm_steps: int = 10             # DPM-Solver++ in the samplers sweep unless it is the default
@@ -108,19 +110,19 @@ def plan(budget: Budget, sweep: str, chosen: Defaults | None, num_timesteps: int
         return [Setting("ddim", ref, 0.0, w) for w in budget.cfg_scales]
     if sweep == "combined":
         return [Setting("ddim", ref, w, budget.combined_cfg) for w in budget.combined_scales]
-    w, sampler, steps = chosen.scale, chosen.sampler, chosen.steps
+    w, sampler, steps, threshold = chosen.scale, chosen.sampler, chosen.steps, chosen.threshold
     if sweep == "steps":
         runs = ([("dpm++2m", s) for s in budget.dpm_steps] + [("unipc", s) for s in budget.unipc_steps]
                 + [("ddim", s) for s in sorted({*budget.ddim_steps, ref})] + [("ddpm", s) for s in budget.ddpm_steps])
-        return [Setting(name, s, w) for name, s in runs]
+        return [Setting(name, s, w, threshold=mode) for mode in budget.step_thresholds for name, s in runs]
     if sweep == "samplers":
         dpm = steps if sampler == "dpm++2m" else budget.compare_dpm_steps
         lines = [("ddim", ref), ("ddim", budget.compare_ddim_steps), ("dpm++2m", dpm)]
         lines += [(sampler, steps)] if sampler == "unipc" else []
-        return [Setting(name, s, v) for v in budget.sampler_scales for name, s in lines]
+        return [Setting(name, s, v, threshold=threshold) for v in budget.sampler_scales for name, s in lines]
     if sweep == "schedules":
         scales = sorted({*budget.schedule_scales, w})
-        return [Setting(sampler, steps, v, None, shape, timestep_interval(part, num_timesteps))
+        return [Setting(sampler, steps, v, None, shape, timestep_interval(part, num_timesteps), threshold)
                 for shape, part in budget.schedules for v in (scales if shape == "constant" and part is None
                                                               else budget.schedule_scales)]
     if sweep == "thresholds":

@@ -1,0 +1,157 @@
+"""Guidance classifiers of one bundle side by side, at the bundle's default setting.
+
+    python scripts/compare_classifiers.py --checkpoints checkpoints/fashion-mnist-latent \
+        --candidate runs/lcls-long --candidate runs/lcls-attn [--images-per-class 100] \
+        [--threads 1] [--out docs/latent/CLASSIFIERS.md]
+
+For the shipped classifier and each candidate folder (its classifier.json and .safetensors, trained
+for the same bundle: a latent one on the same autoencoder), with everything else of the bundle as
+shipped:
+- accuracy on noisy held-out images by quarter of the timestep range (the evaluation's 2000 images
+  and noise seed, so the shipped row equals its RESULTS.md line);
+- the fidelity, Frechet distance and per-class fidelity at the bundle's default (defaults.json)
+  on images-per-class images of each class, drawn from the evaluation's seed as its decision sweep
+  draws them (the shipped row repeats that sweep's default row); the candidates' differences from
+  the shipped classifier are paired: the same noise and the same bootstrap resamples;
+- the classifier's FLOPs per image (forward and backward) and the sampling time per step it adds at
+  the default: the median of interleaved guided and unguided runs of 8 images (w = 0 skips the
+  classifier), with the load average beside it.
+
+A candidate is better when its noisiest-quarter accuracy is higher, its fidelity higher, and it is
+non-inferior to the shipped one by the evaluation's margins (guidance/evaluation/defaults.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from guidance import checkpoints, evaluate  # noqa: E402
+from guidance.evaluation.defaults import non_inferior, setting_name  # noqa: E402
+from guidance.evaluation.measure import Measurement, Setting, judge, measure, real_reference, request  # noqa: E402
+from guidance.evaluation.sweeps import BUDGETS  # noqa: E402
+from guidance.generation import generate  # noqa: E402
+from guidance.metrics import noisy_accuracy_by_quarter  # noqa: E402
+
+TIMING_IMAGES = 8   # the app's default batch
+BUDGET = BUDGETS["cpu"]  # its held-out subset, resamples and seed: the evaluation's
+
+
+def default_setting(folder: Path) -> Setting:
+    """The bundle's default (defaults.json) as the evaluation's Setting."""
+    d = json.loads((folder / "defaults.json").read_text())
+    return Setting(d["sampler"], d["steps"], d["scale"], None, d.get("schedule", "constant"), d.get("interval"),
+                   d.get("threshold", "clip"))
+
+
+def load_classifier(folder: Path, unet_meta: dict):
+    """A classifier folder's network; refused when it was trained on another latent space."""
+    model, meta = checkpoints.load(folder, "classifier")
+    want, got = unet_meta.get("latent", {}).get("sha256"), meta.get("latent", {}).get("sha256")
+    if want != got:
+        raise SystemExit(f"error: {folder / 'classifier.json'} was trained on another latent space "
+                         f"(autoencoder sha256 {got}) than the bundle's ({want})")
+    return model, meta
+
+
+def flops_per_image(classifier, shape) -> float:
+    """Forward and backward FLOPs of one image: what a guided step adds besides the UNet."""
+    x = torch.zeros(1, *shape, requires_grad=True)
+    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
+        classifier(x, torch.zeros(1, dtype=torch.long)).logsumexp(1).sum().backward()
+    return counter.get_total_flops()
+
+
+def seconds_per_step(bundle, setting: Setting, repeats: int) -> tuple[float, float]:
+    """Median seconds per step of guided and unguided runs of TIMING_IMAGES images, interleaved."""
+    def once(s: Setting) -> float:
+        start = time.perf_counter()
+        generate(bundle, request(s, 1, TIMING_IMAGES, 0), TIMING_IMAGES)
+        return (time.perf_counter() - start) / s.steps
+    once(setting)  # warm-up
+    runs = [(once(setting), once(replace(setting, scale=0.0))) for _ in range(repeats)]
+    return statistics.median(g for g, _ in runs), statistics.median(u for _, u in runs)
+
+
+def row(name: str, m: Measurement, acc, flops: float, step: tuple[float, float], shipped: Measurement | None) -> str:
+    low, high = m.interval("fidelity")
+    versus = "–"
+    if shipped is not None:
+        v = non_inferior(m, shipped)
+        versus = f"{v.fidelity.text(1, percent=True)}; Frechet ratio {v.fd_ratio.value:.3f} [{v.fd_ratio.low:.3f}, " \
+                 f"{v.fd_ratio.high:.3f}]; {'non-inferior' if v.accepted else 'not non-inferior'}"
+    return (f"| {name} | " + " | ".join(f"{a:.1%}" for a in acc) + f" | {m.scores.fidelity:.1%} [{low:.1%}, {high:.1%}] | "
+            f"{m.show('fd')} | {versus} | {flops / 1e6:.1f} | {1e3 * (step[0] - step[1]):.2f} of {1e3 * step[0]:.2f} |")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoints", default="checkpoints/fashion-mnist")
+    p.add_argument("--candidate", action="append", default=[], help="a folder with classifier.json (repeatable)")
+    p.add_argument("--images-per-class", type=int, default=BUDGET.decision_images_per_class)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--backend", default="auto", help="what runs the UNet (as guidance.evaluate's --backend)")
+    p.add_argument("--batch-size", type=int, default=500, help="images sampled at once (as guidance.evaluate's)")
+    p.add_argument("--repeats", type=int, default=5, help="timing runs of each kind")
+    p.add_argument("--out", help="write the table to this Markdown file")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    folder = Path(args.checkpoints)
+    bundle = checkpoints.load_bundle(folder, need_evaluator=True, backend=args.backend)
+    setting = default_setting(folder)
+    unet_meta = checkpoints.read_config(folder, "unet")
+    _, test = evaluate.load_data(evaluate.parser().parse_args(["--checkpoints", str(folder)]), bundle)
+    keep = torch.randperm(len(test.labels), generator=torch.Generator().manual_seed(0))[:BUDGET.n_real]
+    images, labels = test.images[keep], test.labels[keep]   # the evaluation's held-out subset (guidance.evaluate)
+    features, _ = judge(bundle.evaluator, images)
+    n, classes = args.images_per_class, len(bundle.class_names)
+    reference = real_reference(features, n * classes)
+    latents = bundle.codec.encode(images)
+    load = os.getloadavg()[0]
+    print(f"1-minute load average at the start: {load:.2f}; {args.threads} torch threads; default {setting.label()}")
+    names = [f"shipped ({folder / 'classifier.json'})"] + [str(Path(c) / "classifier.json") for c in args.candidate]
+    models = [(bundle.classifier, checkpoints.read_config(folder, "classifier"))]
+    models += [load_classifier(Path(c), unet_meta) for c in args.candidate]
+    lines, shipped, per_class = [], None, []
+    for name, (model, meta) in zip(names, models):
+        b = replace(bundle, classifier=model)
+        acc = noisy_accuracy_by_quarter(model, b.diffusion(), latents, labels)
+        m, _ = measure(b, setting, reference, n, 0, BUDGET.resamples, args.batch_size)
+        line = row(name, m, acc, flops_per_image(model, bundle.sample_shape), seconds_per_step(b, setting, args.repeats),
+                   shipped)
+        print(line, flush=True)
+        lines.append(line)
+        per_class.append(f"| {name} | " + " | ".join(f"{v:.1%}" for v in m.per_class) + " |")
+        shipped = shipped or m
+    command = "python scripts/compare_classifiers.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    page = ["# Guidance classifiers at the default", "",
+            f"Written by `{command}` on {os.cpu_count()} CPU cores ({args.threads} torch threads; 1-minute load "
+            f"average {load:.2f} at the start), for `{folder}` at its default, {setting_name(setting)} and "
+            f"w = {setting.scale:g}, on {n * classes} images ({n} per class, the evaluation's seed 0), everything "
+            "but the classifier as shipped. Differences are paired (same noise, same bootstrap resamples), 95% "
+            "intervals; non-inferior: the evaluation's margins (fidelity above -1.5 points, Frechet ratio below "
+            "1.1). Accuracy: on the evaluation's 2000 noisy held-out images per quarter of the timesteps (q3 the "
+            "noisiest). The time a step adds is the median guided minus unguided step of 8 images, of "
+            f"{args.repeats} interleaved runs: loose when the load average is not near 0.", "",
+            "| classifier | acc q0 | acc q1 | acc q2 | acc q3 | fidelity | Frechet dist. | against shipped | "
+            "MFLOP fwd+bwd per image | ms a step adds (of the step) |",
+            "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|", *lines, "",
+            "Per-class fidelity at the default:", "", "| classifier | " + " | ".join(bundle.class_names) + " |",
+            "|---|" + "---:|" * classes, *per_class, ""]
+    if args.out:
+        Path(args.out).write_text("\n".join(page))
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
