@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import data, distributed
+from . import cli, data, distributed
 from .data import DataError
 from .diffusion import SCHEDULES
 from .distributed import Context
@@ -104,8 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     loop.add_argument("--init", metavar="FOLDER",
                       help="fine-tune: start from FOLDER/KIND.safetensors (its config must be the one built here)")
     loop.add_argument("--resume", action="store_true", help="continue from OUT/train-KIND/state.safetensors")
-    loop.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    loop.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    cli.add_device_arguments(loop)
     loop.add_argument("--amp", action="store_true", help="bf16 autocast (fast on GPUs, slow on CPUs)")
     loop.add_argument("--channels-last", action="store_true", help="NHWC memory layout (GPUs)")
     loop.add_argument("--compile", action="store_true", help="torch.compile the network (GPUs; compiling takes a while)")
