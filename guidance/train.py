@@ -18,10 +18,9 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-import typing
 from dataclasses import fields
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple, get_args, get_type_hints
 
 import torch
 
@@ -45,8 +44,8 @@ def _levels(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-# The help of every field of the Task classes, which the command line sets (in this order); a field's
-# type and defaults come from the classes. Unset, each kind keeps its own default.
+# The help of each field of the Task classes, which the command line sets, in the order --help lists
+# them; each option's type and defaults come from the fields. Unset, each kind keeps its own default.
 NETWORK_OPTIONS = {
     "lr": "AdamW learning rate",
     "weight_decay": "AdamW weight decay",
@@ -71,11 +70,11 @@ def _defaults(name: str) -> str:
                      for kind, cls in TASKS.items() for f in fields(cls) if f.name == name)
 
 
-def _option_type(name: str):
+def _option_type(name: str) -> Callable[[str], object]:
     """What reads the field's value from the command line: its annotation without None, where a
     tuple is written '1,2,2'."""
-    annotation = next(typing.get_type_hints(cls)[name] for cls in TASKS.values() if name in _field_names(cls))
-    kind = next(a for a in typing.get_args(annotation) or (annotation,) if a is not type(None))
+    annotation = next(get_type_hints(cls)[name] for cls in TASKS.values() if name in _field_names(cls))
+    kind = next(a for a in get_args(annotation) or (annotation,) if a is not type(None))
     return _levels if kind is tuple else kind
 
 
