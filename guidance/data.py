@@ -208,15 +208,6 @@ def _fashion_arrays(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels.astype(np.int64)
 
 
-def load_fashion_mnist(split: str = "train", data_dir: str | Path | None = None,
-                       download: bool = False) -> Dataset:
-    """Fashion-MNIST `split` ('train' or 'test', 60000 / 10000 grey images of 28x28)."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    images, labels = _fashion_arrays(_fashion_folder(data_dir, download), split)
-    return Dataset(to_model_range(images), torch.as_tensor(labels), FASHION_CLASSES)
-
-
 def _load_fashion_split(source: DataSource) -> tuple[Dataset, Dataset]:
     """The published split, resized (through the image folders' path) when asked for another size
     or RGB."""

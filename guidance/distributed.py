@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,17 @@ class Context:
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+    def data_parallel(self, model: nn.Module) -> tuple[nn.Module, nn.Module]:
+        """(model, net): the model to optimize and save, and what the loss calls, the model inside
+        DistributedDataParallel (whose construction copies rank 0's weights to every rank). In a
+        single process, (model, model)."""
+        if not self.distributed:
+            return model, model
+        if self.device.type == "cuda":  # batch statistics over the global batch (the evaluator's ResNet)
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        gpus = [self.device] if self.device.type == "cuda" else None
+        return model, DistributedDataParallel(model, device_ids=gpus)
 
 
 def setup(device: str | torch.device) -> Context:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from . import data
+from . import cli, data
 from .backend import BACKENDS
 from .checkpoints import Bundle, CheckpointError, load_bundle, read_config
 from .data import DataError
@@ -36,9 +36,7 @@ from .evaluation.defaults import Defaults, choose_defaults
 from .evaluation.measure import judge, real_reference
 from .evaluation.sweeps import BUDGETS, Budget, Results, RunInfo, estimate_seconds, run
 from .guide import NonFiniteError
-from .metrics import noisy_accuracy_by_quarter
-
-PRECISION_RECALL_K = 3  # guidance.metrics.RealReference's k
+from .metrics import PRECISION_RECALL_K, noisy_accuracy_by_quarter
 from .runtime import configure
 
 
@@ -57,8 +55,7 @@ def parser() -> argparse.ArgumentParser:
                    help="override the budget's images per class per setting of the decision sweep")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=500, help="images sampled at once")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    cli.add_device_arguments(p)
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="what runs the UNet forward pass (auto: the CPU runtime when it loads, else torch; "
                         "torch on CUDA)")
@@ -179,13 +176,7 @@ def publish(results: Results, args: argparse.Namespace) -> None:
 def main(argv=None) -> int:
     p = parser()
     args = p.parse_args(argv)
-    if args.threads is not None and args.threads < 1:
-        p.error("--threads must be positive")
-    if args.batch_size < 1:
-        p.error("--batch-size must be positive")
-    for option in ("images_per_class", "decision_images_per_class"):
-        if getattr(args, option) is not None and getattr(args, option) < 1:
-            p.error(f"--{option.replace('_', '-')} must be positive")
+    cli.require_positive(p, args, "threads", "batch_size", "images_per_class", "decision_images_per_class")
     command = "python -m guidance.evaluate " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
         if args.report_only:

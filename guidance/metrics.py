@@ -6,9 +6,11 @@ generated images to measure how much each number would move with other samples.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import torch
+
+PRECISION_RECALL_K = 3  # k of the k-NN balls of precision and recall (Kynkaanniemi et al. use 3)
 
 
 def _sqrt_psd(matrix: torch.Tensor) -> torch.Tensor:
@@ -47,7 +49,7 @@ class PrecisionRecall(NamedTuple):
     recall: float       # share of real samples inside the generated manifold (diversity)
 
 
-def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> PrecisionRecall:
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = PRECISION_RECALL_K) -> PrecisionRecall:
     """Each set's manifold is the union of balls reaching each point's k-th nearest neighbour."""
     real, fake = real.double(), fake.double()
     if min(len(real), len(fake)) <= k:
@@ -72,7 +74,7 @@ class RealReference:
     pr_features (P, D): the real set of precision and recall, with its k-NN radii.
     """
 
-    def __init__(self, features: torch.Tensor, pr_features: torch.Tensor, k: int = 3):
+    def __init__(self, features: torch.Tensor, pr_features: torch.Tensor, k: int = PRECISION_RECALL_K):
         if len(pr_features) <= k:
             raise ValueError(f"precision/recall with k={k} needs more than {k} real images")
         features = features.double()
@@ -110,29 +112,45 @@ def bootstrap_scores(reference: RealReference, features: torch.Tensor, correct: 
     Returns (scores on all images, Scores whose fields are tuples of `resamples` replicates);
     a recall replicate is NaN when fewer than k + 1 distinct images were drawn.
     """
-    fake, k = features.double(), reference.k
-    in_real = _covered(fake, reference.pr_features, reference.pr_radii).double()   # (N,) precision indicator
-    fake_to_fake = torch.cdist(fake, fake)                                         # (N, N)
-    real_to_fake = torch.cdist(reference.pr_features, fake)                        # (P, N)
-    correct = correct.to(fake.device).double()
+    generated = _Generated(reference, features, correct)
+    everything = torch.arange(len(features), device=features.device)
+    point = generated.scores(everything, everything)
+    replicates = [generated.scores(index, torch.unique(index))
+                  for index in (i.to(features.device) for i in _stratified_draws(strata, resamples, seed))]
+    return point, Scores(*(tuple(r[m] for r in replicates) for m in range(len(Scores._fields))))
 
-    def recall(index: torch.Tensor) -> float:
-        if len(index) <= k:
-            return float("nan")
-        radii = fake_to_fake[index][:, index].kthvalue(k + 1, dim=1).values
-        return float((real_to_fake[:, index] <= radii[None]).any(dim=1).double().mean())
 
-    point = Scores(float(correct.mean()), reference.frechet(fake), float(in_real.mean()),
-                   recall(torch.arange(len(fake), device=fake.device)))
+def _stratified_draws(strata: torch.Tensor, resamples: int, seed: int) -> Iterator[torch.Tensor]:
+    """`resamples` index sets (on the CPU), each redrawing with replacement as many images of each
+    stratum as it has, strata in sorted order."""
     generator = torch.Generator().manual_seed(seed)
     members = [torch.nonzero(strata.cpu() == c)[:, 0] for c in torch.unique(strata.cpu())]
-    replicates = []
     for _ in range(resamples):
-        index = torch.cat([m[torch.randint(len(m), (len(m),), generator=generator)] for m in members])
-        index = index.to(fake.device)
-        replicates.append((float(correct[index].mean()), reference.frechet(fake[index]),
-                           float(in_real[index].mean()), recall(torch.unique(index))))
-    return point, Scores(*(tuple(r[m] for r in replicates) for m in range(len(Scores._fields))))
+        yield torch.cat([m[torch.randint(len(m), (len(m),), generator=generator)] for m in members])
+
+
+class _Generated:
+    """The generated images' side of the metrics, with the distances that every resample reuses."""
+
+    def __init__(self, reference: RealReference, features: torch.Tensor, correct: torch.Tensor):
+        self.reference, self.fake = reference, features.double()
+        self.in_real = _covered(self.fake, reference.pr_features, reference.pr_radii).double()  # (N,) precision indicator
+        self.fake_to_fake = torch.cdist(self.fake, self.fake)                                  # (N, N)
+        self.real_to_fake = torch.cdist(reference.pr_features, self.fake)                      # (P, N)
+        self.correct = correct.to(self.fake.device).double()
+
+    def scores(self, index: torch.Tensor, distinct: torch.Tensor) -> Scores:
+        """Scores of the images fake[index] (repeats allowed); recall from fake[distinct]."""
+        return Scores(float(self.correct[index].mean()), self.reference.frechet(self.fake[index]),
+                      float(self.in_real[index].mean()), self.recall(distinct))
+
+    def recall(self, index: torch.Tensor) -> float:
+        """Share of the real images inside the manifold of fake[index] (distinct images), NaN with k or fewer."""
+        k = self.reference.k
+        if len(index) <= k:
+            return float("nan")
+        radii = self.fake_to_fake[index][:, index].kthvalue(k + 1, dim=1).values
+        return float((self.real_to_fake[:, index] <= radii[None]).any(dim=1).double().mean())
 
 
 @torch.no_grad()

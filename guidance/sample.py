@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from . import cli
 from .backend import BACKENDS, BackendError
 from .checkpoints import CheckpointError, load_bundle
 from .generation import generate
@@ -54,8 +55,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="FILE.npz or FILE.png")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    cli.add_device_arguments(p)
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="what runs the UNet forward pass (auto: the CPU runtime when it loads, else torch)")
     return p
@@ -76,10 +76,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in FORMATS:
         p.error(f"--out must end in one of {', '.join(FORMATS)}, got {args.out!r}")
-    if args.threads is not None and args.threads < 1:
-        p.error("--threads must be positive")
-    if args.batch_size < 1:
-        p.error("--batch-size must be positive")
+    cli.require_positive(p, args, "threads", "batch_size")
     try:
         device = torch.device(args.device)
     except RuntimeError as err:

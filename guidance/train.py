@@ -20,14 +20,16 @@ import shlex
 import sys
 from dataclasses import fields
 from pathlib import Path
+from typing import Callable, NamedTuple, get_args, get_type_hints
 
 import torch
 
-from . import data, distributed
+from . import cli, data, distributed
 from .data import DataError
 from .diffusion import SCHEDULES
+from .distributed import Context
 from .runtime import configure
-from .tasks import TASKS
+from .tasks import TASKS, Task
 from .trainer import LoopConfig, Trainer
 
 ALL = "all"
@@ -42,22 +44,23 @@ def _levels(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-# The fields of the Task classes that the command line sets; unset, each kind keeps its own default.
+# The help of each field of the Task classes, which the command line sets, in the order --help lists
+# them; each option's type and defaults come from the fields. Unset, each kind keeps its own default.
 NETWORK_OPTIONS = {
-    "lr": (float, "AdamW learning rate"),
-    "weight_decay": (float, "AdamW weight decay"),
-    "base_channels": (int, "network width"),
-    "dropout": (float, "dropout in the residual blocks"),
-    "channel_mults": (_levels, "width multiple per level, e.g. 1,2"),
-    "num_res_blocks": (int, "residual blocks per level"),
-    "attention_levels": (_levels, "levels with self-attention, e.g. 1, or '' for none"),
-    "schedule": (str, "noise schedule, " + " or ".join(SCHEDULES)),
-    "num_timesteps": (int, "diffusion steps T"),
-    "p_uncond": (float, "probability of the null label, for classifier-free guidance"),
-    "input_perturbation": (float, "DDPM-IP gamma (0 = off; 0.1 in the paper)"),
-    "ema_decay": (float, "EMA decay of the exported weights"),
-    "latent_channels": (int, "channels C of the autoencoder's latent"),
-    "kl_weight": (float, "weight of the autoencoder's KL term"),
+    "lr": "AdamW learning rate",
+    "weight_decay": "AdamW weight decay",
+    "base_channels": "network width",
+    "dropout": "dropout in the residual blocks",
+    "channel_mults": "width multiple per level, e.g. 1,2",
+    "num_res_blocks": "residual blocks per level",
+    "attention_levels": "levels with self-attention, e.g. 1, or '' for none",
+    "schedule": "noise schedule, " + " or ".join(SCHEDULES),
+    "num_timesteps": "diffusion steps T",
+    "p_uncond": "probability of the null label, for classifier-free guidance",
+    "input_perturbation": "DDPM-IP gamma (0 = off; 0.1 in the paper)",
+    "ema_decay": "EMA decay of the exported weights",
+    "latent_channels": "channels C of the autoencoder's latent",
+    "kl_weight": "weight of the autoencoder's KL term",
 }
 
 
@@ -67,8 +70,16 @@ def _defaults(name: str) -> str:
                      for kind, cls in TASKS.items() for f in fields(cls) if f.name == name)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    return _parser().parse_args(argv)
+def _option_type(name: str) -> Callable[[str], object]:
+    """What reads the field's value from the command line: its annotation without None, where a
+    tuple is written '1,2,2'."""
+    annotation = next(get_type_hints(cls)[name] for cls in TASKS.values() if name in _field_names(cls))
+    kind = next(a for a in get_args(annotation) or (annotation,) if a is not type(None))
+    return _levels if kind is tuple else kind
+
+
+def _field_names(cls: type[Task]) -> set[str]:
+    return {f.name for f in fields(cls)}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -92,19 +103,51 @@ def _parser() -> argparse.ArgumentParser:
     loop.add_argument("--init", metavar="FOLDER",
                       help="fine-tune: start from FOLDER/KIND.safetensors (its config must be the one built here)")
     loop.add_argument("--resume", action="store_true", help="continue from OUT/train-KIND/state.safetensors")
-    loop.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    loop.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    cli.add_device_arguments(loop)
     loop.add_argument("--amp", action="store_true", help="bf16 autocast (fast on GPUs, slow on CPUs)")
     loop.add_argument("--channels-last", action="store_true", help="NHWC memory layout (GPUs)")
     loop.add_argument("--compile", action="store_true", help="torch.compile the network (GPUs; compiling takes a while)")
     network = p.add_argument_group("the networks")
-    for name, (kind, help_text) in NETWORK_OPTIONS.items():
-        network.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
+    for name, help_text in NETWORK_OPTIONS.items():
+        network.add_argument("--" + name.replace("_", "-"), type=_option_type(name), default=None,
                              help=f"{help_text} (default: {_defaults(name)})")
     return p
 
 
-def make_task(kind: str, args: argparse.Namespace):
+class CommandLine(NamedTuple):
+    """A checked command line."""
+    args: argparse.Namespace
+    plan: list[tuple[Task, LoopConfig]]   # the networks to train, in order
+    source: data.DataSource
+
+
+def read_command_line(argv: list[str] | None = None) -> CommandLine:
+    """Parse and check argv (None: sys.argv[1:]); exits with a usage error (status 2) that names
+    what is wrong."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    command = "python -m guidance.train " + shlex.join(sys.argv[1:] if argv is None else argv)
+    kinds = list(SEED_OFFSETS) if args.kind == ALL else [args.kind]
+    try:
+        _check_applies(args)
+        plan = [(make_task(kind, args), loop_config(kind, args, command)) for kind in kinds]
+        return CommandLine(args, plan, data.source_from_args(args))
+    except ValueError as err:
+        parser.error(str(err))
+
+
+def _check_applies(args: argparse.Namespace) -> None:
+    """Raises ValueError for a network option the kind has no field for, or --autoencoder where it does not apply."""
+    if args.kind != ALL:
+        unused = [f"--{n.replace('_', '-')}" for n in NETWORK_OPTIONS if getattr(args, n) is not None
+                  and n not in _field_names(TASKS[args.kind])]
+        if unused:
+            raise ValueError(f"{', '.join(unused)} do not apply to the {args.kind}")
+    if args.autoencoder and args.kind not in ("unet", "classifier"):
+        raise ValueError(f"--autoencoder is for the unet and the classifier, not {args.kind}")
+
+
+def make_task(kind: str, args: argparse.Namespace) -> Task:
     """The kind's Task with the network options given on the command line (the rest at its defaults)."""
     cls = TASKS[kind]
     return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None})
@@ -133,29 +176,29 @@ def _latents(folder: str, train: data.Dataset, test: data.Dataset, device) -> tu
                          train._replace(images=train.images.to(device)), test._replace(images=test.images.to(device)))
 
 
-def main(argv=None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    kinds = list(SEED_OFFSETS) if args.kind == ALL else [args.kind]
-    command = "python -m guidance.train " + shlex.join(sys.argv[1:] if argv is None else argv)
-    try:
-        if args.kind != ALL:
-            unused = [f"--{n.replace('_', '-')}" for n in NETWORK_OPTIONS if getattr(args, n) is not None
-                      and n not in {f.name for f in fields(TASKS[args.kind])}]
-            if unused:
-                raise ValueError(f"{', '.join(unused)} do not apply to the {args.kind}")
-        if args.autoencoder and args.kind not in ("unet", "classifier"):
-            raise ValueError(f"--autoencoder is for the unet and the classifier, not {args.kind}")
-        plan = [(make_task(kind, args), loop_config(kind, args, command)) for kind in kinds]
-        source = data.source_from_args(args)
-    except ValueError as err:
-        parser.error(str(err))
+def main(argv: list[str] | None = None) -> int:
+    args, plan, source = read_command_line(argv)
     context = distributed.setup(args.device)
     configure(context.device, args.threads)
     try:
+        code = train_all(plan, source, args.autoencoder, context)
+    finally:
+        distributed.teardown()
+    if code == 0 and args.kind == ALL and context.is_main:
+        from . import evaluate  # only now: it loads the plotting libraries
+
+        return evaluate.main(evaluation_args(args, context.device))
+    return code
+
+
+def train_all(plan: list[tuple[Task, LoopConfig]], source: data.DataSource, autoencoder: str | None,
+              context: Context) -> int:
+    """Train plan's networks in turn on source's data (or the latents of autoencoder's encoder);
+    the exit status: 2 for missing or malformed data and a network that does not fit the images."""
+    try:
         train, test = data.load(source)
-        if args.autoencoder:
-            train, test = _latents(args.autoencoder, train, test, context.device)
+        if autoencoder:
+            train, test = _latents(autoencoder, train, test, context.device)
         for task, loop in plan:
             try:
                 trainer = Trainer(task, loop, train, test, context)
@@ -167,12 +210,6 @@ def main(argv=None) -> int:
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    finally:
-        distributed.teardown()
-    if args.kind == ALL and context.is_main:
-        from . import evaluate  # only now: it loads the plotting libraries
-
-        return evaluate.main(evaluation_args(args, context.device))
     return 0
 
 

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from demo.settings import AppDefaults, app_defaults  # noqa: E402
 from guidance.checkpoints import load_bundle  # noqa: E402
 from scripts.launcher import running_app  # noqa: E402
+from scripts.machine import load_average, load_line  # noqa: E402
 
 EARLIER = {"sampler": "ddim", "steps": 25}   # the app's path before the fast solver and the runtime
 STRENGTHS = "0, 1, 2, 4, 8"
@@ -72,13 +73,13 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads of each server")
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
-    load = os.getloadavg()[0]
+    load = load_average()
     defaults = app_defaults(args.checkpoints)
     bundle = load_bundle(args.checkpoints)
     class_name = defaults.class_name(bundle.class_names)
     paths = {"now": requests(defaults, class_name, defaults.sampler, defaults.steps),
              "earlier": requests(defaults, class_name, EARLIER["sampler"], EARLIER["steps"])}
-    print(f"1-minute load average at the start: {load:.2f}{'  (above 0.5: these figures are not reliable)' if load > 0.5 else ''}")
+    print(load_line(load))
     print(f"{os.cpu_count()} CPU cores, {args.threads} torch threads per server, checkpoints {args.checkpoints}, "
           f"class {class_name}, w = {defaults.scale:g}, medians of {args.repeats} after a warm-up")
     print(f"now: {defaults.sampler} {defaults.steps} steps, --backend auto; "

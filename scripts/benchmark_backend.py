@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from guidance.backend import OnnxRuntimeRunner, cached_onnx, onnxruntime_session, select_unet  # noqa: E402
 from guidance.checkpoints import load  # noqa: E402
-
-LOAD_WARNING = 0.5
+from guidance.runtime import configure  # noqa: E402
+from scripts.machine import load_average, load_line  # noqa: E402
 
 
 class OpenVinoRunner:
@@ -78,11 +78,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=15, help="timed calls per backend and batch size; the median counts")
     p.add_argument("--cache-dir", help="where the exported graph is cached (default: guidance.backend's cache)")
     args = p.parse_args(argv)
-    load_average = float(Path("/proc/loadavg").read_text().split()[0])
-    print(f"1-minute load average at the start: {load_average:.2f}"
-          + (f"  WARNING: above {LOAD_WARNING}, other processes are running; trust ratios more than ms" if
-             load_average > LOAD_WARNING else ""))
-    torch.set_num_threads(args.threads)
+    print(load_line(load_average(), advice="other processes are running; trust ratios more than ms"))
+    configure("cpu", args.threads)
     unet, _ = load(args.checkpoints, "unet")
     found = runners(unet, args.threads, args.cache_dir)
     print(f"torch {torch.__version__}, {args.threads} threads, median of {args.repeats}; {args.checkpoints}/unet")
@@ -101,7 +98,7 @@ def main(argv=None) -> int:
             ms = {name: 1000 * statistics.median(v) for name, v in times.items()}
             print(f"{batch:>5}  " + "  ".join(f"{ms[n]:>7.1f} {ms['torch'] / ms[n]:>5.2f}x {diffs[n]:>8.1e}"
                                              for n in found), flush=True)
-    print(f"1-minute load average at the end: {float(Path('/proc/loadavg').read_text().split()[0]):.2f}")
+    print(load_line(load_average(), "end", advice=None))
     return 0
 
 

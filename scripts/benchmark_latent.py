@@ -50,6 +50,7 @@ from guidance.checkpoints import load_bundle  # noqa: E402
 from guidance.generation import generate  # noqa: E402
 from guidance.runtime import configure  # noqa: E402
 from scripts.launcher import running_app  # noqa: E402
+from scripts.machine import load_average, load_line  # noqa: E402
 
 PIXEL_FAST = {"sampler": "unipc", "steps": 8, "scale": 3.0}  # the pixel path the latent one is held against
 STRENGTHS = "0, 1, 2, 4, 8"
@@ -157,7 +158,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads of the server and of this process")
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
-    load = os.getloadavg()[0]
+    load = load_average()
     configure("cpu", args.threads)
     pixel_defaults = app_defaults(args.pixel)
     pixel_defaults = replace(pixel_defaults, **PIXEL_FAST)
@@ -167,7 +168,7 @@ def main(argv=None) -> int:
     defaults = {"pixel": pixel_defaults, "latent": latent_defaults}
     class_name = latent_defaults.class_name(bundles["latent"].class_names)
     calls = {(m, name): arguments(defaults[m], class_name, m, name) for m in bundles for name in REQUESTS}
-    print(f"1-minute load average at the start: {load:.2f}{'  (above 0.5: these figures are not reliable)' if load > 0.5 else ''}")
+    print(load_line(load))
     print(f"{os.cpu_count()} CPU cores, {args.threads} torch threads (server and this process), class {class_name}, "
           f"medians of {args.repeats} after a warm-up")
     for m in bundles:

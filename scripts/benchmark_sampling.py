@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,8 @@ from demo.settings import DEFAULTS  # noqa: E402
 from guidance.checkpoints import Bundle, load_bundle  # noqa: E402
 from guidance.generation import stream  # noqa: E402
 from guidance.request import Request, Row  # noqa: E402
+from guidance.runtime import configure  # noqa: E402
+from scripts.machine import load_average, load_line  # noqa: E402
 
 
 def modes(batch: int) -> dict[str, tuple[Row, ...]]:
@@ -95,10 +96,10 @@ def main(argv=None) -> int:
     p.add_argument("--sampler", default=DEFAULTS.sampler, help=f"default: the app's ({DEFAULTS.sampler})")
     p.add_argument("--out", help="also write the figures to this JSON file")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    load = os.getloadavg()[0]
+    configure("cpu", args.threads)
+    load = load_average()
     bundles = {name: load_bundle(args.checkpoints, "cpu", backend=name) for name in args.backends.split(",")}
-    print(f"1-minute load average at the start: {load:.2f}{'  (above 0.5: these figures are not reliable)' if load > 0.5 else ''}")
+    print(load_line(load))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.sampler}, {args.steps} steps, "
           f"fastest of {args.repeats}; checkpoints {args.checkpoints}; backends: "
           + ", ".join(f"{name} = {b.backend}" for name, b in bundles.items()))

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from guidance import data
-from guidance.data import DEFAULT_FASHION_DIR, FASHION_CLASSES, DataError, DataSource, load, load_fashion_mnist
+from guidance.data import DEFAULT_FASHION_DIR, FASHION_CLASSES, DataError, DataSource, load
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 needs_debian = pytest.mark.skipif(not (DEFAULT_FASHION_DIR / "t10k-labels-idx1-ubyte.gz").is_file(),
@@ -65,7 +65,7 @@ def image_set(dataset) -> set[bytes]:
 
 @needs_debian
 def test_debian_fashion_mnist():
-    train, test = load_fashion_mnist("train"), load_fashion_mnist("test")
+    train, test = load(DataSource())
     assert train.images.shape == (60000, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)
     assert train.images.dtype == torch.float32 and train.labels.dtype == torch.int64
     for split in (train, test):
@@ -91,7 +91,8 @@ def test_fashion_source_is_recorded_and_resizes(tmp_path):
     assert train.record is test.record
     assert (train.record.split, train.record.counts) == ("published", {"train": 12, "test": 5})
     assert (train.record.image_size, train.record.channels, train.record.folder) == (28, 1, str(folder))
-    assert torch.equal(train.images, load_fashion_mnist("train", folder).images)
+    written = np.frombuffer((folder / FILES[0]).read_bytes()[16:], np.uint8).reshape(12, 1, 28, 28)
+    assert torch.equal(train.images, torch.from_numpy(written.astype(np.float32)) / 127.5 - 1)  # as stored
     rgb, _ = load(DataSource(folder=str(folder), image_size=32, channels=3))
     assert rgb.images.shape == (12, 3, 32, 32)
     assert torch.equal(rgb.images[:, 0], rgb.images[:, 2])  # grey images in three equal channels
@@ -101,14 +102,7 @@ def test_fashion_source_is_recorded_and_resizes(tmp_path):
 
 def test_missing_folder_gives_the_install_hint(tmp_path):
     with pytest.raises(DataError, match="apt-get install -y dataset-fashion-mnist"):
-        load_fashion_mnist("train", tmp_path / "nowhere")
-    with pytest.raises(DataError, match="apt-get install -y dataset-fashion-mnist"):
         load(DataSource(folder=str(tmp_path / "nowhere")))
-
-
-def test_unknown_split():
-    with pytest.raises(ValueError, match="'train' or 'test'"):
-        load_fashion_mnist("validation")
 
 
 @pytest.mark.parametrize("keep", [2, 6, 9, 100, -1])
@@ -117,7 +111,7 @@ def test_truncated_idx_file(tmp_path, keep):
     path = folder / "t10k-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:keep])
     with pytest.raises(DataError, match="t10k-images-idx3-ubyte"):
-        load_fashion_mnist("test", folder)
+        load(DataSource(folder=str(folder)))
 
 
 def test_truncated_gzip(tmp_path):
@@ -125,14 +119,14 @@ def test_truncated_gzip(tmp_path):
     path = folder / "t10k-images-idx3-ubyte.gz"
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz"):
-        load_fashion_mnist("test", folder)
+        load(DataSource(folder=str(folder)))
 
 
 def test_images_and_labels_disagree(tmp_path):
     folder = write_fashion(tmp_path)
     (folder / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(4)))
     with pytest.raises(DataError, match="5 images but 4 labels"):
-        load_fashion_mnist("test", folder)
+        load(DataSource(folder=str(folder)))
 
 
 # -- image folders: the held-out split --------------------------------------------------------------

@@ -2,6 +2,7 @@
 resuming continues where the run stopped, the outputs load as a bundle, and the command line
 trains on an image folder's training split only."""
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -47,10 +48,10 @@ def argv_for(kind: str, out: Path, *extra: str) -> list[str]:
 
 
 def trainer(kind: str, out: Path, *extra: str, data: Dataset | None = None) -> Trainer:
-    """A trainer for the command line's options, on `data` in this process."""
-    args = train.parse_args(argv_for(kind, out, *extra))
+    """A trainer for the command line's options, as main reads them, on `data` in this process."""
+    (task, loop), = train.read_command_line(argv_for(kind, out, *extra)).plan
     data = data or stripes()
-    return Trainer(train.make_task(kind, args), train.loop_config(kind, args, "test"), data, data, SINGLE)
+    return Trainer(task, loop, data, data, SINGLE)
 
 
 def read_log(out: Path, kind: str) -> list[dict]:
@@ -117,6 +118,21 @@ def test_resume_continues_the_run(tmp_path, kind):
     assert json.loads((resumed / f"{kind}.json").read_text())["training"]["steps"] == 20
 
 
+def test_the_state_file_keeps_its_keys(tmp_path):
+    """States written by earlier versions still resume: the keys stay model.NAME, ema.NAME,
+    opt.INDEX.NAME and rng."""
+    t = trainer("unet", tmp_path, "--steps", "2")
+    t.run()
+    keys = set(load_file(tmp_path / "train-unet" / "state.safetensors"))
+    names = set(t.model.state_dict())
+    assert {k for k in keys if k.startswith(("model.", "ema."))} == {f"{s}.{n}" for s in ("model", "ema") for n in names}
+    params = len(list(t.model.parameters()))
+    assert {k for k in keys if k.startswith("opt.")} == {f"opt.{i}.{n}" for i in range(params)
+                                                         for n in ("step", "exp_avg", "exp_avg_sq")}
+    assert keys - {k for k in keys if k.startswith(("model.", "ema.", "opt."))} == {"rng"}
+    assert set(json.loads((tmp_path / "train-unet" / "state.json").read_text())) == {"step", "elapsed", "param_groups"}
+
+
 def test_resume_without_state_fails(tmp_path):
     with pytest.raises(FileNotFoundError, match="no saved state"):
         run("classifier", tmp_path, "--steps", "2", "--resume")
@@ -181,6 +197,10 @@ def test_main_trains_on_the_training_split_of_an_image_folder(tmp_path):
     assert (record["source"], record["split"], record["holdout"]) == ("image-folder", "holdout", 0.25)
     assert record["counts"] == {"train": 6, "test": 2} and record["class_counts"]["test"] == [1, 1]
     assert "--holdout 0.25" in meta["training"]["command"]
+
+
+def test_every_task_field_has_an_option():
+    assert set(train.NETWORK_OPTIONS) == {f.name for cls in TASKS.values() for f in fields(cls)}
 
 
 def test_main_rejects_options_of_other_kinds(tmp_path, capsys):
