@@ -133,10 +133,18 @@ class UNetTask(_NoisedTask):
 
 @dataclass(frozen=True)
 class ClassifierTask(_NoisedTask):
-    """p_phi(c | x_t, t): cross-entropy on noised images at uniform timesteps."""
+    """p_phi(c | x_t, t): cross-entropy on noised images. Timesteps are uniform by default; with
+    noise_power a > 0 they are drawn as t = floor(T u^(1/(1+a))), u ~ U(0, 1), whose density grows
+    as (t/T)^a toward the noisy end: a noise-level weighting of the loss (a = 1: linear in t)."""
     name: ClassVar[str] = "classifier"
     loss_name: ClassVar[str] = "cross-entropy on q_sample(x_0, t)"
     base_channels: int = 32
+    noise_power: float = 0.0        # 0: uniform t, as guided-diffusion trains its classifiers
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.noise_power >= 0:  # also refuses NaN
+            raise ValueError(f"noise_power must be 0 or more, got {self.noise_power!r}")
 
     def build(self, num_classes, image_size, channels):
         return NoisyClassifier(ClassifierConfig(image_size=image_size, in_channels=channels,
@@ -145,7 +153,11 @@ class ClassifierTask(_NoisedTask):
 
     def draw(self, n, shape, generator):
         device = generator.device
-        t = torch.randint(self.num_timesteps, (n,), device=device, generator=generator)
+        if self.noise_power == 0:  # kept as it was: the same draws, so old runs resume identically
+            t = torch.randint(self.num_timesteps, (n,), device=device, generator=generator)
+        else:
+            u = torch.rand(n, device=device, generator=generator)
+            t = (self.num_timesteps * u ** (1 / (1 + self.noise_power))).long().clamp(max=self.num_timesteps - 1)
         return t, torch.randn(shape, device=device, generator=generator)
 
     def loss(self, net, x0, y, draws, num_classes):

@@ -61,6 +61,7 @@ NETWORK_OPTIONS = {
     "ema_decay": "EMA decay of the exported weights",
     "latent_channels": "channels C of the autoencoder's latent",
     "kl_weight": "weight of the autoencoder's KL term",
+    "noise_power": "classifier timesteps drawn with density (t/T)^a toward the noisy end (0: uniform)",
 }
 
 

@@ -221,3 +221,19 @@ def test_main_reports_missing_data(tmp_path, capsys):
     code = train.main(["classifier", "--out", str(tmp_path), "--data-dir", str(tmp_path / "nowhere"),
                        "--device", "cpu", "--threads", "1"])
     assert code == 2 and "apt-get install" in capsys.readouterr().err
+
+
+def test_the_classifiers_noise_weighting_tilts_its_timesteps_toward_the_noisy_end():
+    uniform = TASKS["classifier"](num_timesteps=1000)
+    g = torch.Generator().manual_seed(0)
+    t, _ = uniform.draw(20000, (20000, 1, 2, 2), g)
+    # noise_power 0 draws exactly what the uniform task always drew, so old runs resume the same
+    assert torch.equal(t, torch.randint(1000, (20000,), generator=torch.Generator().manual_seed(0)))
+    tilted, _ = TASKS["classifier"](num_timesteps=1000, noise_power=1.0).draw(20000, (20000, 1, 2, 2), g)
+    # density 2t/T: mean 2T/3, and 7/16 of the draws in the noisiest quarter (uniform: 1/4)
+    assert abs(float(tilted.float().mean()) - 666.7) < 10 and int(tilted.max()) <= 999
+    assert abs(float((tilted >= 750).float().mean()) - 7 / 16) < 0.02
+    with pytest.raises(ValueError, match="noise_power"):
+        TASKS["classifier"](noise_power=-1.0)
+    plan = train.read_command_line(["classifier", "--noise-power", "1", "--out", "x"]).plan
+    assert plan[0][0].noise_power == 1.0

@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..data import DEFAULT_FASHION_DIR
-from ..metrics import Scores
+from ..metrics import PRECISION_RECALL_K, Scores
 from . import plots
 from .compare import difference, not_worse, verdict
 from .defaults import (FD_MARGIN, FD_TARGET, FIDELITY_GOAL, FIDELITY_MARGIN, REFERENCE_SAMPLER, Defaults,
@@ -80,7 +80,7 @@ def _header(results: Results) -> list[str]:
         "at that seed (byte for byte when sampled in the same batches; tests/test_same_images.py), and no two "
         "classes share an image (k-NN recall needs distinct images).", "",
         "**Metrics.** Fidelity: share of samples the evaluator assigns to the requested class. Frechet distance, "
-        f"precision and recall (k = 3) use the evaluator's penultimate features against {info.n_real} held-out "
+        f"precision and recall (k = {PRECISION_RECALL_K}) use the evaluator's penultimate features against {info.n_real} held-out "
         f"images (precision and recall against {min(info.n_real, n * classes)} of them, as many as generated).", "",
         f"**Noise.** ± is half the width of the 95% bootstrap percentile interval ({info.resamples} resamples of "
         "the generated images, class by class; the real images stay fixed). Two settings are compared by the "

@@ -38,7 +38,7 @@ from .defaults import DECISION, Defaults, choose_defaults, decide
 from .measure import Measurement, Setting, draw, first_images, judge, measure
 
 SWEEPS = ("classifier", "steps", DECISION, "samplers", "schedules", "thresholds", "cfg", "combined")
-MIN_IMAGES = 8  # per setting: k-NN recall (k = 3) needs more than k distinct images in a resample
+MIN_IMAGES = 8  # per setting: k-NN recall needs more than k (metrics.PRECISION_RECALL_K) distinct images in a resample
 
 # (shape, guided part of the timestep range as fractions of T; None: all of it)
 SCHEDULES = (("constant", None), ("constant", (0.0, 0.5)), ("constant", (0.2, 0.8)), ("constant", (0.5, 1.0)),
