@@ -20,6 +20,7 @@ from PIL import Image
 
 from app_fixtures import (CLASS_NAMES, NUM_TIMESTEPS, bundle, checkpoint_dir, colour_bundle,  # noqa: F401
                           library_samples, pixels_match)
+from bad_arguments import BAD_COMPARE
 from demo import arguments, render, runs, ui
 from demo.examples import EXAMPLES
 from demo.handlers import Handlers
@@ -465,40 +466,6 @@ BAD_GENERATE = [
 def test_generate_rejects_bad_arguments_naming_the_valid_range(bundle, tmp_path, changes, message):
     handlers = make_handlers(bundle, tmp_path)
     assert message in error_message(lambda: next(handlers.generate(**gen_args(**changes))))
-
-
-BAD_COMPARE = [
-    (dict(strengths=""), "classifier guidance strengths is empty"),
-    (dict(strengths=", ,"), "classifier guidance strengths is empty"),
-    (dict(strengths=", ".join(str(k) for k in range(11))), "at most 10 rows at once; got 11"),
-    (dict(strengths="1, two"), "'two' is not a number"),
-    (dict(strengths="0, 2, 2.0"), "must differ from each other; 2 appears twice"),
-    (dict(strengths="1, nan"), "classifier guidance strengths must be a number from 0 to 100"),
-    (dict(strengths="-1"), "from 0 to 100"),
-    (dict(strengths="1e400"), "from 0 to 100"),
-    (dict(strengths="0, 40", mode="classifier-free"), "classifier-free strengths must be a number from 0 to 30"),
-    (dict(strengths="1" + " " * 300), "at most 200 characters"),
-    (dict(strengths=3), "at most 200 characters"),
-    (dict(mode="both"), "compare must be one of classifier, classifier-free, classifier-vs-free, interval, "
-                        "schedule, threshold, class"),
-    (dict(strengths="0, 1, 2, 3, 4, 5", mode="classifier-vs-free"), "at most 10 rows at once; got 12"),
-    (dict(strengths="0, 1, 2, 3, 4, 5, 6", num_images=16), "at most 80 images per request"),
-    (dict(strengths="0, 1", num_images=10, steps=201), "images x steps must be at most 4000"),
-    (dict(scale=-1, mode="classifier-free"), "classifier guidance w must be a number from 0 to 100"),
-    (dict(mode="interval", strengths="full, 0-2000"), "a guidance interval needs 0 <= t_lo <= t_hi <= 999"),
-    (dict(mode="interval", strengths="full, all"), "intervals must differ from each other; full appears twice"),
-    (dict(mode="interval", strengths="full, 10"), "a guidance interval is 'full' or two timesteps"),
-    (dict(mode="schedule", strengths="linear"), "schedule must be one of constant, ramp-up, ramp-down"),
-    (dict(mode="schedule", strengths="all, constant"), "schedule must be one of constant, ramp-up, ramp-down; "
-                                                       "got 'all'"),
-    (dict(mode="schedule", strengths="ramp-up, ramp-up"), "schedules must differ from each other"),
-    (dict(mode="threshold", strengths=" ; "), "thresholds is empty"),
-    (dict(mode="threshold", strengths=None), "thresholds must be text of at most 200 characters"),
-    (dict(mode="class", strengths="Bag, Coat"), "class must be one of T-shirt/top, Trouser, Sneaker, Bag"),
-    (dict(mode="class", strengths="Bag, bag"), "classes must differ from each other; 'bag' appears twice"),
-    (dict(mode="class", strengths="all", num_images=16, steps=100), "images x steps must be at most 4000"),
-    (dict(mode="class", class_name="Nope"), "class must be one of"),  # checked though the rows set the class
-]
 
 
 @pytest.mark.parametrize("changes, message", BAD_COMPARE, ids=[repr(c)[:60] for c, _ in BAD_COMPARE])
