@@ -41,8 +41,9 @@ log = logging.getLogger(__name__)
 
 
 class StreamOutputs(NamedTuple):
-    """One streamed frame, in the order of the output components (new ones appended, so API
-    callers that index the first five keep working)."""
+    """One streamed frame. The field order is the order of the endpoints' outputs, written only
+    here (ui.OutputPanel.outputs wires the components by these names); new fields are appended, so
+    API callers that index the first five keep working."""
     x_t: Image.Image                 # the current x_t grid (x_T first, the samples last)
     pred_xstart: Image.Image | None  # the current x-hat_0 grid (None before the first step)
     status: str                      # Markdown: step, state, time
@@ -63,6 +64,7 @@ class AfterRun(NamedTuple):
 
 
 class FrameView(NamedTuple):
+    """A recorded frame as the scrubber shows it: StreamOutputs' images and lines."""
     x_t: Image.Image
     pred_xstart: Image.Image | None
     status: str

@@ -12,7 +12,7 @@ from guidance.request import MAX_SCALE, MAX_SEED
 
 from . import render
 from .examples import EXAMPLES, Example
-from .handlers import Handlers, Model
+from .handlers import AfterRun, FrameView, Handlers, Model, StreamOutputs
 from .settings import (COMPARE_CHOICES, DISPLAY, LIMITS, MODEL_LABELS, ROW_VALUES, SAMPLER_CHOICES, SCHEDULE_CHOICES,
                        SERVER, THRESHOLD_CHOICES, UNET_CHOICES, AppDefaults)
 
@@ -59,21 +59,26 @@ class OutputPanel(NamedTuple):
     png: gr.DownloadButton
     recording: gr.State
 
+    def outputs(self, record: type[tuple]) -> list:
+        """The components a handler's typed result fills, named by the fields of its NamedTuple
+        (handlers.StreamOutputs, FrameView, AfterRun): the tuple's field order is the one place the
+        order of the outputs is written."""
+        return [getattr(self, name) for name in record._fields]
+
     @property
     def stream(self) -> list:
-        """The outputs of a streaming handler, in handlers.StreamOutputs order."""
-        return [self.x_t, self.pred_xstart, self.status, self.chart, self.table, self.push, self.push_note,
-                self.norm_chart, self.recording]
+        """The outputs of a streaming handler."""
+        return self.outputs(StreamOutputs)
 
     @property
     def frame_view(self) -> list:
-        """The outputs of Handlers.show_frame, in handlers.FrameView order."""
-        return [self.x_t, self.pred_xstart, self.status, self.push, self.push_note]
+        """The outputs of Handlers.show_frame."""
+        return self.outputs(FrameView)
 
     @property
     def after_run(self) -> list:
-        """The outputs of Handlers.finish, in handlers.AfterRun order."""
-        return [self.scrub, self.gif, self.png, self.status]
+        """The outputs of Handlers.finish and Handlers.after_live."""
+        return self.outputs(AfterRun)
 
 
 def _controls(defaults: AppDefaults, class_names: tuple[str, ...], num_timesteps: int) -> Controls:
