@@ -32,7 +32,8 @@ from guidance.samplers import Step
 from . import arguments, render, runs
 from .arguments import Run
 from .runs import Frame, Recording, RowStats
-from .settings import DISPLAY, LIMITS, AppDefaults, Display, Limits, app_defaults
+from .models import Model, offered
+from .settings import DISPLAY, LIMITS, AppDefaults, Display, Limits
 from .zerogpu import on_gpu
 
 KEPT_DOWNLOADS = 64  # files kept in the downloads folder; older ones are deleted
@@ -80,20 +81,6 @@ def user_errors() -> Iterator[None]:
         yield
     except (ValueError, NonFiniteError) as err:
         raise gr.Error(str(err)) from None
-
-
-class Model(NamedTuple):
-    """One loaded checkpoint bundle the page offers, under the name the API takes."""
-    name: str                       # "pixel" or "latent" (the bundle's space), or the folder's name
-    bundle: Bundle
-    defaults: AppDefaults           # what the page shows when this model is picked
-
-
-def models_of(bundles: Sequence[Bundle]) -> list[Model]:
-    """A Model per bundle with its folder's defaults; named by space, or by folder when two share one."""
-    spaces = [b.space for b in bundles]
-    return [Model(b.space if spaces.count(b.space) == 1 else Path(b.folder).name, b, app_defaults(b.folder))
-            for b in bundles]
 
 
 @dataclass
@@ -148,10 +135,7 @@ class Handlers:
 
     def __init__(self, bundle: Bundle | Sequence[Model], display: Display = DISPLAY, limits: Limits = LIMITS,
                  downloads: str | Path | None = None, defaults: AppDefaults | None = None):
-        if isinstance(bundle, Bundle):
-            bundle = [Model(bundle.space, bundle, app_defaults(bundle.folder) if defaults is None else defaults)]
-        if not bundle:
-            raise ValueError("the app needs at least one checkpoint bundle")
+        bundle = offered(bundle, defaults)
         self.models = {m.name: m for m in bundle}
         self.model = bundle[0]
         self.bundle, self.defaults = self.model.bundle, self.model.defaults

@@ -74,7 +74,8 @@ def launch(args: argparse.Namespace) -> int:
             return 2
     # gradio loads only now, so a broken checkpoint stops the app in seconds.
     from . import ui
-    from .handlers import Handlers, models_of
+    from .handlers import Handlers
+    from .models import models_of
 
     models = models_of(bundles)
     for model in models:

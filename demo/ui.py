@@ -12,7 +12,8 @@ from guidance.request import MAX_SCALE, MAX_SEED
 
 from . import render
 from .examples import EXAMPLES, Example
-from .handlers import AfterRun, FrameView, Handlers, Model, StreamOutputs
+from .handlers import AfterRun, FrameView, Handlers, StreamOutputs
+from .models import Model
 from .settings import (COMPARE_CHOICES, DISPLAY, LIMITS, MODEL_LABELS, ROW_VALUES, SAMPLER_CHOICES, SCHEDULE_CHOICES,
                        SERVER, THRESHOLD_CHOICES, UNET_CHOICES, AppDefaults)
 

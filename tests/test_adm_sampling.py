@@ -158,7 +158,8 @@ def test_the_app_runs_a_converted_bundle_at_the_converters_defaults(tmp_path):
 
     import gradio as gr
 
-    from demo.handlers import Handlers, models_of
+    from demo.handlers import Handlers
+    from demo.models import models_of
     from demo.ui import _info
 
     folder = converted_folder(tmp_path)

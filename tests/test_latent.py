@@ -13,7 +13,8 @@ from app_fixtures import CLASS_NAMES, LATENT_SCALE, checkpoint_dir, make_latent_
 from demo import runs
 import gradio as gr
 
-from demo.handlers import Handlers, StreamOutputs, models_of
+from demo.handlers import Handlers, StreamOutputs
+from demo.models import models_of
 from demo.launch import opening_order
 from guidance import train
 from guidance.checkpoints import CheckpointError, load, load_bundle, save
