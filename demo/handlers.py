@@ -10,9 +10,7 @@ place: user_errors.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -30,13 +28,13 @@ from guidance.samplers import Step
 
 from . import arguments, render, runs
 from .arguments import Run
+from .downloads import Downloads
 from .models import Model, offered
 from .runs import Frame, Recording, RowStats
 from .settings import DISPLAY, LIMITS, AppDefaults, Display, Limits
 from .stops import StopRequests
 from .zerogpu import on_gpu
 
-KEPT_DOWNLOADS = 64  # files kept in the downloads folder; older ones are deleted
 NEW = AppDefaults()  # the Python defaults of the arguments added after the first release
 log = logging.getLogger(__name__)
 
@@ -99,8 +97,7 @@ class Handlers:
         self.model = bundle[0]
         self.bundle, self.defaults = self.model.bundle, self.model.defaults
         self.display, self.limits = display, limits
-        self.downloads = Path(downloads or tempfile.mkdtemp(prefix="guidance-demo-"))
-        self.downloads.mkdir(parents=True, exist_ok=True)
+        self.playback = Playback(Downloads(downloads, display))
         self.stops = StopRequests()
         self.with_evaluator = any(m.bundle.evaluator is not None for m in bundle)
         self.run_seconds: dict[str, float] = {}  # model -> seconds of one Generate at its defaults (time_runs)
@@ -314,6 +311,13 @@ class Handlers:
         """Ask this session's running generation or comparison to end after its current step."""
         self.stops.request(_session(request))
 
+
+class Playback:
+    """After a run: the scrubber over its recorded frames, and its files to download."""
+
+    def __init__(self, downloads: Downloads):
+        self.downloads = downloads
+
     def show_frame(self, position, recording: Recording | None) -> FrameView:
         """The recorded frame at a scrubber position: 0 is x_T, k is after step k."""
         if recording is None or not recording.frames:
@@ -335,25 +339,8 @@ class Handlers:
         if recording.state == "running":
             recording.end("stopped", recording.stats)
         frames = list(recording.frames)  # the sampler thread may still add the step it was on
-        stem = self._file_stem(recording)
-        gif = render.save_gif(recording, self.downloads / f"{stem}.gif", self.display, frames)
-        png = None
-        if recording.state == "finished":
-            samples = render.grid(recording.images(frames[-1]), recording.run, self.display, self.display.png_upscale)
-            png = render.save_png(samples, recording.run.parameters(), self.downloads / f"{stem}.png")
-        self._prune_downloads()
+        gif, png = self.downloads.save(recording, frames)
         return AfterRun(gr.update(minimum=0, maximum=len(frames), value=len(frames), step=1, visible=True),
                         gr.update(value=str(gif), visible=True),
                         gr.update(value=str(png), visible=True) if png else hidden,
                         render.status(recording, frames[-1]))
-
-    def _file_stem(self, recording: Recording) -> str:
-        run = recording.run
-        digest = hashlib.sha256(f"{run.parameters()}|{len(recording.frames)}".encode()).hexdigest()[:12]
-        name = "".join(ch if ch.isalnum() else "-" for ch in (run.class_name or "classes").lower())
-        return f"guidance-{name}-seed{run.request.seed}-{digest}"
-
-    def _prune_downloads(self) -> None:
-        files = sorted(self.downloads.iterdir(), key=lambda p: p.stat().st_mtime)
-        for path in files[:-KEPT_DOWNLOADS]:
-            path.unlink(missing_ok=True)

@@ -73,12 +73,12 @@ class OutputPanel(NamedTuple):
 
     @property
     def frame_view(self) -> list:
-        """The outputs of Handlers.show_frame."""
+        """The outputs of Playback.show_frame."""
         return self.outputs(FrameView)
 
     @property
     def after_run(self) -> list:
-        """The outputs of Handlers.finish and Handlers.after_live."""
+        """The outputs of Playback.finish and Handlers.after_live."""
         return self.outputs(AfterRun)
 
 
@@ -192,13 +192,13 @@ def _wire_run(handlers: Handlers, fn, api_name: str, button: gr.Button, stop: gr
               panel: OutputPanel, concurrency_limit: int) -> None:
     """A streaming run: hide the last run's extras, stream, then offer scrubbing and downloads.
     Stop ends the run within one step; a run still waiting in the queue is cancelled."""
-    button.click(partial(handlers.finish, None), None, panel.after_run, queue=False, show_progress="hidden",
+    button.click(partial(handlers.playback.finish, None), None, panel.after_run, queue=False, show_progress="hidden",
                  api_visibility="private")
     run = button.click(fn, inputs, panel.stream, api_name=api_name, preprocess=False, show_progress="minimal",
                        concurrency_id="sampling", concurrency_limit=concurrency_limit)
-    run.then(handlers.finish, panel.recording, panel.after_run, show_progress="hidden", api_visibility="private")
+    run.then(handlers.playback.finish, panel.recording, panel.after_run, show_progress="hidden", api_visibility="private")
     stop.click(handlers.stop, None, None, cancels=[run], queue=False, api_visibility="private")
-    panel.scrub.input(handlers.show_frame, [panel.scrub, panel.recording], panel.frame_view,
+    panel.scrub.input(handlers.playback.show_frame, [panel.scrub, panel.recording], panel.frame_view,
                       show_progress="hidden", trigger_mode="always_last", api_visibility="private")
 
 

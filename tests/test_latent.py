@@ -156,7 +156,7 @@ def test_the_app_streams_latent_maps_then_decoded_samples(latent_dir, checkpoint
     assert np.array_equal(recording.images(recording.frames[-1]), expected)
     # x-hat_0 is decoded once per frame shown, to pixels.
     assert recording.pred_xstart(first).shape == (2, 1, 16, 16) and 0 in recording._decoded
-    after = handlers.finish(recording)
+    after = handlers.playback.finish(recording)
     assert after.png["visible"] and after.gif["visible"]
     # The pixel model still samples pixels, the default when no model is named.
     assert _run(handlers, None)[-1].recording.frames[0].pred_xstart.shape == (2, 1, 16, 16)
