@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from functools import partial
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
@@ -33,6 +34,7 @@ from .models import Model, offered
 from .runs import Frame, Recording, RowStats
 from .settings import DISPLAY, LIMITS, AppDefaults, Display, Limits
 from .stops import StopRequests
+from .timing import Timings
 from .zerogpu import on_gpu
 
 NEW = AppDefaults()  # the Python defaults of the arguments added after the first release
@@ -85,6 +87,19 @@ def _session(request: gr.Request | None) -> str | None:
     return getattr(request, "session_hash", None)
 
 
+def run_of(build, values: tuple, model: Model, limits: Limits) -> Run:
+    """An endpoint's raw values as a checked Run on model's bundle: the app's one call into
+    demo/arguments.py (build is arguments.generate_run or compare_run). Raises ValueError."""
+    bundle = model.bundle
+    return build(*values, class_names=bundle.class_names, num_timesteps=bundle.num_timesteps, limits=limits)
+
+
+def defaults_run(model: Model, limits: Limits, **changes) -> Run:
+    """The Run of the page's first Generate on model, with changes to its defaults."""
+    values = replace(model.defaults, **changes).generate_values(model.bundle.class_names)
+    return run_of(arguments.generate_run, values, model, limits)
+
+
 class Handlers:
     """The app's handlers, bound to loaded checkpoint bundles: one Bundle, or Models (the first
     is the one the page opens on). defaults: what the page shows first for a single bundle (by
@@ -100,58 +115,9 @@ class Handlers:
         self.playback = Playback(Downloads(downloads, display))
         self.stops = StopRequests()
         self.with_evaluator = any(m.bundle.evaluator is not None for m in bundle)
-        self.run_seconds: dict[str, float] = {}  # model -> seconds of one Generate at its defaults (time_runs)
-        self.step_seconds: dict[str, float] = {}  # model -> seconds of one step of one image (time_steps)
-        self._estimated: set[str] = set()  # models whose run_seconds is step_seconds x steps, not timed
+        self.timings = Timings(bundle, display, partial(defaults_run, limits=limits))
         self.opening = ""               # Markdown: why the page opens on the first model (demo/launch.py)
         self._stream_on_device = on_gpu(self.stream)
-
-    def _defaults_run(self, m: Model, **changes) -> Run:
-        values = replace(m.defaults, **changes).generate_values(m.bundle.class_names)
-        return arguments.generate_run(*values, class_names=m.bundle.class_names,
-                                      num_timesteps=m.bundle.num_timesteps, limits=self.limits)
-
-    def time_steps(self) -> None:
-        """Time one sampling step of one image at each model's defaults (the second of two steps;
-        the first warms up), for the page: a full-size ImageNet model takes seconds per step on a CPU."""
-        for name, m in self.models.items():
-            steps = generation.stream(m.bundle, self._defaults_run(m, num_images=1, steps=2).request, diagnostics=False)
-            next(steps)
-            start = time.perf_counter()
-            next(steps)
-            self.step_seconds[name] = time.perf_counter() - start
-
-    def time_runs(self) -> None:
-        """Time one Generate at each model's defaults (after a warm-up run), for live mode. A model
-        whose steps alone would take over ten times the live limit is not run: its time is estimated
-        from time_steps (minutes of start-up for a full-size ImageNet model otherwise)."""
-        if not self.step_seconds:
-            self.time_steps()
-        for name, m in self.models.items():
-            estimate = self.step_seconds[name] * m.defaults.steps * m.defaults.num_images
-            if estimate > 10 * self.display.live_max_seconds:
-                self.run_seconds[name] = estimate
-                self._estimated.add(name)
-                continue
-            run = self._defaults_run(m)
-            for _ in range(2):
-                start = time.perf_counter()
-                for _ in generation.stream(m.bundle, run.request, diagnostics=False):
-                    pass
-                self.run_seconds[name] = time.perf_counter() - start
-
-    def live(self, model) -> tuple[bool, str]:
-        """Whether live mode is offered for a model, and the page's sentence saying why."""
-        seconds, limit = self.run_seconds.get(model), self.display.live_max_seconds
-        if seconds is None:  # not timed: the limit alone decides (`python app.py --live on|off`)
-            if limit < 0:
-                return False, "Live mode is off (`python app.py --live off`)."
-            return True, "Live: the images follow w, w_cfg, the class and the seed as you move them."
-        timing = f"one run at this model's defaults takes {'about ' if model in self._estimated else ''}{seconds:.2f} s here"
-        if seconds <= limit:
-            return True, f"Live: {timing}, so the images follow w, w_cfg, the class and the seed as you move them."
-        return False, (f"Live mode is off for this model: {timing}, more than the {limit:g} s that following a "
-                       "slider needs. Press Generate instead, or pick the latent model.")
 
     def pick(self, model) -> Model:
         """The Model named `model` (None: the one the page opens on). Raises ValueError."""
@@ -233,9 +199,7 @@ class Handlers:
                final_only: bool = False) -> Iterator[StreamOutputs]:
         with user_errors():
             model = self.pick(model)
-            bundle = model.bundle
-            run = build(*values, class_names=bundle.class_names, num_timesteps=bundle.num_timesteps,
-                        limits=self.limits)
+            run = run_of(build, values, model, self.limits)
         yield from self._stream_on_device(run, _session(request), model.name, final_only)
 
     def stream(self, run: Run, session: str | None = None, model: str | None = None,

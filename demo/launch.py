@@ -16,7 +16,7 @@ from guidance.evaluation.defaults import FIDELITY_GOAL, FIDELITY_MARGIN
 from guidance.runtime import configure
 
 from .arguments import check_defaults
-from .settings import DISPLAY, SERVER, SHIPPED_CHECKPOINTS, SHIPPED_LATENT, defaults_record
+from .settings import DISPLAY, SERVER, SHIPPED_CHECKPOINTS, SHIPPED_LATENT, Display, defaults_record
 
 DEFAULT_CHECKPOINTS = ("checkpoints/fashion-mnist", "checkpoints/fashion-mnist-latent")
 REBUILD_DOC = "checkpoints/fashion-mnist/README.md"  # the commands that trained the shipped checkpoints
@@ -55,6 +55,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def display_of(args: argparse.Namespace) -> Display:
+    """The display settings the options set: the frame interval, and the live limit of `--live on`
+    (always offered) or `--live off` (never); `--live auto` keeps the limit, against which
+    Timings.time_runs measures each model."""
+    live = {} if args.live == "auto" else dict(live_max_seconds=math.inf if args.live == "on" else -1.0)
+    return replace(DISPLAY, frame_interval_s=args.frame_interval, **live)
+
+
 def launch(args: argparse.Namespace) -> int:
     """Load the checkpoints and their defaults, build the page and serve it until interrupted. Returns
     an exit code."""
@@ -86,14 +94,12 @@ def launch(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 2
     models, opening = opening_order(models)
-    handlers = Handlers(models, display=replace(DISPLAY, frame_interval_s=args.frame_interval))
+    handlers = Handlers(models, display=display_of(args))
     handlers.opening = opening
     if torch.device(device).type == "cpu":
-        handlers.time_steps()  # the page shows what one step takes here: seconds for a full-size ImageNet model
+        handlers.timings.time_steps()  # the page shows what one step takes here: seconds for a full-size ImageNet model
     if args.live == "auto":
-        handlers.time_runs()  # for live mode: what one run at each model's defaults takes on this machine
-    else:
-        handlers.display = replace(handlers.display, live_max_seconds=math.inf if args.live == "on" else -1.0)
+        handlers.timings.time_runs()  # for live mode: what one run at each model's defaults takes on this machine
 
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("demo").setLevel(logging.INFO)  # one line per run (demo.handlers)

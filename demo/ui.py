@@ -209,7 +209,7 @@ def _load_example(example: Example, defaults: AppDefaults, class_names: tuple[st
 
 
 def _info(model: Model, step_seconds: float | None = None) -> str:
-    """The model's facts; step_seconds: the measured time of one step of one image (Handlers.time_steps)."""
+    """The model's facts; step_seconds: the measured time of one step of one image (Timings.time_steps)."""
     b = model.bundle
     space = ("latent z_t " + "x".join(map(str, b.sample_shape)) + f" (scale factor {b.codec.scale_factor:.3g})"
              if b.space == "latent" else "pixels " + "x".join(map(str, b.sample_shape)))
@@ -223,7 +223,7 @@ def _switch(handlers: Handlers, name: str) -> list:
     line, the captions of both panels and the live toggles."""
     model = handlers.pick(name)
     d, b = model.defaults, model.bundle
-    live, note = handlers.live(model.name)
+    live, note = handlers.timings.live(model.name)
     controls = [gr.Dropdown(choices=list(b.class_names), value=d.class_name(b.class_names)), d.scale, d.unet,
                 gr.Slider(value=d.cfg_scale, interactive=d.unet == "conditional"),
                 gr.Slider(maximum=b.num_timesteps, value=d.steps), d.sampler,
@@ -231,7 +231,7 @@ def _switch(handlers: Handlers, name: str) -> list:
                 d.schedule, d.threshold, gr.Slider(value=d.threshold_percentile, interactive=d.threshold == "dynamic")]
     captions = [SAMPLE_CAPTIONS[b.space], XSTART_CAPTIONS[b.space], PUSH_CAPTIONS[b.space]] * 2
     toggles = [gr.Checkbox(interactive=True) if live else gr.Checkbox(value=False, interactive=False)] * 2 + [note]
-    return [*controls, _info(model, handlers.step_seconds.get(model.name)), *captions, *toggles]
+    return [*controls, _info(model, handlers.timings.step_seconds.get(model.name)), *captions, *toggles]
 
 
 def _wire_live(handlers: Handlers, toggle: gr.Checkbox, triggers: list, fn, inputs: list, panel: OutputPanel,
@@ -252,7 +252,7 @@ def build(handlers: Handlers, concurrency_limit: int = SERVER.concurrency_limit)
     defaults; at most concurrency_limit sampling runs (generate and compare together) at once.
     Launch it with css=CSS."""
     bundle, defaults, first = handlers.bundle, handlers.defaults, handlers.model
-    live_on, live_note = handlers.live(first.name)
+    live_on, live_note = handlers.timings.live(first.name)
     with gr.Blocks(title=TITLE, analytics_enabled=False,
                    delete_cache=(SERVER.cache_cleanup_s, SERVER.cache_cleanup_s)) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}", latex_delimiters=LATEX)
@@ -265,7 +265,7 @@ def build(handlers: Handlers, concurrency_limit: int = SERVER.concurrency_limit)
                 if handlers.opening:
                     gr.Markdown(handlers.opening, elem_id="opening")
                 controls = _controls(defaults, bundle.class_names, bundle.num_timesteps)
-                info = gr.Markdown(_info(first, handlers.step_seconds.get(first.name)), elem_id="info")
+                info = gr.Markdown(_info(first, handlers.timings.step_seconds.get(first.name)), elem_id="info")
             with gr.Column(scale=3):
                 with gr.Tabs() as tabs:
                     with gr.Tab("Generate", id="generate"):
