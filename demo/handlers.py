@@ -1,21 +1,25 @@
-"""The functions behind the buttons and the API endpoints.
+"""The functions behind the buttons and the API endpoints, by job:
 
-generate and compare are generators: they turn their raw arguments into a Run (arguments.py),
-then stream frames of guidance.generation.stream(bundle, request) recorded by runs.py and drawn
-by render.py. Each frame is a StreamOutputs tuple; frames go out at most once per
-Display.frame_interval_s (always the first and the last; 0 sends every step). A ValueError (a
-bad argument) or a NonFiniteError (a run that diverged) reaches the caller as gr.Error, in one
-place: user_errors.
+    Handlers   Generate and Compare (the public endpoints) and Stop: raw arguments become a Run
+               (arguments.py, called in one place: run_of), streamed on the picked model
+    RunStream  one run streamed: its steps recorded by runs.py and drawn by render.py (one frame
+               is a StreamOutputs tuple), sent at most once per Display.frame_interval_s (always
+               the first and the last; 0 sends every step), ended within a step by Stop (stops.py)
+    LiveMode   the live events: the final frame of each slider move, superseding the last run
+    Playback   after a run: the scrubber over its frames and its downloads (downloads.py)
+
+A ValueError (a bad argument) or a NonFiniteError (a run that diverged) reaches the caller as
+gr.Error, in one place: user_errors. The loaded models are models.py, their timings timing.py.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import time
-from functools import partial
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
-from typing import Iterator, NamedTuple, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import gradio as gr
 import pandas as pd
@@ -31,9 +35,9 @@ from . import arguments, render, runs
 from .arguments import Run
 from .downloads import Downloads
 from .models import Model, offered
-from .runs import Frame, Recording, RowStats
+from .runs import Frame, Recording
 from .settings import DISPLAY, LIMITS, AppDefaults, Display, Limits
-from .stops import StopRequests
+from .stops import RunProgress, StopRequests
 from .timing import Timings
 from .zerogpu import on_gpu
 
@@ -48,12 +52,28 @@ class StreamOutputs(NamedTuple):
     x_t: Image.Image                 # the current x_t grid (x_T first, the samples last)
     pred_xstart: Image.Image | None  # the current x-hat_0 grid (None before the first step)
     status: str                      # Markdown: step, state, time
-    chart: pd.DataFrame | gr.LinePlot  # mean p(c | x_t) per row and step so far (see _outputs)
+    chart: pd.DataFrame | gr.LinePlot  # mean p(c | x_t) per row and step so far (see `of`)
     table: pd.DataFrame              # per-row confidence and diversity
     push: Image.Image | None         # the guidance term k_t w(t) g, diverging colours (None before step 1)
     push_note: str                   # what the push colours mean at this step, with its scale s
     norm_chart: pd.DataFrame | gr.LinePlot  # mean ||k_t w(t) g|| per row and step so far
     recording: Recording             # kept in the session for scrubbing and downloads
+
+    @classmethod
+    def of(cls, recording: Recording, frame: Frame | None, with_evaluator: bool) -> StreamOutputs:
+        """The outputs after frame (None: x_T, before the first step)."""
+        images = render.frame_images(recording, frame)
+        chart, norm_chart = render.chart(recording), render.norm_chart(recording)
+        if frame is None:
+            # The browser builds a chart (axis range, row colours) from the first value it gets
+            # after these settings change, and only swaps the data afterwards.
+            run = recording.run
+            x_lim, colors = [0, run.request.steps], render.chart_colors(run)
+            chart = gr.LinePlot(value=chart, x_lim=x_lim, color_map=colors)
+            norm_chart = gr.LinePlot(value=norm_chart, x_lim=x_lim, color_map=colors)
+        return cls(x_t=images.x_t, pred_xstart=images.pred_xstart, status=render.status(recording, frame),
+                   chart=chart, table=render.table(recording, with_evaluator), push=images.push,
+                   push_note=render.push_note(frame), norm_chart=norm_chart, recording=recording)
 
 
 class AfterRun(NamedTuple):
@@ -71,6 +91,12 @@ class FrameView(NamedTuple):
     status: str
     push: Image.Image | None
     push_note: str
+
+    @classmethod
+    def of(cls, recording: Recording, frame: Frame | None) -> FrameView:
+        images = render.frame_images(recording, frame)
+        return cls(x_t=images.x_t, pred_xstart=images.pred_xstart, status=render.status(recording, frame),
+                   push=images.push, push_note=render.push_note(frame))
 
 
 @contextlib.contextmanager
@@ -103,20 +129,20 @@ def defaults_run(model: Model, limits: Limits, **changes) -> Run:
 class Handlers:
     """The app's handlers, bound to loaded checkpoint bundles: one Bundle, or Models (the first
     is the one the page opens on). defaults: what the page shows first for a single bundle (by
-    default those of its folder, settings.app_defaults)."""
+    default those of its folder, settings.app_defaults). Its parts: timings, live_mode, playback."""
 
     def __init__(self, bundle: Bundle | Sequence[Model], display: Display = DISPLAY, limits: Limits = LIMITS,
                  downloads: str | Path | None = None, defaults: AppDefaults | None = None):
-        bundle = offered(bundle, defaults)
-        self.models = {m.name: m for m in bundle}
-        self.model = bundle[0]
+        models = offered(bundle, defaults)
+        self.models, self.model = {m.name: m for m in models}, models[0]
         self.bundle, self.defaults = self.model.bundle, self.model.defaults
         self.display, self.limits = display, limits
-        self.playback = Playback(Downloads(downloads, display))
+        self.with_evaluator = any(m.bundle.evaluator is not None for m in models)
         self.stops = StopRequests()
-        self.with_evaluator = any(m.bundle.evaluator is not None for m in bundle)
-        self.timings = Timings(bundle, display, partial(defaults_run, limits=limits))
         self.opening = ""               # Markdown: why the page opens on the first model (demo/launch.py)
+        self.timings = Timings(models, display, partial(defaults_run, limits=limits))
+        self.live_mode = LiveMode(self.serve, self.stops)
+        self.playback = Playback(Downloads(downloads, display))
         self._stream_on_device = on_gpu(self.stream)
 
     def pick(self, model) -> Model:
@@ -139,7 +165,7 @@ class Handlers:
         "dynamic" or "none" for x-hat_0; threshold_percentile: in [0.5, 1], for "dynamic"; model:
         which loaded bundle samples ("pixel", "latent"; None or left out: the page's first).
         """
-        yield from self._serve(arguments.generate_run, (
+        yield from self.serve(arguments.generate_run, (
             class_name, scale, unet, cfg_scale, steps, sampler, eta, num_images, seed, interval, schedule,
             threshold, threshold_percentile), model, request)
 
@@ -156,16 +182,113 @@ class Handlers:
         names, or "all"); "class" ("Bag, Sneaker" or "all"). The other arguments are as for
         generate and set what the rows share; num_images is per row.
         """
-        yield from self._serve(arguments.compare_run, (
+        yield from self.serve(arguments.compare_run, (
             class_name, strengths, mode, scale, unet, cfg_scale, steps, sampler, eta, num_images, seed, interval,
             schedule, threshold, threshold_percentile), model, request)
+
+    def serve(self, build, values: tuple, model, request: gr.Request | None,
+              final_only: bool = False) -> Iterator[StreamOutputs]:
+        """Stream the Run of an endpoint's raw values (run_of) on the named model, for the request's
+        session; a bad value raises gr.Error before anything runs."""
+        with user_errors():
+            model = self.pick(model)
+            run = run_of(build, values, model, self.limits)
+        yield from self._stream_on_device(run, _session(request), model.name, final_only)
+
+    def stream(self, run: Run, session: str | None = None, model: str | None = None,
+               final_only: bool = False) -> Iterator[StreamOutputs]:
+        """Sample the run on the named model, yielding x_T at once, then a frame whenever
+        frame_interval_s has passed, then the final frame (or the frame where Stop was seen);
+        final_only sends the final frame alone, and nothing once a newer live run superseded this
+        one. Logs one line when the run ends, however it ends."""
+        stream = RunStream(self.pick(model).bundle, run, session, self.display.frame_interval_s, self.with_evaluator)
+        yield from stream.frames(self.stops, final_only)
+
+    def stop(self, request: gr.Request = None) -> None:
+        """Ask this session's running generation or comparison to end after its current step."""
+        self.stops.request(_session(request))
+
+
+class RunStream:
+    """One run streamed: its steps recorded into a Recording and sent as StreamOutputs, its
+    RunProgress (registered with StopRequests for the session) read after every step."""
+
+    def __init__(self, bundle: Bundle, run: Run, session: str | None, frame_interval_s: float,
+                 with_evaluator: bool):
+        self.bundle, self.run, self.session = bundle, run, session
+        self.frame_interval_s, self.with_evaluator = frame_interval_s, with_evaluator
+
+    def frames(self, stops: StopRequests, final_only: bool) -> Iterator[StreamOutputs]:
+        """x_T (unless final_only), then the frames of the steps; a run that fails is marked failed."""
+        with user_errors():  # what this bundle's UNet cannot run (guidance.request.Conditioning)
+            steps = generation.stream(self.bundle, self.run.request)
+        recording = runs.start(self.bundle, self.run)
+        progress = stops.start(self.session)
+        try:
+            if not final_only:
+                yield StreamOutputs.of(recording, None, self.with_evaluator)
+            yield from self._steps(steps, recording, progress, final_only)
+        except gr.Error:
+            recording.end("failed", recording.stats)
+            raise
+        finally:
+            stops.end(self.session, progress)
+            self._log_end(recording, progress)
+
+    def _steps(self, steps: Iterator[Step], recording: Recording, progress: RunProgress,
+               final_only: bool) -> Iterator[StreamOutputs]:
+        """Record every step; send the last, the one where Stop was seen (none when superseded)
+        and, unless final_only, one whenever frame_interval_s has passed since the last sent."""
+        bundle, run = self.bundle, self.run
+        sent = time.monotonic()
+        with user_errors():
+            for step in steps:
+                last = step.index == run.request.steps - 1
+                images = bundle.codec.decode(step.sample) if last else None  # decoded once, for both
+                frame = recording.add(step, images)
+                progress.steps_done = frame.index + 1
+                if last:
+                    recording.end("finished", runs.row_stats(bundle, run, step.sample, images=images))
+                    yield StreamOutputs.of(recording, frame, self.with_evaluator)
+                elif progress.stop_came is not None:
+                    recording.end("stopped", runs.live_stats(recording, frame, step))
+                    if not progress.superseded:
+                        yield StreamOutputs.of(recording, frame, self.with_evaluator)
+                    return
+                elif not final_only and time.monotonic() - sent >= self.frame_interval_s:
+                    recording.stats = runs.live_stats(recording, frame, step)
+                    yield StreamOutputs.of(recording, frame, self.with_evaluator)
+                    sent = time.monotonic()
+
+    def _log_end(self, recording: Recording, progress: RunProgress) -> None:
+        """One log line when the run ends, however it ends."""
+        # Still "running" here: Gradio closed the stream at a frame, as the client cancelled or went
+        # away. The Stop button does both: it asks the run to end and cancels it through Gradio, and
+        # either may come first. A stream closed after the run's Stop request was stopped by it;
+        # one closed before the request reached the run (or without one) was closed.
+        state = recording.state
+        if state == "running":
+            state = "closed" if progress.stop_came is None else "stopped"
+        if progress.superseded:
+            state = "superseded"
+        stop = "" if progress.stop_came is None else f"; Stop came after step {progress.stop_came}"
+        log.info("run %s: %s after step %d of %d%s", (self.session or "-")[:8], state, len(recording.frames),
+                 self.run.request.steps, stop)
+
+
+class LiveMode:
+    """The live events, wired to the sliders when a live box is ticked. serve is Handlers.serve;
+    stops the StopRequests through which a newer move ends the session's running sample."""
+
+    def __init__(self, serve: Callable[..., Iterator[StreamOutputs]], stops: StopRequests):
+        self._serve, self._stops = serve, stops
 
     def live_generate(self, live, class_name, scale, unet, cfg_scale, steps, sampler, eta, num_images, seed, interval,
                       schedule, threshold, threshold_percentile, model, request: gr.Request = None) -> tuple:
         """When live is on: generate's final frame (StreamOutputs). The page calls it as a control
         moves, after supersede has ended the session's previous run. When live is off, or a newer
         move superseded this run, every output is left as it is (gr.skip)."""
-        return self._live(live, arguments.generate_run, (
+        return self._final(live, arguments.generate_run, (
             class_name, scale, unet, cfg_scale, steps, sampler, eta, num_images, seed, interval, schedule,
             threshold, threshold_percentile), model, request)
 
@@ -173,11 +296,11 @@ class Handlers:
                      seed, interval, schedule, threshold, threshold_percentile, model, request: gr.Request = None) -> tuple:
         """As live_generate, for compare with one image per row: the strip of final images across
         the rows, for one noise."""
-        return self._live(live, arguments.compare_run, (
+        return self._final(live, arguments.compare_run, (
             class_name, strengths, mode, scale, unet, cfg_scale, steps, sampler, eta, 1, seed, interval, schedule,
             threshold, threshold_percentile), model, request)
 
-    def _live(self, live, build, values: tuple, model, request: gr.Request | None) -> tuple:
+    def _final(self, live, build, values: tuple, model, request: gr.Request | None) -> tuple:
         frames = list(self._serve(build, values, model, request, final_only=True)) if live is True else []
         return frames[-1] if frames else tuple(gr.skip() for _ in StreamOutputs._fields)
 
@@ -193,87 +316,7 @@ class Handlers:
         """When live is on, end this session's running sample after its current step without
         another frame: a newer live request takes its place (the last position wins)."""
         if live is True:
-            self.stops.request(_session(request), superseded=True)
-
-    def _serve(self, build, values: tuple, model, request: gr.Request | None,
-               final_only: bool = False) -> Iterator[StreamOutputs]:
-        with user_errors():
-            model = self.pick(model)
-            run = run_of(build, values, model, self.limits)
-        yield from self._stream_on_device(run, _session(request), model.name, final_only)
-
-    def stream(self, run: Run, session: str | None = None, model: str | None = None,
-               final_only: bool = False) -> Iterator[StreamOutputs]:
-        """Sample the run on the named model, yielding x_T at once, then a frame whenever
-        frame_interval_s has passed, then the final frame (or the frame where Stop was seen);
-        final_only sends the final frame alone, and nothing once a newer live run superseded this
-        one. Logs one line when the run ends, however it ends."""
-        bundle = self.pick(model).bundle
-        with user_errors():  # what this bundle's UNet cannot run (guidance.request.Conditioning)
-            steps = generation.stream(bundle, run.request)
-        recording = runs.start(bundle, run)
-        progress = self.stops.start(session)
-        try:
-            if not final_only:
-                yield self._outputs(recording, None)
-            sent = time.monotonic()
-            with user_errors():
-                for step in steps:
-                    last = step.index == run.request.steps - 1
-                    images = bundle.codec.decode(step.sample) if last else None  # decoded once, for both
-                    frame = recording.add(step, images)
-                    progress.steps_done = frame.index + 1
-                    if last:
-                        recording.end("finished", runs.row_stats(bundle, run, step.sample, images=images))
-                        yield self._outputs(recording, frame)
-                    elif progress.stop_came is not None:
-                        recording.end("stopped", self._live_stats(recording, frame, step))
-                        if not progress.superseded:
-                            yield self._outputs(recording, frame)
-                        return
-                    elif not final_only and time.monotonic() - sent >= self.display.frame_interval_s:
-                        recording.stats = self._live_stats(recording, frame, step)
-                        yield self._outputs(recording, frame)
-                        sent = time.monotonic()
-        except gr.Error:
-            recording.end("failed", recording.stats)
-            raise
-        finally:
-            self.stops.end(session, progress)
-            # Still "running" here: Gradio closed the stream at a frame, as the client cancelled or went
-            # away. The Stop button does both: it asks the run to end and cancels it through Gradio, and
-            # either may come first. A stream closed after the run's Stop request was stopped by it;
-            # one closed before the request reached the run (or without one) was closed.
-            state = recording.state
-            if state == "running":
-                state = "closed" if progress.stop_came is None else "stopped"
-            if progress.superseded:
-                state = "superseded"
-            stop = "" if progress.stop_came is None else f"; Stop came after step {progress.stop_came}"
-            log.info("run %s: %s after step %d of %d%s", (session or "-")[:8], state, len(recording.frames),
-                     run.request.steps, stop)
-
-    def _live_stats(self, recording: Recording, frame: Frame, step: Step) -> RowStats:
-        """Mid-run: p(c | x_t) from the step and the diversity of x-hat_0."""
-        return RowStats(frame.class_prob, None, runs.live_diversity(recording, frame, step))
-
-    def _outputs(self, recording: Recording, frame: Frame | None) -> StreamOutputs:
-        images = render.frame_images(recording, frame)
-        chart, norm_chart = render.chart(recording), render.norm_chart(recording)
-        if frame is None:
-            # The browser builds a chart (axis range, row colours) from the first value it gets
-            # after these settings change, and only swaps the data afterwards.
-            run = recording.run
-            x_lim, colors = [0, run.request.steps], render.chart_colors(run)
-            chart = gr.LinePlot(value=chart, x_lim=x_lim, color_map=colors)
-            norm_chart = gr.LinePlot(value=norm_chart, x_lim=x_lim, color_map=colors)
-        return StreamOutputs(images.x_t, images.pred_xstart, render.status(recording, frame), chart,
-                             render.table(recording, self.with_evaluator), images.push, render.push_note(frame),
-                             norm_chart, recording)
-
-    def stop(self, request: gr.Request = None) -> None:
-        """Ask this session's running generation or comparison to end after its current step."""
-        self.stops.request(_session(request))
+            self._stops.request(_session(request), superseded=True)
 
 
 class Playback:
@@ -288,10 +331,7 @@ class Playback:
             raise gr.Error("nothing recorded yet: run a generation first")
         with user_errors():
             k = integer(position, "frame", 0, len(recording.frames))
-        frame = recording.frames[k - 1] if k else None
-        images = render.frame_images(recording, frame)
-        return FrameView(images.x_t, images.pred_xstart, render.status(recording, frame), images.push,
-                         render.push_note(frame))
+        return FrameView.of(recording, recording.frames[k - 1] if k else None)
 
     def finish(self, recording: Recording | None) -> AfterRun:
         """After a run: the scrubber over its frames, the GIF of the denoising and, for a finished

@@ -78,7 +78,7 @@ class OutputPanel(NamedTuple):
 
     @property
     def after_run(self) -> list:
-        """The outputs of Playback.finish and Handlers.after_live."""
+        """The outputs of Playback.finish and LiveMode.after_live."""
         return self.outputs(AfterRun)
 
 
@@ -241,10 +241,10 @@ def _wire_live(handlers: Handlers, toggle: gr.Checkbox, triggers: list, fn, inpu
     (trigger_mode="always_last"), so the last position always wins."""
     private = dict(show_progress="hidden", api_visibility="private")
     for component in triggers:
-        component.input(handlers.supersede, toggle, None, queue=False, **private)
+        component.input(handlers.live_mode.supersede, toggle, None, queue=False, **private)
         run = component.input(fn, [toggle, *inputs], panel.stream, preprocess=False, trigger_mode="always_last",
                               concurrency_id="sampling", concurrency_limit=concurrency_limit, **private)
-        run.then(handlers.after_live, toggle, panel.after_run, **private)
+        run.then(handlers.live_mode.after_live, toggle, panel.after_run, **private)
 
 
 def build(handlers: Handlers, concurrency_limit: int = SERVER.concurrency_limit) -> gr.Blocks:
@@ -313,10 +313,10 @@ def build(handlers: Handlers, concurrency_limit: int = SERVER.concurrency_limit)
         _wire_run(handlers, handlers.compare, "compare", compare, compare_stop, compare_inputs, compare_panel,
                   concurrency_limit)
         live_triggers = [controls.scale, controls.cfg_scale, controls.class_name, controls.seed]
-        _wire_live(handlers, generate_live, live_triggers, handlers.live_generate, generate_inputs, generate_panel,
+        _wire_live(handlers, generate_live, live_triggers, handlers.live_mode.live_generate, generate_inputs, generate_panel,
                    concurrency_limit)
         _wire_live(handlers, compare_live, [controls.cfg_scale, controls.class_name, controls.seed, strengths],
-                   handlers.live_compare, compare_inputs, compare_panel, concurrency_limit)
+                   handlers.live_mode.live_compare, compare_inputs, compare_panel, concurrency_limit)
         model.change(partial(_switch, handlers), model,
                      [*c, info, *generate_captions, *compare_captions, generate_live, compare_live, live_text],
                      queue=False, show_progress="hidden", api_visibility="private")
