@@ -1,23 +1,25 @@
-"""The functions behind the buttons and the API endpoints.
+"""The functions behind the buttons and the API endpoints, by job:
 
-generate and compare are generators: they turn their raw arguments into a Run (arguments.py),
-then stream frames of guidance.generation.stream(bundle, request) recorded by runs.py and drawn
-by render.py. Each frame is a StreamOutputs tuple; frames go out at most once per
-Display.frame_interval_s (always the first and the last; 0 sends every step). A ValueError (a
-bad argument) or a NonFiniteError (a run that diverged) reaches the caller as gr.Error, in one
-place: user_errors.
+    Handlers   Generate and Compare (the public endpoints) and Stop: raw arguments become a Run
+               (arguments.py, called in one place: run_of), streamed on the picked model
+    RunStream  one run streamed: its steps recorded by runs.py and drawn by render.py (one frame
+               is a StreamOutputs tuple), sent at most once per Display.frame_interval_s (always
+               the first and the last; 0 sends every step), ended within a step by Stop (stops.py)
+    LiveMode   the live events: the final frame of each slider move, superseding the last run
+    Playback   after a run: the scrubber over its frames and its downloads (downloads.py)
+
+A ValueError (a bad argument) or a NonFiniteError (a run that diverged) reaches the caller as
+gr.Error, in one place: user_errors. The loaded models are models.py, their timings timing.py.
 """
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import tempfile
-import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
-from typing import Iterator, NamedTuple, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import gradio as gr
 import pandas as pd
@@ -31,27 +33,47 @@ from guidance.samplers import Step
 
 from . import arguments, render, runs
 from .arguments import Run
-from .runs import Frame, Recording, RowStats
-from .settings import DISPLAY, LIMITS, AppDefaults, Display, Limits, app_defaults
+from .downloads import Downloads
+from .models import Model, offered
+from .runs import Frame, Recording
+from .settings import DISPLAY, LIMITS, AppDefaults, Display, Limits
+from .stops import RunProgress, StopRequests
+from .timing import Timings
 from .zerogpu import on_gpu
 
-KEPT_DOWNLOADS = 64  # files kept in the downloads folder; older ones are deleted
 NEW = AppDefaults()  # the Python defaults of the arguments added after the first release
 log = logging.getLogger(__name__)
 
 
 class StreamOutputs(NamedTuple):
-    """One streamed frame, in the order of the output components (new ones appended, so API
-    callers that index the first five keep working)."""
+    """One streamed frame. The field order is the order of the endpoints' outputs, written only
+    here (ui.OutputPanel.outputs wires the components by these names); new fields are appended, so
+    API callers that index the first five keep working."""
     x_t: Image.Image                 # the current x_t grid (x_T first, the samples last)
     pred_xstart: Image.Image | None  # the current x-hat_0 grid (None before the first step)
     status: str                      # Markdown: step, state, time
-    chart: pd.DataFrame | gr.LinePlot  # mean p(c | x_t) per row and step so far (see _outputs)
+    chart: pd.DataFrame | gr.LinePlot  # mean p(c | x_t) per row and step so far (see `of`)
     table: pd.DataFrame              # per-row confidence and diversity
     push: Image.Image | None         # the guidance term k_t w(t) g, diverging colours (None before step 1)
     push_note: str                   # what the push colours mean at this step, with its scale s
     norm_chart: pd.DataFrame | gr.LinePlot  # mean ||k_t w(t) g|| per row and step so far
     recording: Recording             # kept in the session for scrubbing and downloads
+
+    @classmethod
+    def of(cls, recording: Recording, frame: Frame | None, with_evaluator: bool) -> StreamOutputs:
+        """The outputs after frame (None: x_T, before the first step)."""
+        images = render.frame_images(recording, frame)
+        chart, norm_chart = render.chart(recording), render.norm_chart(recording)
+        if frame is None:
+            # The browser builds a chart (axis range, row colours) from the first value it gets
+            # after these settings change, and only swaps the data afterwards.
+            run = recording.run
+            x_lim, colors = [0, run.request.steps], render.chart_colors(run)
+            chart = gr.LinePlot(value=chart, x_lim=x_lim, color_map=colors)
+            norm_chart = gr.LinePlot(value=norm_chart, x_lim=x_lim, color_map=colors)
+        return cls(x_t=images.x_t, pred_xstart=images.pred_xstart, status=render.status(recording, frame),
+                   chart=chart, table=render.table(recording, with_evaluator), push=images.push,
+                   push_note=render.push_note(frame), norm_chart=norm_chart, recording=recording)
 
 
 class AfterRun(NamedTuple):
@@ -63,11 +85,18 @@ class AfterRun(NamedTuple):
 
 
 class FrameView(NamedTuple):
+    """A recorded frame as the scrubber shows it: StreamOutputs' images and lines."""
     x_t: Image.Image
     pred_xstart: Image.Image | None
     status: str
     push: Image.Image | None
     push_note: str
+
+    @classmethod
+    def of(cls, recording: Recording, frame: Frame | None) -> FrameView:
+        images = render.frame_images(recording, frame)
+        return cls(x_t=images.x_t, pred_xstart=images.pred_xstart, status=render.status(recording, frame),
+                   push=images.push, push_note=render.push_note(frame))
 
 
 @contextlib.contextmanager
@@ -80,136 +109,41 @@ def user_errors() -> Iterator[None]:
         raise gr.Error(str(err)) from None
 
 
-class Model(NamedTuple):
-    """One loaded checkpoint bundle the page offers, under the name the API takes."""
-    name: str                       # "pixel" or "latent" (the bundle's space), or the folder's name
-    bundle: Bundle
-    defaults: AppDefaults           # what the page shows when this model is picked
-
-
-def models_of(bundles: Sequence[Bundle]) -> list[Model]:
-    """A Model per bundle with its folder's defaults; named by space, or by folder when two share one."""
-    spaces = [b.space for b in bundles]
-    return [Model(b.space if spaces.count(b.space) == 1 else Path(b.folder).name, b, app_defaults(b.folder))
-            for b in bundles]
-
-
-@dataclass
-class RunProgress:
-    """Where a run in progress is; written by the run after every step, read by Stop."""
-    steps_done: int = 0
-    stop_came: int | None = None  # steps_done when Stop came; None while it has not
-    superseded: bool = False      # a newer live run of the session took over: send nothing more
-
-
-class StopRequests:
-    """The run in progress of each session, and Stop requests for it: the Stop button, or the
-    client going away (the page's unload event). A run checks its own progress after every step,
-    so Stop ends it within one step (cancelling through Gradio alone waits for the next streamed
-    frame). Only running sessions are kept: a Stop with nothing running is dropped, and sessions
-    that come and go leave nothing behind."""
-
-    def __init__(self):
-        self._runs: dict[str, RunProgress] = {}
-        self._lock = threading.Lock()
-
-    def start(self, session: str | None) -> RunProgress:
-        """A new run for session; a Stop pressed before it does not end it."""
-        progress = RunProgress()
-        if session is not None:
-            with self._lock:
-                self._runs[session] = progress
-        return progress
-
-    def request(self, session: str | None, superseded: bool = False) -> None:
-        """Stop the session's run after its current step; superseded: a newer run replaces it, so
-        it ends without another frame."""
-        with self._lock:
-            progress = self._runs.get(session)
-            if progress is not None and progress.stop_came is None:
-                progress.stop_came, progress.superseded = progress.steps_done, superseded
-
-    def end(self, session: str | None, progress: RunProgress) -> None:
-        with self._lock:
-            if self._runs.get(session) is progress:  # not a newer run of the same session
-                del self._runs[session]
-
-
 def _session(request: gr.Request | None) -> str | None:
     return getattr(request, "session_hash", None)
+
+
+def run_of(build, values: tuple, model: Model, limits: Limits) -> Run:
+    """An endpoint's raw values as a checked Run on model's bundle: the app's one call into
+    demo/arguments.py (build is arguments.generate_run or compare_run). Raises ValueError."""
+    bundle = model.bundle
+    return build(*values, class_names=bundle.class_names, num_timesteps=bundle.num_timesteps, limits=limits)
+
+
+def defaults_run(model: Model, limits: Limits, **changes) -> Run:
+    """The Run of the page's first Generate on model, with changes to its defaults."""
+    values = replace(model.defaults, **changes).generate_values(model.bundle.class_names)
+    return run_of(arguments.generate_run, values, model, limits)
 
 
 class Handlers:
     """The app's handlers, bound to loaded checkpoint bundles: one Bundle, or Models (the first
     is the one the page opens on). defaults: what the page shows first for a single bundle (by
-    default those of its folder, settings.app_defaults)."""
+    default those of its folder, settings.app_defaults). Its parts: timings, live_mode, playback."""
 
     def __init__(self, bundle: Bundle | Sequence[Model], display: Display = DISPLAY, limits: Limits = LIMITS,
                  downloads: str | Path | None = None, defaults: AppDefaults | None = None):
-        if isinstance(bundle, Bundle):
-            bundle = [Model(bundle.space, bundle, app_defaults(bundle.folder) if defaults is None else defaults)]
-        if not bundle:
-            raise ValueError("the app needs at least one checkpoint bundle")
-        self.models = {m.name: m for m in bundle}
-        self.model = bundle[0]
+        models = offered(bundle, defaults)
+        self.models, self.model = {m.name: m for m in models}, models[0]
         self.bundle, self.defaults = self.model.bundle, self.model.defaults
         self.display, self.limits = display, limits
-        self.downloads = Path(downloads or tempfile.mkdtemp(prefix="guidance-demo-"))
-        self.downloads.mkdir(parents=True, exist_ok=True)
+        self.with_evaluator = any(m.bundle.evaluator is not None for m in models)
         self.stops = StopRequests()
-        self.with_evaluator = any(m.bundle.evaluator is not None for m in bundle)
-        self.run_seconds: dict[str, float] = {}  # model -> seconds of one Generate at its defaults (time_runs)
-        self.step_seconds: dict[str, float] = {}  # model -> seconds of one step of one image (time_steps)
-        self._estimated: set[str] = set()  # models whose run_seconds is step_seconds x steps, not timed
         self.opening = ""               # Markdown: why the page opens on the first model (demo/launch.py)
+        self.timings = Timings(models, display, partial(defaults_run, limits=limits))
+        self.live_mode = LiveMode(self.serve, self.stops)
+        self.playback = Playback(Downloads(downloads, display))
         self._stream_on_device = on_gpu(self.stream)
-
-    def _defaults_run(self, m: Model, **changes) -> Run:
-        values = replace(m.defaults, **changes).generate_values(m.bundle.class_names)
-        return arguments.generate_run(*values, class_names=m.bundle.class_names,
-                                      num_timesteps=m.bundle.num_timesteps, limits=self.limits)
-
-    def time_steps(self) -> None:
-        """Time one sampling step of one image at each model's defaults (the second of two steps;
-        the first warms up), for the page: a full-size ImageNet model takes seconds per step on a CPU."""
-        for name, m in self.models.items():
-            steps = generation.stream(m.bundle, self._defaults_run(m, num_images=1, steps=2).request, diagnostics=False)
-            next(steps)
-            start = time.perf_counter()
-            next(steps)
-            self.step_seconds[name] = time.perf_counter() - start
-
-    def time_runs(self) -> None:
-        """Time one Generate at each model's defaults (after a warm-up run), for live mode. A model
-        whose steps alone would take over ten times the live limit is not run: its time is estimated
-        from time_steps (minutes of start-up for a full-size ImageNet model otherwise)."""
-        if not self.step_seconds:
-            self.time_steps()
-        for name, m in self.models.items():
-            estimate = self.step_seconds[name] * m.defaults.steps * m.defaults.num_images
-            if estimate > 10 * self.display.live_max_seconds:
-                self.run_seconds[name] = estimate
-                self._estimated.add(name)
-                continue
-            run = self._defaults_run(m)
-            for _ in range(2):
-                start = time.perf_counter()
-                for _ in generation.stream(m.bundle, run.request, diagnostics=False):
-                    pass
-                self.run_seconds[name] = time.perf_counter() - start
-
-    def live(self, model) -> tuple[bool, str]:
-        """Whether live mode is offered for a model, and the page's sentence saying why."""
-        seconds, limit = self.run_seconds.get(model), self.display.live_max_seconds
-        if seconds is None:  # not timed: the limit alone decides (`python app.py --live on|off`)
-            if limit < 0:
-                return False, "Live mode is off (`python app.py --live off`)."
-            return True, "Live: the images follow w, w_cfg, the class and the seed as you move them."
-        timing = f"one run at this model's defaults takes {'about ' if model in self._estimated else ''}{seconds:.2f} s here"
-        if seconds <= limit:
-            return True, f"Live: {timing}, so the images follow w, w_cfg, the class and the seed as you move them."
-        return False, (f"Live mode is off for this model: {timing}, more than the {limit:g} s that following a "
-                       "slider needs. Press Generate instead, or pick the latent model.")
 
     def pick(self, model) -> Model:
         """The Model named `model` (None: the one the page opens on). Raises ValueError."""
@@ -231,7 +165,7 @@ class Handlers:
         "dynamic" or "none" for x-hat_0; threshold_percentile: in [0.5, 1], for "dynamic"; model:
         which loaded bundle samples ("pixel", "latent"; None or left out: the page's first).
         """
-        yield from self._serve(arguments.generate_run, (
+        yield from self.serve(arguments.generate_run, (
             class_name, scale, unet, cfg_scale, steps, sampler, eta, num_images, seed, interval, schedule,
             threshold, threshold_percentile), model, request)
 
@@ -248,16 +182,113 @@ class Handlers:
         names, or "all"); "class" ("Bag, Sneaker" or "all"). The other arguments are as for
         generate and set what the rows share; num_images is per row.
         """
-        yield from self._serve(arguments.compare_run, (
+        yield from self.serve(arguments.compare_run, (
             class_name, strengths, mode, scale, unet, cfg_scale, steps, sampler, eta, num_images, seed, interval,
             schedule, threshold, threshold_percentile), model, request)
+
+    def serve(self, build, values: tuple, model, request: gr.Request | None,
+              final_only: bool = False) -> Iterator[StreamOutputs]:
+        """Stream the Run of an endpoint's raw values (run_of) on the named model, for the request's
+        session; a bad value raises gr.Error before anything runs."""
+        with user_errors():
+            model = self.pick(model)
+            run = run_of(build, values, model, self.limits)
+        yield from self._stream_on_device(run, _session(request), model.name, final_only)
+
+    def stream(self, run: Run, session: str | None = None, model: str | None = None,
+               final_only: bool = False) -> Iterator[StreamOutputs]:
+        """Sample the run on the named model, yielding x_T at once, then a frame whenever
+        frame_interval_s has passed, then the final frame (or the frame where Stop was seen);
+        final_only sends the final frame alone, and nothing once a newer live run superseded this
+        one. Logs one line when the run ends, however it ends."""
+        stream = RunStream(self.pick(model).bundle, run, session, self.display.frame_interval_s, self.with_evaluator)
+        yield from stream.frames(self.stops, final_only)
+
+    def stop(self, request: gr.Request = None) -> None:
+        """Ask this session's running generation or comparison to end after its current step."""
+        self.stops.request(_session(request))
+
+
+class RunStream:
+    """One run streamed: its steps recorded into a Recording and sent as StreamOutputs, its
+    RunProgress (registered with StopRequests for the session) read after every step."""
+
+    def __init__(self, bundle: Bundle, run: Run, session: str | None, frame_interval_s: float,
+                 with_evaluator: bool):
+        self.bundle, self.run, self.session = bundle, run, session
+        self.frame_interval_s, self.with_evaluator = frame_interval_s, with_evaluator
+
+    def frames(self, stops: StopRequests, final_only: bool) -> Iterator[StreamOutputs]:
+        """x_T (unless final_only), then the frames of the steps; a run that fails is marked failed."""
+        with user_errors():  # what this bundle's UNet cannot run (guidance.request.Conditioning)
+            steps = generation.stream(self.bundle, self.run.request)
+        recording = runs.start(self.bundle, self.run)
+        progress = stops.start(self.session)
+        try:
+            if not final_only:
+                yield StreamOutputs.of(recording, None, self.with_evaluator)
+            yield from self._steps(steps, recording, progress, final_only)
+        except gr.Error:
+            recording.end("failed", recording.stats)
+            raise
+        finally:
+            stops.end(self.session, progress)
+            self._log_end(recording, progress)
+
+    def _steps(self, steps: Iterator[Step], recording: Recording, progress: RunProgress,
+               final_only: bool) -> Iterator[StreamOutputs]:
+        """Record every step; send the last, the one where Stop was seen (none when superseded)
+        and, unless final_only, one whenever frame_interval_s has passed since the last sent."""
+        bundle, run = self.bundle, self.run
+        sent = time.monotonic()
+        with user_errors():
+            for step in steps:
+                last = step.index == run.request.steps - 1
+                images = bundle.codec.decode(step.sample) if last else None  # decoded once, for both
+                frame = recording.add(step, images)
+                progress.steps_done = frame.index + 1
+                if last:
+                    recording.end("finished", runs.row_stats(bundle, run, step.sample, images=images))
+                    yield StreamOutputs.of(recording, frame, self.with_evaluator)
+                elif progress.stop_came is not None:
+                    recording.end("stopped", runs.live_stats(recording, frame, step))
+                    if not progress.superseded:
+                        yield StreamOutputs.of(recording, frame, self.with_evaluator)
+                    return
+                elif not final_only and time.monotonic() - sent >= self.frame_interval_s:
+                    recording.stats = runs.live_stats(recording, frame, step)
+                    yield StreamOutputs.of(recording, frame, self.with_evaluator)
+                    sent = time.monotonic()
+
+    def _log_end(self, recording: Recording, progress: RunProgress) -> None:
+        """One log line when the run ends, however it ends."""
+        # Still "running" here: Gradio closed the stream at a frame, as the client cancelled or went
+        # away. The Stop button does both: it asks the run to end and cancels it through Gradio, and
+        # either may come first. A stream closed after the run's Stop request was stopped by it;
+        # one closed before the request reached the run (or without one) was closed.
+        state = recording.state
+        if state == "running":
+            state = "closed" if progress.stop_came is None else "stopped"
+        if progress.superseded:
+            state = "superseded"
+        stop = "" if progress.stop_came is None else f"; Stop came after step {progress.stop_came}"
+        log.info("run %s: %s after step %d of %d%s", (self.session or "-")[:8], state, len(recording.frames),
+                 self.run.request.steps, stop)
+
+
+class LiveMode:
+    """The live events, wired to the sliders when a live box is ticked. serve is Handlers.serve;
+    stops the StopRequests through which a newer move ends the session's running sample."""
+
+    def __init__(self, serve: Callable[..., Iterator[StreamOutputs]], stops: StopRequests):
+        self._serve, self._stops = serve, stops
 
     def live_generate(self, live, class_name, scale, unet, cfg_scale, steps, sampler, eta, num_images, seed, interval,
                       schedule, threshold, threshold_percentile, model, request: gr.Request = None) -> tuple:
         """When live is on: generate's final frame (StreamOutputs). The page calls it as a control
         moves, after supersede has ended the session's previous run. When live is off, or a newer
         move superseded this run, every output is left as it is (gr.skip)."""
-        return self._live(live, arguments.generate_run, (
+        return self._final(live, arguments.generate_run, (
             class_name, scale, unet, cfg_scale, steps, sampler, eta, num_images, seed, interval, schedule,
             threshold, threshold_percentile), model, request)
 
@@ -265,11 +296,11 @@ class Handlers:
                      seed, interval, schedule, threshold, threshold_percentile, model, request: gr.Request = None) -> tuple:
         """As live_generate, for compare with one image per row: the strip of final images across
         the rows, for one noise."""
-        return self._live(live, arguments.compare_run, (
+        return self._final(live, arguments.compare_run, (
             class_name, strengths, mode, scale, unet, cfg_scale, steps, sampler, eta, 1, seed, interval, schedule,
             threshold, threshold_percentile), model, request)
 
-    def _live(self, live, build, values: tuple, model, request: gr.Request | None) -> tuple:
+    def _final(self, live, build, values: tuple, model, request: gr.Request | None) -> tuple:
         frames = list(self._serve(build, values, model, request, final_only=True)) if live is True else []
         return frames[-1] if frames else tuple(gr.skip() for _ in StreamOutputs._fields)
 
@@ -285,89 +316,14 @@ class Handlers:
         """When live is on, end this session's running sample after its current step without
         another frame: a newer live request takes its place (the last position wins)."""
         if live is True:
-            self.stops.request(_session(request), superseded=True)
+            self._stops.request(_session(request), superseded=True)
 
-    def _serve(self, build, values: tuple, model, request: gr.Request | None,
-               final_only: bool = False) -> Iterator[StreamOutputs]:
-        with user_errors():
-            model = self.pick(model)
-            bundle = model.bundle
-            run = build(*values, class_names=bundle.class_names, num_timesteps=bundle.num_timesteps,
-                        limits=self.limits)
-        yield from self._stream_on_device(run, _session(request), model.name, final_only)
 
-    def stream(self, run: Run, session: str | None = None, model: str | None = None,
-               final_only: bool = False) -> Iterator[StreamOutputs]:
-        """Sample the run on the named model, yielding x_T at once, then a frame whenever
-        frame_interval_s has passed, then the final frame (or the frame where Stop was seen);
-        final_only sends the final frame alone, and nothing once a newer live run superseded this
-        one. Logs one line when the run ends, however it ends."""
-        bundle = self.pick(model).bundle
-        with user_errors():  # what this bundle's UNet cannot run (guidance.request.Conditioning)
-            steps = generation.stream(bundle, run.request)
-        recording = runs.start(bundle, run)
-        progress = self.stops.start(session)
-        try:
-            if not final_only:
-                yield self._outputs(recording, None)
-            sent = time.monotonic()
-            with user_errors():
-                for step in steps:
-                    last = step.index == run.request.steps - 1
-                    images = bundle.codec.decode(step.sample) if last else None  # decoded once, for both
-                    frame = recording.add(step, images)
-                    progress.steps_done = frame.index + 1
-                    if last:
-                        recording.end("finished", runs.row_stats(bundle, run, step.sample, images=images))
-                        yield self._outputs(recording, frame)
-                    elif progress.stop_came is not None:
-                        recording.end("stopped", self._live_stats(recording, frame, step))
-                        if not progress.superseded:
-                            yield self._outputs(recording, frame)
-                        return
-                    elif not final_only and time.monotonic() - sent >= self.display.frame_interval_s:
-                        recording.stats = self._live_stats(recording, frame, step)
-                        yield self._outputs(recording, frame)
-                        sent = time.monotonic()
-        except gr.Error:
-            recording.end("failed", recording.stats)
-            raise
-        finally:
-            self.stops.end(session, progress)
-            # Still "running" here: Gradio closed the stream at a frame, as the client cancelled or went
-            # away. The Stop button does both: it asks the run to end and cancels it through Gradio, and
-            # either may come first. A stream closed after the run's Stop request was stopped by it;
-            # one closed before the request reached the run (or without one) was closed.
-            state = recording.state
-            if state == "running":
-                state = "closed" if progress.stop_came is None else "stopped"
-            if progress.superseded:
-                state = "superseded"
-            stop = "" if progress.stop_came is None else f"; Stop came after step {progress.stop_came}"
-            log.info("run %s: %s after step %d of %d%s", (session or "-")[:8], state, len(recording.frames),
-                     run.request.steps, stop)
+class Playback:
+    """After a run: the scrubber over its recorded frames, and its files to download."""
 
-    def _live_stats(self, recording: Recording, frame: Frame, step: Step) -> RowStats:
-        """Mid-run: p(c | x_t) from the step and the diversity of x-hat_0."""
-        return RowStats(frame.class_prob, None, runs.live_diversity(recording, frame, step))
-
-    def _outputs(self, recording: Recording, frame: Frame | None) -> StreamOutputs:
-        images = render.frame_images(recording, frame)
-        chart, norm_chart = render.chart(recording), render.norm_chart(recording)
-        if frame is None:
-            # The browser builds a chart (axis range, row colours) from the first value it gets
-            # after these settings change, and only swaps the data afterwards.
-            run = recording.run
-            x_lim, colors = [0, run.request.steps], render.chart_colors(run)
-            chart = gr.LinePlot(value=chart, x_lim=x_lim, color_map=colors)
-            norm_chart = gr.LinePlot(value=norm_chart, x_lim=x_lim, color_map=colors)
-        return StreamOutputs(images.x_t, images.pred_xstart, render.status(recording, frame), chart,
-                             render.table(recording, self.with_evaluator), images.push, render.push_note(frame),
-                             norm_chart, recording)
-
-    def stop(self, request: gr.Request = None) -> None:
-        """Ask this session's running generation or comparison to end after its current step."""
-        self.stops.request(_session(request))
+    def __init__(self, downloads: Downloads):
+        self.downloads = downloads
 
     def show_frame(self, position, recording: Recording | None) -> FrameView:
         """The recorded frame at a scrubber position: 0 is x_T, k is after step k."""
@@ -375,10 +331,7 @@ class Handlers:
             raise gr.Error("nothing recorded yet: run a generation first")
         with user_errors():
             k = integer(position, "frame", 0, len(recording.frames))
-        frame = recording.frames[k - 1] if k else None
-        images = render.frame_images(recording, frame)
-        return FrameView(images.x_t, images.pred_xstart, render.status(recording, frame), images.push,
-                         render.push_note(frame))
+        return FrameView.of(recording, recording.frames[k - 1] if k else None)
 
     def finish(self, recording: Recording | None) -> AfterRun:
         """After a run: the scrubber over its frames, the GIF of the denoising and, for a finished
@@ -390,25 +343,8 @@ class Handlers:
         if recording.state == "running":
             recording.end("stopped", recording.stats)
         frames = list(recording.frames)  # the sampler thread may still add the step it was on
-        stem = self._file_stem(recording)
-        gif = render.save_gif(recording, self.downloads / f"{stem}.gif", self.display, frames)
-        png = None
-        if recording.state == "finished":
-            samples = render.grid(recording.images(frames[-1]), recording.run, self.display, self.display.png_upscale)
-            png = render.save_png(samples, recording.run.parameters(), self.downloads / f"{stem}.png")
-        self._prune_downloads()
+        gif, png = self.downloads.save(recording, frames)
         return AfterRun(gr.update(minimum=0, maximum=len(frames), value=len(frames), step=1, visible=True),
                         gr.update(value=str(gif), visible=True),
                         gr.update(value=str(png), visible=True) if png else hidden,
                         render.status(recording, frames[-1]))
-
-    def _file_stem(self, recording: Recording) -> str:
-        run = recording.run
-        digest = hashlib.sha256(f"{run.parameters()}|{len(recording.frames)}".encode()).hexdigest()[:12]
-        name = "".join(ch if ch.isalnum() else "-" for ch in (run.class_name or "classes").lower())
-        return f"guidance-{name}-seed{run.request.seed}-{digest}"
-
-    def _prune_downloads(self) -> None:
-        files = sorted(self.downloads.iterdir(), key=lambda p: p.stat().st_mtime)
-        for path in files[:-KEPT_DOWNLOADS]:
-            path.unlink(missing_ok=True)

@@ -7,16 +7,21 @@ import math
 import os
 import sys
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 
 from guidance.backend import BACKENDS, BackendError
-from guidance.checkpoints import CheckpointError, load_bundle
+from guidance.checkpoints import Bundle, CheckpointError, load_bundle
 from guidance.evaluation.defaults import FIDELITY_GOAL, FIDELITY_MARGIN
 from guidance.runtime import configure
 
 from .arguments import check_defaults
-from .settings import DISPLAY, SERVER, SHIPPED_CHECKPOINTS, SHIPPED_LATENT, defaults_record
+from .models import Model, models_of
+from .settings import DISPLAY, SERVER, SHIPPED_CHECKPOINTS, SHIPPED_LATENT, Display, defaults_record
+
+if TYPE_CHECKING:
+    from .handlers import Handlers
 
 DEFAULT_CHECKPOINTS = ("checkpoints/fashion-mnist", "checkpoints/fashion-mnist-latent")
 REBUILD_DOC = "checkpoints/fashion-mnist/README.md"  # the commands that trained the shipped checkpoints
@@ -55,44 +60,74 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def display_of(args: argparse.Namespace) -> Display:
+    """The display settings the options set: the frame interval, and the live limit of `--live on`
+    (always offered) or `--live off` (never); `--live auto` keeps the limit, against which
+    Timings.time_runs measures each model."""
+    live = {} if args.live == "auto" else dict(live_max_seconds=math.inf if args.live == "on" else -1.0)
+    return replace(DISPLAY, frame_interval_s=args.frame_interval, **live)
+
+
+class Refused(Exception):
+    """The app cannot start; the message says why (launch prints it after "error: ", exit code 2)."""
+
+
 def launch(args: argparse.Namespace) -> int:
     """Load the checkpoints and their defaults, build the page and serve it until interrupted. Returns
     an exit code."""
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     configure(device, args.threads or max(1, (os.cpu_count() or 1) // args.concurrency))
     folders = args.checkpoints or [str(SHIPPED_CHECKPOINTS)] + ([str(SHIPPED_LATENT)] if SHIPPED_LATENT.is_dir() else [])
+    try:
+        models = _checked(models_of(_bundles(folders, device, args.backend)))
+    except Refused as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    _serve(_handlers(models, args, device), args)
+    return 0
+
+
+def _bundles(folders: list[str], device: str, backend: str) -> list[Bundle]:
+    """The checkpoint bundle of each folder. Raises Refused, naming the folder and how to rebuild it."""
     bundles = []
     for folder in folders:
         try:
-            bundles.append(load_bundle(folder, device, backend=args.backend))
+            bundles.append(load_bundle(folder, device, backend=backend))
         except CheckpointError as err:
-            print(f"error: {err}\nthe app needs unet and classifier checkpoints (.safetensors and .json) in "
-                  f"{folder}; {REBUILD_DOC} gives the commands that rebuild them", file=sys.stderr)
-            return 2
+            raise Refused(f"{err}\nthe app needs unet and classifier checkpoints (.safetensors and .json) in "
+                          f"{folder}; {REBUILD_DOC} gives the commands that rebuild them") from None
         except BackendError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-    # gradio loads only now, so a broken checkpoint stops the app in seconds.
-    from . import ui
-    from .handlers import Handlers, models_of
+            raise Refused(str(err)) from None
+    return bundles
 
-    models = models_of(bundles)
+
+def _checked(models: list[Model]) -> list[Model]:
+    """models, when the page's first Generate and Compare on each would run. Raises Refused."""
     for model in models:
         try:
             check_defaults(model.defaults, model.bundle.class_names, model.bundle.num_timesteps)
         except ValueError as err:
-            print(f"error: {model.bundle.folder / 'defaults.json'} sets a default the app refuses: {err}",
-                  file=sys.stderr)
-            return 2
+            raise Refused(f"{model.bundle.folder / 'defaults.json'} sets a default the app refuses: {err}") from None
+    return models
+
+
+def _handlers(models: list[Model], args: argparse.Namespace, device: str) -> Handlers:
+    """The handlers of the models, the one the page opens on first, timed here as the page needs."""
+    from .handlers import Handlers  # gradio loads only now, so a broken checkpoint stops the app in seconds
+
     models, opening = opening_order(models)
-    handlers = Handlers(models, display=replace(DISPLAY, frame_interval_s=args.frame_interval))
+    handlers = Handlers(models, display=display_of(args))
     handlers.opening = opening
     if torch.device(device).type == "cpu":
-        handlers.time_steps()  # the page shows what one step takes here: seconds for a full-size ImageNet model
+        handlers.timings.time_steps()  # the page shows what one step takes here: seconds for a full-size ImageNet model
     if args.live == "auto":
-        handlers.time_runs()  # for live mode: what one run at each model's defaults takes on this machine
-    else:
-        handlers.display = replace(handlers.display, live_max_seconds=math.inf if args.live == "on" else -1.0)
+        handlers.timings.time_runs()  # for live mode: what one run at each model's defaults takes on this machine
+    return handlers
+
+
+def _serve(handlers: Handlers, args: argparse.Namespace) -> None:
+    """Build the page, queue its runs and serve it until interrupted, logging one line per run."""
+    from . import ui
 
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("demo").setLevel(logging.INFO)  # one line per run (demo.handlers)
@@ -100,7 +135,6 @@ def launch(args: argparse.Namespace) -> int:
     demo.queue(max_size=SERVER.max_queue)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=ui.CSS, run_history=False,
                 max_file_size=SERVER.max_file_size, show_error=False)
-    return 0
 
 
 def _recorded(model) -> tuple[tuple[float, float, float] | None, float | None]:

@@ -210,9 +210,10 @@ def row_stats(bundle: Bundle, run: Run, sample: torch.Tensor, t: int = 0,
     return RowStats(classifier_prob, evaluator_prob, diversity(images, rows))
 
 
-def live_diversity(recording: Recording, frame: Frame, step: Step) -> np.ndarray:
-    """Mid-run diversity of x-hat_0 per row, in pixels (decoding it on a latent bundle)."""
+def live_stats(recording: Recording, frame: Frame, step: Step) -> RowStats:
+    """Mid-run: p(c | x_t) from the step, and the diversity of x-hat_0 per row in pixels (decoding
+    it on a latent bundle); no evaluator yet."""
     rows = len(recording.run.labels)
     if not recording.latent:
-        return diversity(step.pred_xstart, rows)
-    return diversity(to_model_range(recording.pred_xstart(frame)), rows)
+        return RowStats(frame.class_prob, None, diversity(step.pred_xstart, rows))
+    return RowStats(frame.class_prob, None, diversity(to_model_range(recording.pred_xstart(frame)), rows))

@@ -12,7 +12,8 @@ from guidance.request import MAX_SCALE, MAX_SEED
 
 from . import render
 from .examples import EXAMPLES, Example
-from .handlers import Handlers, Model
+from .handlers import AfterRun, FrameView, Handlers, StreamOutputs
+from .models import Model
 from .settings import (COMPARE_CHOICES, DISPLAY, LIMITS, MODEL_LABELS, ROW_VALUES, SAMPLER_CHOICES, SCHEDULE_CHOICES,
                        SERVER, THRESHOLD_CHOICES, UNET_CHOICES, AppDefaults)
 
@@ -21,6 +22,8 @@ LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": 
 CSS = """
 .pixelated img { image-rendering: pixelated; }
 """
+PRIVATE = dict(show_progress="hidden", api_visibility="private")  # the page's own events: no endpoint, no spinner
+UNQUEUED = dict(queue=False, **PRIVATE)  # ... that run at once, outside the queue
 TITLE = "Classifier guidance, step by step"
 INTRO = ("A diffusion model draws images of the class you pick, steered by a noise-aware classifier "
          "with strength **w** (and, on the class-conditional UNet, by classifier-free guidance "
@@ -59,21 +62,26 @@ class OutputPanel(NamedTuple):
     png: gr.DownloadButton
     recording: gr.State
 
+    def outputs(self, record: type[tuple]) -> list:
+        """The components a handler's typed result fills, named by the fields of its NamedTuple
+        (handlers.StreamOutputs, FrameView, AfterRun): the tuple's field order is the one place the
+        order of the outputs is written."""
+        return [getattr(self, name) for name in record._fields]
+
     @property
     def stream(self) -> list:
-        """The outputs of a streaming handler, in handlers.StreamOutputs order."""
-        return [self.x_t, self.pred_xstart, self.status, self.chart, self.table, self.push, self.push_note,
-                self.norm_chart, self.recording]
+        """The outputs of a streaming handler."""
+        return self.outputs(StreamOutputs)
 
     @property
     def frame_view(self) -> list:
-        """The outputs of Handlers.show_frame, in handlers.FrameView order."""
-        return [self.x_t, self.pred_xstart, self.status, self.push, self.push_note]
+        """The outputs of Playback.show_frame."""
+        return self.outputs(FrameView)
 
     @property
     def after_run(self) -> list:
-        """The outputs of Handlers.finish, in handlers.AfterRun order."""
-        return [self.scrub, self.gif, self.png, self.status]
+        """The outputs of Playback.finish and LiveMode.after_live."""
+        return self.outputs(AfterRun)
 
 
 def _controls(defaults: AppDefaults, class_names: tuple[str, ...], num_timesteps: int) -> Controls:
@@ -106,10 +114,9 @@ def _controls(defaults: AppDefaults, class_names: tuple[str, ...], num_timesteps
                                      label="threshold percentile", interactive=d.threshold == "dynamic",
                                      info="of |x̂_0|, for the dynamic threshold")
     randomize.click(None, None, seed, js=f"() => Math.floor(Math.random() * {MAX_SEED + 1})")
-    private = dict(queue=False, show_progress="hidden", api_visibility="private")
-    unet.change(partial(_only_when, "conditional", 0.0), unet, cfg_scale, **private)
-    sampler.change(partial(_only_when, "ddim", 0.0), sampler, eta, **private)
-    threshold.change(partial(_only_when, "dynamic", None), threshold, threshold_percentile, **private)
+    unet.change(partial(_only_when, "conditional", 0.0), unet, cfg_scale, **UNQUEUED)
+    sampler.change(partial(_only_when, "ddim", 0.0), sampler, eta, **UNQUEUED)
+    threshold.change(partial(_only_when, "dynamic", None), threshold, threshold_percentile, **UNQUEUED)
     return Controls(class_name, scale, unet, cfg_scale, steps, sampler, eta, num_images, seed, interval, schedule,
                     threshold, threshold_percentile)
 
@@ -182,18 +189,120 @@ def _output_panel(prefix: str, with_evaluator: bool, space: str = "pixel") -> tu
                         gr.State()), Captions(sample_caption, xstart_caption, push_caption))
 
 
-def _wire_run(handlers: Handlers, fn, api_name: str, button: gr.Button, stop: gr.Button, inputs: list,
-              panel: OutputPanel, concurrency_limit: int) -> None:
-    """A streaming run: hide the last run's extras, stream, then offer scrubbing and downloads.
-    Stop ends the run within one step; a run still waiting in the queue is cancelled."""
-    button.click(partial(handlers.finish, None), None, panel.after_run, queue=False, show_progress="hidden",
-                 api_visibility="private")
-    run = button.click(fn, inputs, panel.stream, api_name=api_name, preprocess=False, show_progress="minimal",
-                       concurrency_id="sampling", concurrency_limit=concurrency_limit)
-    run.then(handlers.finish, panel.recording, panel.after_run, show_progress="hidden", api_visibility="private")
-    stop.click(handlers.stop, None, None, cancels=[run], queue=False, api_visibility="private")
-    panel.scrub.input(handlers.show_frame, [panel.scrub, panel.recording], panel.frame_view,
-                      show_progress="hidden", trigger_mode="always_last", api_visibility="private")
+class RunTab(NamedTuple):
+    """The Generate or the Compare tab: its buttons, its live box and its outputs."""
+    button: gr.Button
+    stop: gr.Button
+    live: gr.Checkbox
+    panel: OutputPanel
+    captions: Captions
+
+
+class Page(NamedTuple):
+    """The components the events read or change."""
+    model: gr.Radio
+    controls: Controls
+    info: gr.Markdown
+    tabs: gr.Tabs
+    generate: RunTab
+    live_note: gr.Markdown      # why live mode is (not) offered for the model shown
+    compare: RunTab
+    mode: gr.Radio              # what the Compare rows vary
+    strengths: gr.Textbox       # the Compare rows' values
+    examples: list              # a gr.Button per EXAMPLES entry, in its order
+
+    @property
+    def generate_inputs(self) -> list:
+        """The inputs of the generate endpoint, in its argument order."""
+        return [*self.controls, self.model]
+
+    @property
+    def compare_inputs(self) -> list:
+        """The inputs of the compare endpoint, in its argument order."""
+        class_name, *rest = self.controls
+        return [class_name, self.strengths, self.mode, *rest, self.model]
+
+
+def _settings_column(handlers: Handlers) -> tuple[gr.Radio, Controls, gr.Markdown]:
+    """The left column: the model choice (shown when there are several), why the page opens on
+    the first, the settings Generate and Compare share, and the model's facts."""
+    first, bundle = handlers.model, handlers.bundle
+    model = gr.Radio([(MODEL_LABELS.get(m.bundle.space, m.name), m.name) for m in handlers.models.values()],
+                     value=first.name, label="model", elem_id="model", visible=len(handlers.models) > 1,
+                     info="the diffusion model and its classifier: on the images, or on an autoencoder's "
+                          "latents (the API's `model` argument)")
+    if handlers.opening:
+        gr.Markdown(handlers.opening, elem_id="opening")
+    controls = _controls(handlers.defaults, bundle.class_names, bundle.num_timesteps)
+    info = gr.Markdown(_info(first, handlers.timings.step_seconds.get(first.name)), elem_id="info")
+    return model, controls, info
+
+
+def _generate_tab(handlers: Handlers, live_on: bool, live_note: str) -> tuple[RunTab, gr.Markdown]:
+    """The Generate tab, and the line saying whether live mode is offered."""
+    with gr.Row():
+        button = gr.Button("Generate", variant="primary", elem_id="generate-button")
+        stop = gr.Button("Stop", variant="stop", elem_id="generate-stop")
+    with gr.Row():
+        live = gr.Checkbox(False, label="live: redraw from the same noise as you move "
+                           "w, w_cfg, the class or the seed", interactive=live_on,
+                           elem_id="generate-live", scale=1)
+        note = gr.Markdown(live_note, elem_id="live-note")
+    panel, captions = _output_panel("generate", handlers.with_evaluator, handlers.bundle.space)
+    return RunTab(button, stop, live, panel, captions), note
+
+
+def _compare_tab(handlers: Handlers, live_on: bool) -> tuple[RunTab, gr.Radio, gr.Textbox]:
+    """The Compare tab, with what its rows vary (mode) and their values (strengths)."""
+    defaults = handlers.defaults
+    with gr.Row():
+        mode = gr.Radio(list(COMPARE_CHOICES), value=defaults.compare, label="the rows vary",
+                        scale=3, elem_id="compare-mode",
+                        info="every other setting comes from the left column")
+        rows = ROW_VALUES[defaults.compare]
+        strengths = gr.Textbox(defaults.strengths, label=rows.label, info=rows.info,
+                               max_length=LIMITS.max_text_chars, scale=2, elem_id="compare-rows")
+    with gr.Row():
+        button = gr.Button("Compare", variant="primary", elem_id="compare-button")
+        stop = gr.Button("Stop", variant="stop", elem_id="compare-stop")
+    live = gr.Checkbox(False, label="live strip: one image per row, redrawn as you move "
+                       "w_cfg, the class, the seed or edit the rows", interactive=live_on,
+                       elem_id="compare-live")
+    panel, captions = _output_panel("compare", handlers.with_evaluator, handlers.bundle.space)
+    return RunTab(button, stop, live, panel, captions), mode, strengths
+
+
+def _understand_tab() -> list:
+    """The examples, a button and a note each, then the explanation; returns the buttons."""
+    gr.Markdown("### Examples\nEach button loads its settings and opens its tab; "
+                "then press Generate or Compare.")
+    buttons = []
+    for example in EXAMPLES:
+        with gr.Row(equal_height=True):
+            buttons.append(gr.Button(example.title, size="sm", scale=1, min_width=180))
+            with gr.Column(scale=3):
+                gr.Markdown(example.note)
+    gr.Markdown(EXPLANATION.read_text(), latex_delimiters=LATEX)
+    return buttons
+
+
+def _layout(handlers: Handlers) -> Page:
+    """The title, the settings column on the left, the Generate, Compare and Understand tabs on
+    the right, opening on handlers.model with its defaults."""
+    live_on, live_note = handlers.timings.live(handlers.model.name)
+    gr.Markdown(f"# {TITLE}\n{INTRO}", latex_delimiters=LATEX)
+    with gr.Row():
+        with gr.Column(scale=1, min_width=300):
+            model, controls, info = _settings_column(handlers)
+        with gr.Column(scale=3):
+            with gr.Tabs() as tabs:
+                with gr.Tab("Generate", id="generate"):
+                    generate, live_text = _generate_tab(handlers, live_on, live_note)
+                with gr.Tab("Compare", id="compare"):
+                    compare, mode, strengths = _compare_tab(handlers, live_on)
+                with gr.Tab("Understand", id="understand"):
+                    examples = _understand_tab()
+    return Page(model, controls, info, tabs, generate, live_text, compare, mode, strengths, examples)
 
 
 def _load_example(example: Example, defaults: AppDefaults, class_names: tuple[str, ...]) -> tuple:
@@ -203,7 +312,7 @@ def _load_example(example: Example, defaults: AppDefaults, class_names: tuple[st
 
 
 def _info(model: Model, step_seconds: float | None = None) -> str:
-    """The model's facts; step_seconds: the measured time of one step of one image (Handlers.time_steps)."""
+    """The model's facts; step_seconds: the measured time of one step of one image (Timings.time_steps)."""
     b = model.bundle
     space = ("latent z_t " + "x".join(map(str, b.sample_shape)) + f" (scale factor {b.codec.scale_factor:.3g})"
              if b.space == "latent" else "pixels " + "x".join(map(str, b.sample_shape)))
@@ -217,108 +326,71 @@ def _switch(handlers: Handlers, name: str) -> list:
     line, the captions of both panels and the live toggles."""
     model = handlers.pick(name)
     d, b = model.defaults, model.bundle
-    live, note = handlers.live(model.name)
-    controls = [gr.Dropdown(choices=list(b.class_names), value=d.class_name(b.class_names)), d.scale, d.unet,
-                gr.Slider(value=d.cfg_scale, interactive=d.unet == "conditional"),
-                gr.Slider(maximum=b.num_timesteps, value=d.steps), d.sampler,
-                gr.Slider(value=d.eta, interactive=d.sampler == "ddim"), d.num_images, gr.update(), d.interval,
-                d.schedule, d.threshold, gr.Slider(value=d.threshold_percentile, interactive=d.threshold == "dynamic")]
+    live, note = handlers.timings.live(model.name)
+    controls = Controls(
+        class_name=gr.Dropdown(choices=list(b.class_names), value=d.class_name(b.class_names)), scale=d.scale,
+        unet=d.unet, cfg_scale=gr.Slider(value=d.cfg_scale, interactive=d.unet == "conditional"),
+        steps=gr.Slider(maximum=b.num_timesteps, value=d.steps), sampler=d.sampler,
+        eta=gr.Slider(value=d.eta, interactive=d.sampler == "ddim"), num_images=d.num_images, seed=gr.update(),
+        interval=d.interval, schedule=d.schedule, threshold=d.threshold,
+        threshold_percentile=gr.Slider(value=d.threshold_percentile, interactive=d.threshold == "dynamic"))
     captions = [SAMPLE_CAPTIONS[b.space], XSTART_CAPTIONS[b.space], PUSH_CAPTIONS[b.space]] * 2
     toggles = [gr.Checkbox(interactive=True) if live else gr.Checkbox(value=False, interactive=False)] * 2 + [note]
-    return [*controls, _info(model, handlers.step_seconds.get(model.name)), *captions, *toggles]
+    return [*controls, _info(model, handlers.timings.step_seconds.get(model.name)), *captions, *toggles]
 
 
-def _wire_live(handlers: Handlers, toggle: gr.Checkbox, triggers: list, fn, inputs: list, panel: OutputPanel,
-               concurrency_limit: int) -> None:
+def _wire_run(handlers: Handlers, fn, api_name: str, tab: RunTab, inputs: list, concurrency_limit: int) -> None:
+    """A streaming run: hide the last run's extras, stream, then offer scrubbing and downloads.
+    Stop ends the run within one step; a run still waiting in the queue is cancelled."""
+    panel, playback = tab.panel, handlers.playback
+    tab.button.click(partial(playback.finish, None), None, panel.after_run, **UNQUEUED)
+    run = tab.button.click(fn, inputs, panel.stream, api_name=api_name, preprocess=False, show_progress="minimal",
+                           concurrency_id="sampling", concurrency_limit=concurrency_limit)
+    run.then(playback.finish, panel.recording, panel.after_run, **PRIVATE)
+    tab.stop.click(handlers.stop, None, None, cancels=[run], queue=False, api_visibility="private")
+    panel.scrub.input(playback.show_frame, [panel.scrub, panel.recording], panel.frame_view,
+                      trigger_mode="always_last", **PRIVATE)
+
+
+def _wire_live(handlers: Handlers, tab: RunTab, triggers: list, fn, inputs: list, concurrency_limit: int) -> None:
     """Live mode: each move of a trigger ends the session's run at once (supersede, unqueued) and
     queues a run at the new values; of the moves that come while one runs, only the last is run
     (trigger_mode="always_last"), so the last position always wins."""
-    private = dict(show_progress="hidden", api_visibility="private")
     for component in triggers:
-        component.input(handlers.supersede, toggle, None, queue=False, **private)
-        run = component.input(fn, [toggle, *inputs], panel.stream, preprocess=False, trigger_mode="always_last",
-                              concurrency_id="sampling", concurrency_limit=concurrency_limit, **private)
-        run.then(handlers.after_live, toggle, panel.after_run, **private)
+        component.input(handlers.live_mode.supersede, tab.live, None, **UNQUEUED)
+        run = component.input(fn, [tab.live, *inputs], tab.panel.stream, preprocess=False, trigger_mode="always_last",
+                              concurrency_id="sampling", concurrency_limit=concurrency_limit, **PRIVATE)
+        run.then(handlers.live_mode.after_live, tab.live, tab.panel.after_run, **PRIVATE)
+
+
+def _wire(handlers: Handlers, page: Page, concurrency_limit: int) -> None:
+    """The events: Generate and Compare with their live modes, the model choice, the Compare
+    mode and the examples."""
+    controls, generate, compare = page.controls, page.generate, page.compare
+    _wire_run(handlers, handlers.generate, "generate", generate, page.generate_inputs, concurrency_limit)
+    _wire_run(handlers, handlers.compare, "compare", compare, page.compare_inputs, concurrency_limit)
+    _wire_live(handlers, generate, [controls.scale, controls.cfg_scale, controls.class_name, controls.seed],
+               handlers.live_mode.live_generate, page.generate_inputs, concurrency_limit)
+    _wire_live(handlers, compare, [controls.cfg_scale, controls.class_name, controls.seed, page.strengths],
+               handlers.live_mode.live_compare, page.compare_inputs, concurrency_limit)
+    page.model.change(partial(_switch, handlers), page.model,
+                      [*controls, page.info, *generate.captions, *compare.captions, generate.live, compare.live,
+                       page.live_note], **UNQUEUED)
+    # The label follows the mode however it changes; picking a mode also puts its example in the box.
+    page.mode.change(_row_values, page.mode, page.strengths, **UNQUEUED)
+    page.mode.input(_row_example, page.mode, page.strengths, **UNQUEUED)
+    for example, button in zip(EXAMPLES, page.examples):
+        button.click(partial(_load_example, example, handlers.defaults, handlers.bundle.class_names), None,
+                     [*controls, page.strengths, page.mode, page.tabs], queue=False, api_visibility="private")
 
 
 def build(handlers: Handlers, concurrency_limit: int = SERVER.concurrency_limit) -> gr.Blocks:
     """The whole page for the loaded checkpoint bundles, opening on handlers.model with its
     defaults; at most concurrency_limit sampling runs (generate and compare together) at once.
     Launch it with css=CSS."""
-    bundle, defaults, first = handlers.bundle, handlers.defaults, handlers.model
-    live_on, live_note = handlers.live(first.name)
     with gr.Blocks(title=TITLE, analytics_enabled=False,
                    delete_cache=(SERVER.cache_cleanup_s, SERVER.cache_cleanup_s)) as demo:
-        gr.Markdown(f"# {TITLE}\n{INTRO}", latex_delimiters=LATEX)
-        with gr.Row():
-            with gr.Column(scale=1, min_width=300):
-                model = gr.Radio([(MODEL_LABELS.get(m.bundle.space, m.name), m.name) for m in handlers.models.values()],
-                                 value=first.name, label="model", elem_id="model", visible=len(handlers.models) > 1,
-                                 info="the diffusion model and its classifier: on the images, or on an autoencoder's "
-                                      "latents (the API's `model` argument)")
-                if handlers.opening:
-                    gr.Markdown(handlers.opening, elem_id="opening")
-                controls = _controls(defaults, bundle.class_names, bundle.num_timesteps)
-                info = gr.Markdown(_info(first, handlers.step_seconds.get(first.name)), elem_id="info")
-            with gr.Column(scale=3):
-                with gr.Tabs() as tabs:
-                    with gr.Tab("Generate", id="generate"):
-                        with gr.Row():
-                            generate = gr.Button("Generate", variant="primary", elem_id="generate-button")
-                            generate_stop = gr.Button("Stop", variant="stop", elem_id="generate-stop")
-                        with gr.Row():
-                            generate_live = gr.Checkbox(False, label="live: redraw from the same noise as you move "
-                                                        "w, w_cfg, the class or the seed", interactive=live_on,
-                                                        elem_id="generate-live", scale=1)
-                            live_text = gr.Markdown(live_note, elem_id="live-note")
-                        generate_panel, generate_captions = _output_panel("generate", handlers.with_evaluator,
-                                                                          bundle.space)
-                    with gr.Tab("Compare", id="compare"):
-                        with gr.Row():
-                            mode = gr.Radio(list(COMPARE_CHOICES), value=defaults.compare, label="the rows vary",
-                                            scale=3, elem_id="compare-mode",
-                                            info="every other setting comes from the left column")
-                            rows = ROW_VALUES[defaults.compare]
-                            strengths = gr.Textbox(defaults.strengths, label=rows.label, info=rows.info,
-                                                   max_length=LIMITS.max_text_chars, scale=2, elem_id="compare-rows")
-                        with gr.Row():
-                            compare = gr.Button("Compare", variant="primary", elem_id="compare-button")
-                            compare_stop = gr.Button("Stop", variant="stop", elem_id="compare-stop")
-                        compare_live = gr.Checkbox(False, label="live strip: one image per row, redrawn as you move "
-                                                   "w_cfg, the class, the seed or edit the rows", interactive=live_on,
-                                                   elem_id="compare-live")
-                        compare_panel, compare_captions = _output_panel("compare", handlers.with_evaluator,
-                                                                        bundle.space)
-                    with gr.Tab("Understand", id="understand"):
-                        gr.Markdown("### Examples\nEach button loads its settings and opens its tab; "
-                                    "then press Generate or Compare.")
-                        example_buttons = []
-                        for example in EXAMPLES:
-                            with gr.Row(equal_height=True):
-                                example_buttons.append(gr.Button(example.title, size="sm", scale=1, min_width=180))
-                                with gr.Column(scale=3):
-                                    gr.Markdown(example.note)
-                        gr.Markdown(EXPLANATION.read_text(), latex_delimiters=LATEX)
-
-        c = list(controls)
-        generate_inputs, compare_inputs = [*c, model], [c[0], strengths, mode, *c[1:], model]
-        _wire_run(handlers, handlers.generate, "generate", generate, generate_stop, generate_inputs, generate_panel,
-                  concurrency_limit)
-        _wire_run(handlers, handlers.compare, "compare", compare, compare_stop, compare_inputs, compare_panel,
-                  concurrency_limit)
-        live_triggers = [controls.scale, controls.cfg_scale, controls.class_name, controls.seed]
-        _wire_live(handlers, generate_live, live_triggers, handlers.live_generate, generate_inputs, generate_panel,
-                   concurrency_limit)
-        _wire_live(handlers, compare_live, [controls.cfg_scale, controls.class_name, controls.seed, strengths],
-                   handlers.live_compare, compare_inputs, compare_panel, concurrency_limit)
-        model.change(partial(_switch, handlers), model,
-                     [*c, info, *generate_captions, *compare_captions, generate_live, compare_live, live_text],
-                     queue=False, show_progress="hidden", api_visibility="private")
-        # The label follows the mode however it changes; picking a mode also puts its example in the box.
-        mode.change(_row_values, mode, strengths, queue=False, show_progress="hidden", api_visibility="private")
-        mode.input(_row_example, mode, strengths, queue=False, show_progress="hidden", api_visibility="private")
-        for example, button in zip(EXAMPLES, example_buttons):
-            button.click(partial(_load_example, example, defaults, bundle.class_names), None,
-                         [*c, strengths, mode, tabs], queue=False, api_visibility="private")
+        page = _layout(handlers)
+        _wire(handlers, page, concurrency_limit)
         demo.unload(handlers.stop)  # a client that goes away (tab closed, API client gone) stops its run too
     return demo

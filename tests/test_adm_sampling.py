@@ -158,7 +158,8 @@ def test_the_app_runs_a_converted_bundle_at_the_converters_defaults(tmp_path):
 
     import gradio as gr
 
-    from demo.handlers import Handlers, models_of
+    from demo.handlers import Handlers
+    from demo.models import models_of
     from demo.ui import _info
 
     folder = converted_folder(tmp_path)
@@ -168,8 +169,8 @@ def test_the_app_runs_a_converted_bundle_at_the_converters_defaults(tmp_path):
     handlers = Handlers(models_of([load_bundle(folder)]), downloads=tmp_path / "downloads")
     d = handlers.defaults
     assert (d.steps, d.sampler, d.scale, d.unet, d.cfg_scale, d.num_images) == (25, "ddim", 0.5, "conditional", 0.0, 1)
-    handlers.time_steps()
-    seconds = handlers.step_seconds[handlers.model.name]
+    handlers.timings.time_steps()
+    seconds = handlers.timings.step_seconds[handlers.model.name]
     assert seconds > 0 and f"one step of one image takes {seconds:.2f} s here" in _info(handlers.model, seconds)
     values = dict(class_name="class 3", scale=1.0, unet="conditional", cfg_scale=0.0, steps=2, sampler="ddpm", eta=0.0,
                   num_images=2, seed=1)

@@ -20,10 +20,10 @@ from PIL import Image
 
 from app_fixtures import (CLASS_NAMES, NUM_TIMESTEPS, bundle, checkpoint_dir, colour_bundle,  # noqa: F401
                           library_samples, pixels_match)
-from demo import arguments, render, runs, ui
+from bad_arguments import BAD_COMPARE
+from demo import arguments, downloads, render, runs, ui
 from demo.examples import EXAMPLES
 from demo.handlers import Handlers
-from demo import handlers as handlers_module
 from demo.launch import launch, parse_args
 from demo.settings import COMPARE_CHOICES, DEFAULTS, DISPLAY, ROW_VALUES, SAMPLER_CHOICES, AppDefaults, Display
 from guidance import generation
@@ -307,7 +307,7 @@ def test_colour_checkpoints_give_colour_images_in_every_column(colour_bundle, tm
     for image in (last.x_t, last.pred_xstart, last.push):
         array = np.asarray(image)
         assert image.mode == "RGB" and not (array[..., 0] == array[..., 1]).all()  # not grey
-    _, gif, _, _ = handlers.finish(last.recording)
+    _, gif, _, _ = handlers.playback.finish(last.recording)
     with Image.open(gif["value"]) as animation:
         animation.seek(animation.n_frames - 1)
         array = np.asarray(animation.convert("RGB"))
@@ -341,23 +341,23 @@ def test_scrubbing_shows_x_T_and_each_recorded_step(bundle, tmp_path):
     handlers = make_handlers(bundle, tmp_path)
     frames = list(handlers.generate(**gen_args(steps=5)))
     recording = frames[-1].recording
-    view = handlers.show_frame(0, recording)
+    view = handlers.playback.show_frame(0, recording)
     assert view.pred_xstart is None and view.push is None and "x_T" in view.status
     assert np.array_equal(np.asarray(view.x_t), np.asarray(frames[0].x_t))
-    view = handlers.show_frame(3.0, recording)  # sliders send floats
+    view = handlers.playback.show_frame(3.0, recording)  # sliders send floats
     assert "step 3 / 5" in view.status and view.push_note == frames[3].push_note
     for name in ("x_t", "pred_xstart", "push"):
         assert np.array_equal(np.asarray(getattr(view, name)), np.asarray(getattr(frames[3], name)))
     for bad in (-1, 6, 2.5, "3"):
-        assert "frame must be an integer from 0 to 5" in error_message(lambda: handlers.show_frame(bad, recording))
-    assert "run a generation first" in error_message(lambda: handlers.show_frame(0, None))
+        assert "frame must be an integer from 0 to 5" in error_message(lambda: handlers.playback.show_frame(bad, recording))
+    assert "run a generation first" in error_message(lambda: handlers.playback.show_frame(0, None))
 
 
 def test_finish_offers_the_scrubber_a_gif_with_the_push_and_a_png_with_parameters(bundle, tmp_path):
     handlers = make_handlers(bundle, tmp_path)
     frames = list(handlers.compare(**compare_args(strengths="0, 2", steps=7)))
     recording = frames[-1].recording
-    scrub, gif, png, status = handlers.finish(recording)
+    scrub, gif, png, status = handlers.playback.finish(recording)
     assert "done" in status and "step 7 / 7" in status
     assert scrub["visible"] and scrub["maximum"] == 7 and scrub["value"] == 7
     with Image.open(gif["value"]) as animation:
@@ -385,10 +385,10 @@ def test_a_stopped_run_offers_its_gif_but_no_png(bundle, tmp_path):
     next(stream)
     handlers.stop(request)
     recording = list(stream)[-1].recording
-    scrub, gif, png, status = handlers.finish(recording)
+    scrub, gif, png, status = handlers.playback.finish(recording)
     assert scrub["maximum"] == 1 and Path(gif["value"]).is_file()
     assert png["visible"] is False and "stopped" in status
-    assert all(not part["visible"] for part in handlers.finish(None)[:3])
+    assert all(not part["visible"] for part in handlers.playback.finish(None)[:3])
 
 
 def test_a_run_cancelled_mid_stream_is_reported_as_stopped(bundle, tmp_path):
@@ -397,17 +397,17 @@ def test_a_run_cancelled_mid_stream_is_reported_as_stopped(bundle, tmp_path):
     frames = [next(stream) for _ in range(4)]  # x_T and three steps, then the client goes away
     stream.close()
     recording = frames[-1].recording
-    scrub, gif, png, status = handlers.finish(recording)
+    scrub, gif, png, status = handlers.playback.finish(recording)
     assert recording.state == "stopped" and "step 3 / 20" in status and "stopped" in status
     assert scrub["maximum"] == 3 and not png["visible"]
 
 
 def test_downloads_folder_stays_bounded(bundle, tmp_path, monkeypatch):
-    monkeypatch.setattr(handlers_module, "KEPT_DOWNLOADS", 3)
+    monkeypatch.setattr(downloads, "KEPT_DOWNLOADS", 3)
     handlers = make_handlers(bundle, tmp_path, FINAL_ONLY)
     for seed in range(3):
-        handlers.finish(list(handlers.generate(**gen_args(steps=2, num_images=1, seed=seed)))[-1].recording)
-    assert len(list(handlers.downloads.iterdir())) == 3
+        handlers.playback.finish(list(handlers.generate(**gen_args(steps=2, num_images=1, seed=seed)))[-1].recording)
+    assert len(list(handlers.playback.downloads.folder.iterdir())) == 3
 
 
 # -- validation ----------------------------------------------------------------------------------
@@ -465,40 +465,6 @@ BAD_GENERATE = [
 def test_generate_rejects_bad_arguments_naming_the_valid_range(bundle, tmp_path, changes, message):
     handlers = make_handlers(bundle, tmp_path)
     assert message in error_message(lambda: next(handlers.generate(**gen_args(**changes))))
-
-
-BAD_COMPARE = [
-    (dict(strengths=""), "classifier guidance strengths is empty"),
-    (dict(strengths=", ,"), "classifier guidance strengths is empty"),
-    (dict(strengths=", ".join(str(k) for k in range(11))), "at most 10 rows at once; got 11"),
-    (dict(strengths="1, two"), "'two' is not a number"),
-    (dict(strengths="0, 2, 2.0"), "must differ from each other; 2 appears twice"),
-    (dict(strengths="1, nan"), "classifier guidance strengths must be a number from 0 to 100"),
-    (dict(strengths="-1"), "from 0 to 100"),
-    (dict(strengths="1e400"), "from 0 to 100"),
-    (dict(strengths="0, 40", mode="classifier-free"), "classifier-free strengths must be a number from 0 to 30"),
-    (dict(strengths="1" + " " * 300), "at most 200 characters"),
-    (dict(strengths=3), "at most 200 characters"),
-    (dict(mode="both"), "compare must be one of classifier, classifier-free, classifier-vs-free, interval, "
-                        "schedule, threshold, class"),
-    (dict(strengths="0, 1, 2, 3, 4, 5", mode="classifier-vs-free"), "at most 10 rows at once; got 12"),
-    (dict(strengths="0, 1, 2, 3, 4, 5, 6", num_images=16), "at most 80 images per request"),
-    (dict(strengths="0, 1", num_images=10, steps=201), "images x steps must be at most 4000"),
-    (dict(scale=-1, mode="classifier-free"), "classifier guidance w must be a number from 0 to 100"),
-    (dict(mode="interval", strengths="full, 0-2000"), "a guidance interval needs 0 <= t_lo <= t_hi <= 999"),
-    (dict(mode="interval", strengths="full, all"), "intervals must differ from each other; full appears twice"),
-    (dict(mode="interval", strengths="full, 10"), "a guidance interval is 'full' or two timesteps"),
-    (dict(mode="schedule", strengths="linear"), "schedule must be one of constant, ramp-up, ramp-down"),
-    (dict(mode="schedule", strengths="all, constant"), "schedule must be one of constant, ramp-up, ramp-down; "
-                                                       "got 'all'"),
-    (dict(mode="schedule", strengths="ramp-up, ramp-up"), "schedules must differ from each other"),
-    (dict(mode="threshold", strengths=" ; "), "thresholds is empty"),
-    (dict(mode="threshold", strengths=None), "thresholds must be text of at most 200 characters"),
-    (dict(mode="class", strengths="Bag, Coat"), "class must be one of T-shirt/top, Trouser, Sneaker, Bag"),
-    (dict(mode="class", strengths="Bag, bag"), "classes must differ from each other; 'bag' appears twice"),
-    (dict(mode="class", strengths="all", num_images=16, steps=100), "images x steps must be at most 4000"),
-    (dict(mode="class", class_name="Nope"), "class must be one of"),  # checked though the rows set the class
-]
 
 
 @pytest.mark.parametrize("changes, message", BAD_COMPARE, ids=[repr(c)[:60] for c, _ in BAD_COMPARE])

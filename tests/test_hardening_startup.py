@@ -259,9 +259,9 @@ def test_downloads_are_named_by_the_server_inside_its_own_folder(bundle, tmp_pat
     name in the downloads folder."""
     handlers = Handlers(bundle, downloads=tmp_path / "downloads")
     *_, last = handlers.generate("T-shirt/top", 1.0, "unconditional", 0.0, 2, "ddim", 0.0, 1, 0)
-    after = handlers.finish(last.recording)
+    after = handlers.playback.finish(last.recording)
     files = [Path(update["value"]) for update in after[1:3] if update.get("value")]
     assert len(files) == 2
     for file in files:
-        assert file.parent == handlers.downloads and "/" not in file.name and ".." not in file.name
+        assert file.parent == handlers.playback.downloads.folder and "/" not in file.name and ".." not in file.name
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == sorted(f.name for f in files)

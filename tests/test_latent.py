@@ -13,7 +13,8 @@ from app_fixtures import CLASS_NAMES, LATENT_SCALE, checkpoint_dir, make_latent_
 from demo import runs
 import gradio as gr
 
-from demo.handlers import Handlers, StreamOutputs, models_of
+from demo.handlers import Handlers, StreamOutputs
+from demo.models import models_of
 from demo.launch import opening_order
 from guidance import train
 from guidance.checkpoints import CheckpointError, load, load_bundle, save
@@ -155,7 +156,7 @@ def test_the_app_streams_latent_maps_then_decoded_samples(latent_dir, checkpoint
     assert np.array_equal(recording.images(recording.frames[-1]), expected)
     # x-hat_0 is decoded once per frame shown, to pixels.
     assert recording.pred_xstart(first).shape == (2, 1, 16, 16) and 0 in recording._decoded
-    after = handlers.finish(recording)
+    after = handlers.playback.finish(recording)
     assert after.png["visible"] and after.gif["visible"]
     # The pixel model still samples pixels, the default when no model is named.
     assert _run(handlers, None)[-1].recording.frames[0].pred_xstart.shape == (2, 1, 16, 16)
@@ -172,9 +173,9 @@ LIVE_VALUES = ("Bag", 3.0, "unconditional", 0.0, 4, "unipc", 0.0, 2, 1, "full", 
 
 def test_a_live_run_sends_its_final_frame_only_and_nothing_once_superseded(latent_dir, tmp_path, monkeypatch, caplog):
     handlers = Handlers(load_bundle(latent_dir), downloads=tmp_path)
-    final = handlers.live_generate(True, *LIVE_VALUES, request=Session())  # the final frame alone
+    final = handlers.live_mode.live_generate(True, *LIVE_VALUES, request=Session())  # the final frame alone
     assert len(final.recording.frames) == 4 and final.recording.state == "finished" and "done" in final.status
-    skipped = handlers.live_generate(False, *LIVE_VALUES, request=Session())  # live off: nothing runs or changes
+    skipped = handlers.live_mode.live_generate(False, *LIVE_VALUES, request=Session())  # live off: nothing runs or changes
     assert len(skipped) == len(StreamOutputs._fields) and all(out == gr.skip() for out in skipped)
     # A newer live request arrives after step 2: the run ends there and sends nothing.
     from demo import handlers as handlers_module
@@ -184,15 +185,15 @@ def test_a_live_run_sends_its_final_frame_only_and_nothing_once_superseded(laten
         for step in library_stream(bundle, request):
             yield step
             if step.index == 1:
-                handlers.supersede(True, request=Session())
+                handlers.live_mode.supersede(True, request=Session())
 
     monkeypatch.setattr(handlers_module.generation, "stream", interrupted)
     caplog.set_level("INFO", logger="demo.handlers")
-    assert all(out == gr.skip() for out in handlers.live_generate(True, *LIVE_VALUES, request=Session()))
+    assert all(out == gr.skip() for out in handlers.live_mode.live_generate(True, *LIVE_VALUES, request=Session()))
     assert "superseded after step 3 of 4; Stop came after step 2" in caplog.text  # within one step, as Stop
     # Supersede with live off is no Stop: the run goes to its end.
     monkeypatch.setattr(handlers_module.generation, "stream", library_stream)
-    handlers.supersede(False, request=Session())
+    handlers.live_mode.supersede(False, request=Session())
     assert len(list(handlers.generate(*LIVE_VALUES[:-1], request=Session()))) > 1
 
 

@@ -1,0 +1,67 @@
+"""How fast each loaded model samples on this machine: one step of one image, which the page's
+info line shows (a full-size ImageNet model takes seconds per step on a CPU), and one Generate at
+the model's defaults, which decides whether live mode is offered."""
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+from guidance import generation
+
+from .arguments import Run
+from .models import Model
+from .settings import Display
+
+
+class Timings:
+    """Seconds measured per model name. defaults_run(model, **changes) is the Run of the page's
+    first Generate on model with changes to its defaults (handlers.defaults_run), so what is timed
+    is what the page would run."""
+
+    def __init__(self, models: Sequence[Model], display: Display, defaults_run: Callable[..., Run]):
+        self.models, self.display, self._defaults_run = {m.name: m for m in models}, display, defaults_run
+        self.run_seconds: dict[str, float] = {}  # model -> seconds of one Generate at its defaults (time_runs)
+        self.step_seconds: dict[str, float] = {}  # model -> seconds of one step of one image (time_steps)
+        self._estimated: set[str] = set()  # models whose run_seconds is step_seconds x steps, not timed
+
+    def time_steps(self) -> None:
+        """Time one sampling step of one image at each model's defaults (the second of two steps;
+        the first warms up), for the page: a full-size ImageNet model takes seconds per step on a CPU."""
+        for name, m in self.models.items():
+            steps = generation.stream(m.bundle, self._defaults_run(m, num_images=1, steps=2).request, diagnostics=False)
+            next(steps)
+            start = time.perf_counter()
+            next(steps)
+            self.step_seconds[name] = time.perf_counter() - start
+
+    def time_runs(self) -> None:
+        """Time one Generate at each model's defaults (after a warm-up run), for live mode. A model
+        whose steps alone would take over ten times the live limit is not run: its time is estimated
+        from time_steps (minutes of start-up for a full-size ImageNet model otherwise)."""
+        if not self.step_seconds:
+            self.time_steps()
+        for name, m in self.models.items():
+            estimate = self.step_seconds[name] * m.defaults.steps * m.defaults.num_images
+            if estimate > 10 * self.display.live_max_seconds:
+                self.run_seconds[name] = estimate
+                self._estimated.add(name)
+                continue
+            run = self._defaults_run(m)
+            for _ in range(2):
+                start = time.perf_counter()
+                for _ in generation.stream(m.bundle, run.request, diagnostics=False):
+                    pass
+                self.run_seconds[name] = time.perf_counter() - start
+
+    def live(self, model) -> tuple[bool, str]:
+        """Whether live mode is offered for a model, and the page's sentence saying why."""
+        seconds, limit = self.run_seconds.get(model), self.display.live_max_seconds
+        if seconds is None:  # not timed: the limit alone decides (`python app.py --live on|off`)
+            if limit < 0:
+                return False, "Live mode is off (`python app.py --live off`)."
+            return True, "Live: the images follow w, w_cfg, the class and the seed as you move them."
+        timing = f"one run at this model's defaults takes {'about ' if model in self._estimated else ''}{seconds:.2f} s here"
+        if seconds <= limit:
+            return True, f"Live: {timing}, so the images follow w, w_cfg, the class and the seed as you move them."
+        return False, (f"Live mode is off for this model: {timing}, more than the {limit:g} s that following a "
+                       "slider needs. Press Generate instead, or pick the latent model.")
