@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass, replace
 from typing import NamedTuple
 
 from guidance.guide import SCHEDULE_SHAPES, THRESHOLDS, Threshold
-from guidance.request import (MAX_CFG_SCALE, MAX_SCALE, MAX_SEED, Request, Row, check, choice, class_index,
-                              integer, interval_text, make_schedule, number, parse_classes, parse_interval,
-                              parse_intervals, parse_list, parse_numbers, shown)
+from guidance.messages import choice, integer, number, shown
+from guidance.request import (MAX_CFG_SCALE, MAX_SCALE, MAX_SEED, Request, Row, check, class_index, interval_text,
+                              make_schedule, parse_classes, parse_interval, parse_intervals, parse_list, parse_numbers)
 
 from .settings import COMPARE_CHOICES, LIMITS, ROW_VALUES, UNET_CHOICES, AppDefaults, Limits
 

@@ -26,7 +26,7 @@ from PIL import Image
 from guidance import generation
 from guidance.checkpoints import Bundle
 from guidance.guide import NonFiniteError
-from guidance.request import choice, integer
+from guidance.messages import choice, integer
 from guidance.samplers import Step
 
 from . import arguments, render, runs

@@ -26,17 +26,10 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import nn
 
+from .messages import shown
+
 SCHEDULE_SHAPES = ("constant", "ramp-up", "ramp-down")
 THRESHOLDS = ("clip", "dynamic", "none")
-
-
-SHOWN_CHARS = 60  # a rejected value is quoted back at most this long (a caller may send megabytes)
-
-
-def shown(value) -> str:
-    """repr(value), cut to SHOWN_CHARS, for error messages."""
-    text = repr(value)
-    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 3] + "..."
 
 
 class NonFiniteError(FloatingPointError):

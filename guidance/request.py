@@ -19,7 +19,8 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from .guide import Guidance, Schedule, Threshold, shown
+from .guide import Guidance, Schedule, Threshold
+from .messages import choice, exact_integer, finite_number, number, shown
 from .noise import ItemNoise
 from .samplers import SAMPLERS
 
@@ -30,51 +31,13 @@ MAX_SEED = 2**31 - 1    # safe as a JavaScript number
 
 # -- raw values (JSON from the API, text from the command line) ----------------------------------
 
-def _finite_number(value) -> bool:
-    """An int or float (not a bool) that is finite as a float: raw JSON may carry NaN, Infinity
-    or an integer of hundreds of digits, which math.isfinite cannot convert."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
-
-
-def number(value, name: str, low: float, high: float) -> float:
-    """A finite float in [low, high]."""
-    if not _finite_number(value) or not low <= value <= high:
-        raise ValueError(f"{name} must be a number from {low:g} to {high:g}, got {shown(value)}")
-    return float(value)
-
-
-def exact_integer(value, name: str, low: int, high: int) -> int:
-    """An int (not a float, not a bool) in [low, high]: what a Request holds once parsed."""
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise ValueError(f"{name} must be an integer from {low} to {high}, got {shown(value)}")
-    return value
-
-
-def integer(value, name: str, low: int, high: int) -> int:
-    """An integer in [low, high]; a float with an integral value (a slider's 25.0) counts."""
-    if not _finite_number(value) or value != int(value) or not low <= value <= high:
-        raise ValueError(f"{name} must be an integer from {low} to {high}, got {shown(value)}")
-    return int(value)
-
-
-def choice(value, name: str, choices: Sequence[str]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {shown(value)}")
-    return value
-
-
 def class_index(value, class_names: Sequence[str]) -> int:
     """A class given by name (any case) or by index (an int, or a string of digits)."""
     folded = [name.casefold() for name in class_names]
     if isinstance(value, str) and value.strip().casefold() in folded:
         return folded.index(value.strip().casefold())
     index = int(value.strip()) if isinstance(value, str) and value.strip().isdigit() else value
-    if _finite_number(index) and index == int(index) and 0 <= index < len(class_names):
+    if finite_number(index) and index == int(index) and 0 <= index < len(class_names):
         return int(index)
     raise ValueError(f"class must be one of {', '.join(class_names)} or an index from 0 to "
                      f"{len(class_names) - 1}; got {shown(value)}")
