@@ -58,6 +58,12 @@ def respace_timesteps(num_timesteps: int, steps: int) -> torch.Tensor:
     return torch.linspace(0, num_timesteps - 1, steps, dtype=torch.float64).round().long()
 
 
+class Variance(NamedTuple):
+    """A Gaussian's per-item variance, each (B, 1, ...) or (B, C, H, W)."""
+    variance: torch.Tensor
+    log_variance: torch.Tensor
+
+
 class MeanVariance(NamedTuple):
     mean: torch.Tensor
     variance: torch.Tensor
@@ -87,10 +93,6 @@ class GaussianDiffusion:
         )
         self.posterior_mean_coef1 = self.betas * self.alphas_cumprod_prev.sqrt() / (1 - self.alphas_cumprod)
         self.posterior_mean_coef2 = (1 - self.alphas_cumprod_prev) * self.alphas.sqrt() / (1 - self.alphas_cumprod)
-        # The 'large' reverse variance: beta_t, with beta-tilde_1 at t=0 so the log stays finite.
-        self.large_variance = (torch.cat([self.posterior_variance[1:2], self.betas[1:]])
-                               if self.num_timesteps > 1 else self.betas)
-        self.large_log_variance = self.large_variance.log()
         # Factors of the formulas below, once here rather than on every call.
         self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
         self.sqrt_one_minus_alphas_cumprod = (1 - self.alphas_cumprod).sqrt()
@@ -143,23 +145,16 @@ class GaussianDiffusion:
         """
         mean = (self._gather("posterior_mean_coef1", t, x_t) * x_start
                 + self._gather("posterior_mean_coef2", t, x_t) * x_t)
-        return MeanVariance(mean, self._gather("posterior_variance", t, x_t),
-                            self._gather("posterior_log_variance_clipped", t, x_t))
+        return MeanVariance(mean, *self.fixed_variance(t, x_t))
 
-    def model_variance(self, t: torch.Tensor, like: torch.Tensor, learn_sigma: str = "small") -> MeanVariance:
-        """The fixed reverse-process variance Sigma_t (mean left empty): 'small' is beta-tilde_t,
-        'large' is beta_t (with beta-tilde_1 at t=0 so the last step keeps a finite log), DDPM sec. 3.2."""
-        if learn_sigma == "small":
-            var, log_var = "posterior_variance", "posterior_log_variance_clipped"
-        elif learn_sigma == "large":
-            var, log_var = "large_variance", "large_log_variance"
-        else:
-            raise ValueError(f"unknown variance {learn_sigma!r}; choose 'small' or 'large'")
-        return MeanVariance(torch.empty(0), self._gather(var, t, like), self._gather(log_var, t, like))
+    def fixed_variance(self, t: torch.Tensor, like: torch.Tensor) -> Variance:
+        """The reverse-process variance fixed to the posterior's, Sigma_t = beta-tilde_t (DDPM sec. 3.2),
+        its log clipped at t=0 to the t=1 value; shaped (B, 1, ...) to broadcast against like."""
+        return Variance(self._gather("posterior_variance", t, like), self._gather("posterior_log_variance_clipped", t, like))
 
-    def learned_variance(self, t: torch.Tensor, v: torch.Tensor) -> MeanVariance:
+    def learned_variance(self, t: torch.Tensor, v: torch.Tensor) -> Variance:
         """Sigma_theta from a learn_sigma model's second output v in [-1, 1] (improved DDPM eq. 15,
-        guided-diffusion's LEARNED_RANGE), mean left empty:
+        guided-diffusion's LEARNED_RANGE):
 
             log Sigma_theta = frac log beta_t + (1 - frac) log beta-tilde_t,   frac = (v + 1) / 2
 
@@ -170,4 +165,4 @@ class GaussianDiffusion:
         frac = (v + 1) / 2
         log_variance = (frac * self._gather("betas", t, v).log()
                         + (1 - frac) * self._gather("posterior_log_variance_clipped", t, v))
-        return MeanVariance(torch.empty(0), log_variance.exp(), log_variance)
+        return Variance(log_variance.exp(), log_variance)

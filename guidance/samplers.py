@@ -40,7 +40,7 @@ from .guide import GuidedDenoiser, GuidedEps, Guidance, NonFiniteError
 
 Noise = Callable[[tuple, torch.device], torch.Tensor]  # noise(shape, device) -> a fresh N(0, I) draw
 ORDERS = ("guide-then-threshold", "threshold-then-guide")
-VARIANCES = ("small", "large", "learned")  # DDPM's Sigma: beta-tilde_t, beta_t, or the model's (learn_sigma)
+VARIANCES = ("small", "learned")  # DDPM's Sigma: beta-tilde_t, or the model's own (a learn_sigma UNet)
 
 
 class Step(NamedTuple):
@@ -93,8 +93,8 @@ class Solver:
 
 class DDPM(Solver):
     """x_{t-1} = mu-tilde(x-hat_0, x_t) + sqrt(Sigma) z, no noise at the last step; Sigma is fixed
-    (beta-tilde_t or beta_t) or the model's Sigma_theta (variance "learned"). Classifier guidance
-    moves mu by w Sigma g (Dhariwal & Nichol Algorithm 1)."""
+    to beta-tilde_t (variance "small") or the model's Sigma_theta (variance "learned"). Classifier
+    guidance moves mu by w Sigma g (Dhariwal & Nichol Algorithm 1)."""
     name = "ddpm"
     title = "DDPM"
 
@@ -106,7 +106,7 @@ class DDPM(Solver):
         # k_t = c_t Sigma with c_t = sqrt(1 - alpha-bar_t) sqrt(alpha_t) / beta_t turns w*g into a mean shift w Sigma g.
         self.mean_coefs = ((1 - abar) * alphas).sqrt().div(betas)
         if variance != "learned":
-            _, var, _ = diffusion.model_variance(torch.arange(diffusion.num_timesteps), diffusion.betas, variance)
+            var = diffusion.fixed_variance(torch.arange(diffusion.num_timesteps), diffusion.betas).variance
             self.grad_coefs = ((1 - abar) * alphas).sqrt().mul(var.flatten()).div(betas).tolist()
 
     def _learned(self, i: int, v: torch.Tensor | None):
@@ -133,7 +133,7 @@ class DDPM(Solver):
         if i == 0:
             return mean
         log_var = (self._learned(i, v).log_variance if self.variance == "learned"
-                   else self.diffusion.model_variance(t, x, self.variance).log_variance)
+                   else self.diffusion.fixed_variance(t, x).log_variance)
         return mean + (0.5 * log_var).exp() * noise(x.shape, x.device)
 
 

@@ -91,13 +91,6 @@ def test_posterior_is_the_bayes_product_of_forward_steps():
     torch.testing.assert_close(out.variance.flatten(), (1 / precision).reshape(1))
 
 
-def test_large_variance_is_beta_but_at_t_0(diffusion):
-    t = torch.arange(4)
-    large = diffusion.model_variance(t, torch.zeros(4, 1, dtype=torch.float64), "large").variance.flatten()
-    torch.testing.assert_close(large[1:], diffusion.betas[1:4])
-    torch.testing.assert_close(large[0], diffusion.posterior_variance[1])
-
-
 def test_respacing_with_all_steps_reproduces_the_schedule(diffusion):
     schedule = "linear" if diffusion.betas[0] == pytest.approx(1e-4) else "cosine"
     same = GaussianDiffusion.from_schedule(schedule, T, steps=T)
