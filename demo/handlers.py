@@ -166,8 +166,8 @@ class Handlers:
 
     def _defaults_run(self, m: Model, **changes) -> Run:
         values = replace(m.defaults, **changes).generate_values(m.bundle.class_names)
-        return arguments.generate_run(*values, class_names=m.bundle.class_names,
-                                      num_timesteps=m.bundle.num_timesteps, limits=self.limits)
+        return arguments.generate_run(*values, class_names=m.bundle.class_names, num_timesteps=m.bundle.num_timesteps,
+                                      conditioning=m.bundle.conditioning, limits=self.limits)
 
     def time_steps(self) -> None:
         """Time one sampling step of one image at each model's defaults (the second of two steps;
@@ -293,7 +293,7 @@ class Handlers:
             model = self.pick(model)
             bundle = model.bundle
             run = build(*values, class_names=bundle.class_names, num_timesteps=bundle.num_timesteps,
-                        limits=self.limits)
+                        conditioning=bundle.conditioning, limits=self.limits)
         yield from self._stream_on_device(run, _session(request), model.name, final_only)
 
     def stream(self, run: Run, session: str | None = None, model: str | None = None,

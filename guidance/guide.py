@@ -26,7 +26,7 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import nn
 
-from .messages import shown
+from .messages import choice, number, shown
 
 SCHEDULE_SHAPES = ("constant", "ramp-up", "ramp-down")
 THRESHOLDS = ("clip", "dynamic", "none")
@@ -52,12 +52,13 @@ class Schedule:
     interval: tuple[int, int] | None = None
 
     def __post_init__(self):
-        if self.shape not in SCHEDULE_SHAPES:
-            raise ValueError(f"unknown guidance schedule {shown(self.shape)}; choose one of {', '.join(SCHEDULE_SHAPES)}")
+        """Well-formed: a known shape, and an interval of two integers where a ramp needs one. Where
+        the interval lies (0 <= t_lo <= t_hi <= T-1) depends on the model: guidance.request.check."""
+        choice(self.shape, "schedule", SCHEDULE_SHAPES)
         if self.interval is not None:
-            lo, hi = self.interval
-            if not (isinstance(lo, int) and isinstance(hi, int)) or not 0 <= lo <= hi:
-                raise ValueError(f"a guidance interval is two timesteps 0 <= t_lo <= t_hi, got {shown(self.interval)}")
+            if not (isinstance(self.interval, (tuple, list)) and len(self.interval) == 2
+                    and all(isinstance(t, int) and not isinstance(t, bool) for t in self.interval)):
+                raise ValueError(f"a guidance interval is two integer timesteps (t_lo, t_hi), got {shown(self.interval)}")
         elif self.shape != "constant":
             raise ValueError(f"the {self.shape} schedule needs an interval [t_lo, t_hi]")
 
@@ -85,10 +86,8 @@ class Threshold:
     percentile: float = 0.995
 
     def __post_init__(self):
-        if self.mode not in THRESHOLDS:
-            raise ValueError(f"unknown x-hat_0 threshold {shown(self.mode)}; choose one of {', '.join(THRESHOLDS)}")
-        if not 0.5 <= self.percentile <= 1:  # also refuses NaN
-            raise ValueError(f"the dynamic threshold's percentile must be from 0.5 to 1, got {shown(self.percentile)}")
+        choice(self.mode, "threshold", THRESHOLDS)
+        number(self.percentile, "threshold percentile", 0.5, 1)
 
     def __call__(self, pred_xstart: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""

@@ -145,8 +145,6 @@ class DDIM(Solver):
     title = "DDIM"
 
     def __init__(self, diffusion: GaussianDiffusion, eta: float = 0.0):
-        if not 0.0 <= eta <= 1.0:  # also refuses NaN
-            raise ValueError(f"eta must be in [0, 1], got {eta}")
         self.diffusion, self.eta = diffusion, eta
         self.abar, self.abar_prev = diffusion.alphas_cumprod.tolist(), diffusion.alphas_cumprod_prev.tolist()
 
@@ -246,17 +244,14 @@ def sampler_title(sampler: str) -> str:
 
 
 def make_solver(sampler: str, diffusion: GaussianDiffusion, eta: float = 0.0, variance: str = "small") -> Solver:
-    """The step object for a sampler name; eta applies to DDIM only, variance (VARIANCES) to DDPM
-    only: the other methods use eps alone."""
+    """The step object for a sampler name (SAMPLERS); eta in [0, 1] is DDIM's, variance (VARIANCES)
+    DDPM's: the other methods use eps alone. guidance.request.check has made sure of the name, of eta
+    and that eta is 0 for the others."""
     if sampler == "ddim":
         return DDIM(diffusion, eta)
-    if eta != 0:
-        raise ValueError("eta applies to the DDIM sampler only")
     if sampler == "ddpm":
         return DDPM(diffusion, variance)
-    if sampler in SOLVERS:
-        return SOLVERS[sampler](diffusion)
-    raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    return SOLVERS[sampler](diffusion)
 
 
 def _check_finite(step: Step) -> Step:
@@ -280,10 +275,8 @@ def sample_loop(model: GuidedDenoiser, diffusion: GaussianDiffusion, shape, guid
                 order: str = "guide-then-threshold") -> Iterator[Step]:
     """Sample from x_T = noise(shape) through every timestep of `diffusion` (respaced or not),
     yielding one Step per network evaluation. shape is (B, C, H, W) with B = len(guidance);
-    variance is DDPM's Sigma (VARIANCES), order where guidance meets the threshold (ORDERS).
-    Raises NonFiniteError at the step where a NaN or inf appears."""
-    if order not in ORDERS:
-        raise ValueError(f"unknown guidance order {order!r}; choose one of {', '.join(ORDERS)}")
+    variance is DDPM's Sigma (VARIANCES), order where guidance meets the threshold (ORDERS, checked
+    where a bundle is loaded). Raises NonFiniteError at the step where a NaN or inf appears."""
     solver = make_solver(sampler, diffusion, eta, variance)
     x = noise(shape, device)
     timesteps = diffusion.timesteps.to(device)

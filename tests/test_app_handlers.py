@@ -57,7 +57,9 @@ def compare_args(**changes) -> dict:
 
 
 def compare_run(**changes) -> arguments.Run:
-    return arguments.compare_run(**compare_args(**changes), class_names=CLASS_NAMES, num_timesteps=NUM_TIMESTEPS)
+    args = compare_args(**changes)
+    args["row_values"] = args.pop("strengths")  # the API's name for the rows' values
+    return arguments.compare_run(**args, class_names=CLASS_NAMES, num_timesteps=NUM_TIMESTEPS)
 
 
 def error_message(call) -> str:
@@ -473,10 +475,11 @@ BAD_COMPARE = [
     (dict(strengths=", ".join(str(k) for k in range(11))), "at most 10 rows at once; got 11"),
     (dict(strengths="1, two"), "'two' is not a number"),
     (dict(strengths="0, 2, 2.0"), "must differ from each other; 2 appears twice"),
-    (dict(strengths="1, nan"), "classifier guidance strengths must be a number from 0 to 100"),
+    # A row's strength is the request's rule (guidance.request.check), which names the row.
+    (dict(strengths="1, nan"), "classifier guidance w must be a number from 0 to 100, got nan (row 2 of 2)"),
     (dict(strengths="-1"), "from 0 to 100"),
     (dict(strengths="1e400"), "from 0 to 100"),
-    (dict(strengths="0, 40", mode="classifier-free"), "classifier-free strengths must be a number from 0 to 30"),
+    (dict(strengths="0, 40", mode="classifier-free"), "classifier-free scale w_cfg must be a number from 0 to 30"),
     (dict(strengths="1" + " " * 300), "at most 200 characters"),
     (dict(strengths=3), "at most 200 characters"),
     (dict(mode="both"), "compare must be one of classifier, classifier-free, classifier-vs-free, interval, "

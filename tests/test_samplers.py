@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from guidance import GaussianDiffusion, GuidedDenoiser, Guidance, ItemNoise, NonFiniteError, Threshold, final, sample_loop
+from guidance.request import Request, Row, check
 
 SAMPLERS = ["ddim", "ddpm", "dpm++2m", "unipc"]
 UNCLIPPED = Threshold("none")
@@ -118,21 +119,23 @@ def test_ddim_with_eta_uses_fresh_noise(model, diffusion):
     assert [n.calls for n in noises] == [STEPS, STEPS]  # x_T, then every step but the last
 
 
+# eta's range, the sampler's name and "eta is DDIM's" are the request's rules, checked once where it
+# enters the library (guidance.request.check), not again by the samplers.
 @pytest.mark.parametrize("eta", [-0.1, 1.5, float("nan")])
-def test_ddim_rejects_eta_outside_0_1(model, diffusion, eta):
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        next(sample_loop(model, diffusion, SHAPE, guidance(), ItemNoise(0, range(4)), "ddim", eta=eta))
+def test_a_request_with_eta_outside_0_1_is_refused(eta):
+    with pytest.raises(ValueError, match="eta must be a number from 0 to 1"):
+        check(Request((Row(0),), eta=eta), 3, 100)
 
 
-def test_unknown_sampler_names_the_choices(model, diffusion):
+def test_a_request_for_an_unknown_sampler_names_the_choices():
     with pytest.raises(ValueError, match="ddim, ddpm, dpm\\+\\+2m"):
-        next(sample_loop(model, diffusion, SHAPE, guidance(), ItemNoise(0, range(4)), "euler"))
+        check(Request((Row(0),), sampler="euler"), 3, 100)
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "dpm++2m", "unipc"])
-def test_eta_is_refused_outside_ddim(model, diffusion, sampler):
+def test_eta_is_refused_outside_ddim(sampler):
     with pytest.raises(ValueError, match="DDIM"):
-        next(sample_loop(model, diffusion, SHAPE, guidance(), ItemNoise(0, range(4)), sampler, eta=0.5))
+        check(Request((Row(0),), sampler=sampler, eta=0.5), 3, 100)
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
