@@ -282,8 +282,8 @@ def sample_loop(model: GuidedDenoiser, diffusion: GaussianDiffusion, shape, guid
     timesteps = diffusion.timesteps.to(device)
     history: History = ()
     for index, i in enumerate(reversed(range(diffusion.num_timesteps))):
-        t = torch.full((shape[0],), i, device=device)
-        out = model.predict(x, timesteps[t], guidance)
+        t = torch.full((shape[0],), i, device=device)  # schedule indices, as diffusion takes them
+        out = model.predict(x, timesteps[t], guidance)  # the networks take the original timesteps
         grad_coef = solver.grad_coef(i, out.v)  # k_t, now that the networks have run
         if not isinstance(grad_coef, torch.Tensor):
             grad_coef = torch.full((shape[0],), grad_coef, dtype=torch.float64, device=device)
