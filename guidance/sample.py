@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from .backend import BACKENDS, BackendError
 from .checkpoints import CheckpointError, load_bundle
-from .generation import generate
+from .generation import Samples, generate
 from .guide import SCHEDULE_SHAPES, THRESHOLDS, NonFiniteError, Threshold
 from .images import grid
 from .request import Request, Row, class_index, make_schedule
@@ -92,18 +92,34 @@ def main(argv=None) -> int:
         request = request_from_args(args, bundle.class_names, bundle.num_timesteps)
     except (CheckpointError, BackendError, ValueError) as err:
         p.error(str(err))
+    samples = _sample(p, bundle, request, args.batch_size)
+    if samples is None:
+        return 1
+    write(samples, out)
     label = request.rows[0].class_label
-    batches = -(-args.n // args.batch_size)
-    with tqdm(total=batches * args.steps, unit="step", desc=bundle.class_names[label], dynamic_ncols=True) as bar:
+    print(f"wrote {args.n} images of class {label} ({bundle.class_names[label]}) to {out}")
+    return 0
+
+
+def _sample(p: argparse.ArgumentParser, bundle, request: Request, batch_size: int) -> Samples | None:
+    """The request's images, batch_size at a time, with a progress bar of every step; None (with
+    the error on stderr) for a run that diverged. A refused request is a usage error."""
+    label = request.rows[0].class_label
+    batches = -(-len(request.rows) * request.images_per_row // batch_size)
+    with tqdm(total=batches * request.steps, unit="step", desc=bundle.class_names[label], dynamic_ncols=True) as bar:
         try:
-            samples = generate(bundle, request, args.batch_size, on_step=lambda _: bar.update())
+            return generate(bundle, request, batch_size, on_step=lambda _: bar.update())
         except ValueError as err:
             bar.close()
             p.error(str(err))
         except NonFiniteError as err:
             bar.close()
             print(f"error: {err}", file=sys.stderr)
-            return 1
+            return None
+
+
+def write(samples: Samples, out: Path) -> None:
+    """OUT.npz: images (N, H, W) for one channel, else (N, C, H, W), and labels; OUT.png: a grid."""
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".npz":
         images = samples.images.numpy()
@@ -112,8 +128,6 @@ def main(argv=None) -> int:
                                 labels=samples.labels.numpy())
     else:
         grid(samples.images.numpy()).save(out)
-    print(f"wrote {args.n} images of class {label} ({bundle.class_names[label]}) to {out}")
-    return 0
 
 
 if __name__ == "__main__":
