@@ -46,7 +46,7 @@ def stream(bundle: Bundle, request: Request, diagnostics: bool = True) -> Iterat
     turns them into images). diagnostics: also compute log p(c | x_t) where guidance is off (for charts).
     Raises ValueError for an invalid request, at once."""
     _check(bundle, request)
-    return _steps(bundle, request, range(request.batch_size), diagnostics)
+    return _steps(bundle, request, range(request.num_items), diagnostics)
 
 
 def generate(bundle: Bundle, request: Request, batch_size: int = 64,
@@ -57,8 +57,8 @@ def generate(bundle: Bundle, request: Request, batch_size: int = 64,
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
     images = []
-    for start in range(0, request.batch_size, batch_size):
-        items = range(start, min(start + batch_size, request.batch_size))
+    for start in range(0, request.num_items, batch_size):
+        items = range(start, min(start + batch_size, request.num_items))
         for step in _steps(bundle, request, items, diagnostics=False):
             if on_step is not None:
                 on_step(step)

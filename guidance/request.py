@@ -29,6 +29,7 @@ from .samplers import SAMPLERS
 MAX_SCALE = 100.0       # classifier w: far past the point where samples fall apart
 MAX_CFG_SCALE = 30.0    # classifier-free w_cfg
 MAX_SEED = 2**31 - 1    # safe as a JavaScript number
+
 _CHECKED = "_checked_against"  # set by check on a request that passed: (num_classes, num_timesteps, conditioning)
 
 
@@ -154,7 +155,8 @@ class Request:
     max_guidance_norm: float | None = None
 
     @property
-    def batch_size(self) -> int:
+    def num_items(self) -> int:
+        """Every image of the request, rows x images_per_row (generate samples them in batches)."""
         return len(self.rows) * self.images_per_row
 
     def row_of(self, item: int) -> Row:
@@ -178,7 +180,7 @@ class Request:
             clip_bound=clip_bound)
 
     def labels(self) -> torch.Tensor:
-        """(batch_size,) the class each item is guided toward."""
+        """(num_items,) the class each item is guided toward."""
         return torch.tensor([r.class_label for r in self.rows]).repeat_interleave(self.images_per_row)
 
 
