@@ -74,6 +74,10 @@ class GaussianDiffusion:
 
     `timesteps` maps this schedule's indices to the original ones (identity unless respaced).
     Schedule arrays are float64 and cast to the input dtype on use.
+
+    Longer than a class should be, on purpose: it is one job, one method per equation of the
+    papers (DDPM eq. 4 and its inverse, eqs. 6-7, sec. 3.2; improved DDPM eq. 15), all reading the
+    same schedule tables; split, one schedule's tables would be spread over several objects.
     """
 
     def __init__(self, betas: torch.Tensor, timesteps: torch.Tensor | None = None):
@@ -109,8 +113,10 @@ class GaussianDiffusion:
         return self._tables[key][t.to(like.device)].reshape(-1, *([1] * (like.ndim - 1)))
 
     @classmethod
-    def from_schedule(cls, schedule: str = "linear", num_timesteps: int = 1000, steps: int | None = None):
-        """The diffusion for `schedule`, respaced to `steps` kept timesteps (all T when None)."""
+    def from_schedule(cls, schedule: str, num_timesteps: int, steps: int | None = None):
+        """The diffusion for `schedule` (SCHEDULES) with T = num_timesteps, respaced to `steps` kept
+        timesteps (all T when None). No default: the schedule and T are what a model was trained
+        with, which its checkpoint records."""
         betas = make_betas(schedule, num_timesteps)
         kept = respace_timesteps(num_timesteps, num_timesteps if steps is None else steps)
         if len(kept) == num_timesteps:

@@ -30,6 +30,19 @@ MAX_SCALE = 100.0       # classifier w: far past the point where samples fall ap
 MAX_CFG_SCALE = 30.0    # classifier-free w_cfg
 MAX_SEED = 2**31 - 1    # safe as a JavaScript number
 
+
+@dataclass(frozen=True)
+class Defaults:
+    """The library's one table of sampling defaults: what a Request and the command line take for
+    a setting they are not given. (The app's page starts from its checkpoint folder's
+    defaults.json, what the evaluation chose.)"""
+    sampler: str = "ddim"           # deterministic given x_T, at any step count (Song et al. 2021)
+    steps: int = 50                 # the evaluation's DDIM reference, which other settings must match
+    eta: float = 0.0                # DDIM noise: 0 deterministic given x_T, 1 DDPM-like
+    seed: int = 0
+
+
+DEFAULTS = Defaults()
 _CHECKED = "_checked_against"  # set by check on a request that passed: (num_classes, num_timesteps, conditioning)
 
 
@@ -148,10 +161,10 @@ class Row:
 class Request:
     rows: tuple[Row, ...]
     images_per_row: int = 8
-    steps: int = 25
-    sampler: str = "ddim"
-    eta: float = 0.0                    # DDIM noise, 0 to 1
-    seed: int = 0
+    steps: int = DEFAULTS.steps
+    sampler: str = DEFAULTS.sampler
+    eta: float = DEFAULTS.eta           # DDIM noise, 0 to 1
+    seed: int = DEFAULTS.seed
     max_guidance_norm: float | None = None
 
     @property

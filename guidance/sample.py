@@ -25,7 +25,7 @@ from .checkpoints import CheckpointError, load_bundle
 from .generation import Samples, generate
 from .guide import SCHEDULE_SHAPES, THRESHOLDS, NonFiniteError, Threshold
 from .images import grid
-from .request import Request, Row, class_index, make_schedule
+from .request import DEFAULTS, Request, Row, class_index, make_schedule
 from .runtime import configure
 from .samplers import SAMPLERS
 
@@ -39,9 +39,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=0.0, help="classifier guidance w (default 0: off)")
     p.add_argument("--cfg-scale", type=float, default=None,
                    help="classifier-free w_cfg (default: none, the unconditional model)")
-    p.add_argument("--steps", type=int, default=50, help="sampling steps, 1 to T")
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddim")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise, 0 (default) to 1")
+    p.add_argument("--steps", type=int, default=DEFAULTS.steps, help=f"sampling steps, 1 to T (default {DEFAULTS.steps})")
+    p.add_argument("--sampler", choices=SAMPLERS, default=DEFAULTS.sampler)
+    p.add_argument("--eta", type=float, default=DEFAULTS.eta, help=f"DDIM noise, 0 to 1 (default {DEFAULTS.eta:g})")
     p.add_argument("--interval", type=int, nargs=2, metavar=("LO", "HI"), default=None,
                    help="guide only at original timesteps LO..HI (default: every step)")
     p.add_argument("--schedule", choices=SCHEDULE_SHAPES, default="constant",
@@ -52,7 +52,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-guidance-norm", type=float, default=None, help="clip the guidance term's L2 norm")
     p.add_argument("--n", type=int, default=16, help="number of images")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=DEFAULTS.seed)
     p.add_argument("--out", required=True, help="FILE.npz or FILE.png")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -105,7 +105,7 @@ def _sample(p: argparse.ArgumentParser, bundle, request: Request, batch_size: in
     """The request's images, batch_size at a time, with a progress bar of every step; None (with
     the error on stderr) for a run that diverged. A refused request is a usage error."""
     label = request.rows[0].class_label
-    batches = -(-len(request.rows) * request.images_per_row // batch_size)
+    batches = -(-request.num_items // batch_size)
     with tqdm(total=batches * request.steps, unit="step", desc=bundle.class_names[label], dynamic_ncols=True) as bar:
         try:
             return generate(bundle, request, batch_size, on_step=lambda _: bar.update())
