@@ -16,7 +16,7 @@ from typing import NamedTuple
 import gradio as gr
 import pytest
 
-from app_fixtures import CLASS_NAMES, NUM_TIMESTEPS, bundle, checkpoint_dir  # noqa: F401
+from app_fixtures import NUM_TIMESTEPS, bundle, checkpoint_dir  # noqa: F401
 from demo.handlers import Handlers
 from guidance import messages, request as library_request
 from guidance.request import MAX_SCALE
