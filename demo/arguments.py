@@ -1,20 +1,23 @@
 """The endpoints' raw arguments turned into a library Request, and how the page names its rows.
 
-The endpoints take raw JSON values (their events run with preprocess=False), so a call through
-the API meets exactly these parsers: the library's (guidance.request), and the app's own limits
-(settings.Limits). Both raise ValueError with the message the user sees; the handlers turn it
-into gr.Error.
+The endpoints take raw JSON values (their events run with preprocess=False). This module only
+translates them: text into numbers, intervals and classes, a slider's 25.0 into 25, the UNet
+choice into a row's w_cfg. What the values may be is the library's rule, checked once by
+guidance.request.check as the request is built; then come the app's own limits (settings.Limits),
+which need a checked request. Both raise ValueError with the message the user sees; the handlers
+turn it into gr.Error.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, replace
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from guidance.guide import SCHEDULE_SHAPES, THRESHOLDS, Threshold
-from guidance.request import (MAX_CFG_SCALE, MAX_SCALE, MAX_SEED, Request, Row, check, choice, class_index,
-                              integer, interval_text, make_schedule, number, parse_classes, parse_interval,
-                              parse_intervals, parse_list, parse_numbers, shown)
+from guidance.messages import choice, finite_number, integer, shown
+from guidance.request import (Conditioning, Request, Row, check, check_cfg_scale, check_interval, check_scale,
+                              class_index, interval_text, make_schedule, parse_classes, parse_interval,
+                              parse_intervals, parse_list, parse_numbers)
 
 from .settings import COMPARE_CHOICES, LIMITS, ROW_VALUES, UNET_CHOICES, AppDefaults, Limits
 
@@ -46,45 +49,64 @@ class Run:
 
 
 class LeftColumn(NamedTuple):
-    """The settings every row starts from, parsed."""
+    """The settings every row starts from, translated (not yet checked: see _run)."""
     row: Row
     interval: tuple[int, int] | None  # as given: None is every timestep
     class_names: tuple[str, ...]
     num_timesteps: int
+    conditioning: Conditioning
     max_chars: int
 
 
+def _real(value):
+    """A number field's value as a float (JSON may send 2 for 2.0); anything else as it came, for
+    the library's check to name."""
+    return float(value) if finite_number(value) else value
+
+
+def _whole(value):
+    """A slider's integral float as an int (25.0 -> 25: the seed's noise streams are named by its
+    digits); anything else as it came, for the library's check to name."""
+    return int(value) if finite_number(value) and value == int(value) else value
+
+
 def _left_column(class_name, scale, unet, cfg_scale, interval, schedule, threshold, threshold_percentile,
-                 class_names: tuple[str, ...], num_timesteps: int, limits: Limits) -> LeftColumn:
+                 class_names: tuple[str, ...], num_timesteps: int, conditioning: Conditioning,
+                 limits: Limits) -> LeftColumn:
     label = class_index(class_name, class_names)
-    scale = number(scale, "classifier guidance w", 0, MAX_SCALE)
     unet = choice(unet, "unet", UNETS)
-    cfg_scale = number(cfg_scale, "classifier-free scale w_cfg", 0, MAX_CFG_SCALE)
-    if unet == "unconditional" and cfg_scale != 0:
+    # With the unconditional UNet the request carries no w_cfg, so the library never sees this one.
+    if unet == "unconditional" and check_cfg_scale(cfg_scale) != 0:
         raise ValueError("classifier-free scale w_cfg needs the class-conditional UNet: set unet to "
                          f"'conditional', or w_cfg to 0; got w_cfg={cfg_scale:g}")
     if isinstance(interval, str) and len(interval) > limits.max_text_chars:
         raise ValueError(f"interval must be text of at most {limits.max_text_chars} characters such as "
                          f"'full' or '200-800'; got {shown(interval)}")
-    interval = parse_interval(interval, num_timesteps)
-    shape = choice(schedule, "schedule", SCHEDULE_SHAPES)
-    mode = choice(threshold, "threshold", THRESHOLDS)
-    percentile = number(threshold_percentile, "threshold percentile", 0.5, 1)
-    row = Row(label, scale, None if unet == "unconditional" else cfg_scale,
-              make_schedule(shape, interval, num_timesteps), Threshold(mode, percentile))
-    return LeftColumn(row, interval, class_names, num_timesteps, limits.max_text_chars)
+    interval = parse_interval(interval)
+    row = Row(label, _real(scale), None if unet == "unconditional" else _real(cfg_scale),
+              make_schedule(schedule, interval, num_timesteps), Threshold(threshold, _real(threshold_percentile)))
+    return LeftColumn(row, interval, class_names, num_timesteps, conditioning, limits.max_text_chars)
 
 
-def _run(rows: list[tuple[Row, str, str]], steps, sampler, eta, num_images, seed, left: LeftColumn,
-         limits: Limits) -> Run:
-    """rows: (row, label, shade). Raises ValueError for anything the library or the app's limits refuse."""
-    n = integer(num_images, "number of images", 1, limits.max_images_per_row)
-    # Integers as ints: a slider sends 25.0, and the seed's noise streams are named by its digits.
-    request = Request(tuple(row for row, _, _ in rows), images_per_row=n,
-                      steps=integer(steps, "steps", 1, left.num_timesteps), sampler=sampler, eta=eta,
-                      seed=integer(seed, "seed", 0, MAX_SEED))
-    check(request, len(left.class_names), left.num_timesteps)
-    count = len(request.rows)
+Describe = Callable[[Row], tuple[str, str]]  # a checked row -> (label, shade)
+
+
+def _run(rows: list[Row], describe: Describe | list[tuple[str, str]], steps, sampler, eta, num_images, seed,
+         left: LeftColumn, limits: Limits) -> Run:
+    """The checked request of the rows, named by describe (per row, or a function of the checked
+    row). Raises ValueError for anything the library or the app's limits refuse."""
+    n = integer(num_images, "number of images", 1, limits.max_images_per_row)  # the app's own cap
+    request = Request(tuple(rows), images_per_row=n, steps=_whole(steps), sampler=sampler, eta=_real(eta),
+                      seed=_whole(seed))
+    check(request, len(left.class_names), left.num_timesteps, left.conditioning)
+    _within_limits(request, limits)
+    names = [describe(row) for row in rows] if callable(describe) else describe
+    return Run(request, tuple(label for label, _ in names), tuple(shade for _, shade in names), left.class_names)
+
+
+def _within_limits(request: Request, limits: Limits) -> None:
+    """The app's limits on a checked request: rows, images, images x steps."""
+    count, n = len(request.rows), request.images_per_row
     if count > limits.max_rows:
         raise ValueError(f"at most {limits.max_rows} rows at once; got {count}")
     if count * n > limits.max_images:
@@ -93,59 +115,75 @@ def _run(rows: list[tuple[Row, str, str]], steps, sampler, eta, num_images, seed
     if count * n * request.steps > limits.max_image_steps:
         raise ValueError(f"images x steps must be at most {limits.max_image_steps}; {count * n} images x "
                          f"{request.steps} steps is {count * n * request.steps}: use fewer images or steps")
-    return Run(request, tuple(label for _, label, _ in rows), tuple(shade for _, _, shade in rows), left.class_names)
+
+
+def _unet_label(row: Row) -> tuple[str, str]:
+    return f"w={row.scale:g}" + (" (unconditional)" if row.cfg_scale is None else f", w_cfg={row.cfg_scale:g}"), "w"
 
 
 def generate_run(class_name, scale, unet, cfg_scale, steps, sampler, eta, num_images, seed, interval, schedule,
                  threshold, threshold_percentile, *, class_names: tuple[str, ...], num_timesteps: int,
-                 limits: Limits = LIMITS) -> Run:
+                 conditioning: Conditioning = Conditioning(), limits: Limits = LIMITS) -> Run:
     """One row: classifier guidance w on top of the chosen UNet (and its w_cfg)."""
     left = _left_column(class_name, scale, unet, cfg_scale, interval, schedule, threshold,
-                        threshold_percentile, class_names, num_timesteps, limits)
-    row = left.row
-    label = f"w={row.scale:g}" + (" (unconditional)" if row.cfg_scale is None else f", w_cfg={row.cfg_scale:g}")
-    return _run([(row, label, "w")], steps, sampler, eta, num_images, seed, left, limits)
+                        threshold_percentile, class_names, num_timesteps, conditioning, limits)
+    return _run([left.row], _unet_label, steps, sampler, eta, num_images, seed, left, limits)
 
 
 # -- what the Compare rows vary ----------------------------------------------------------------------
+# Each mode gives (row, label, shade) per row, from values it has translated. A left-column value
+# that the rows replace is checked all the same (the page shows it), by the library's rule for it:
+# no row carries it to guidance.request.check.
+
+def _replaced(left: LeftColumn, scale: bool = False, cfg_scale: bool = False, interval: bool = False) -> None:
+    if scale:
+        check_scale(left.row.scale)
+    if cfg_scale and left.row.cfg_scale is not None:  # an unconditional row's w_cfg is checked already
+        check_cfg_scale(left.row.cfg_scale)
+    if interval and left.interval is not None:
+        check_interval(left.interval, left.num_timesteps)
+
 
 def _vary_w(text, left: LeftColumn) -> list[tuple[Row, str, str]]:
+    _replaced(left, scale=True)
     return [(replace(left.row, scale=w), f"w={w:g}", "w")
-            for w in parse_numbers(text, "classifier guidance strengths", 0, MAX_SCALE, left.max_chars)]
+            for w in parse_numbers(text, "classifier guidance strengths", left.max_chars)]
 
 
 def _vary_cfg(text, left: LeftColumn) -> list[tuple[Row, str, str]]:
+    _replaced(left, cfg_scale=True)
     return [(replace(left.row, cfg_scale=s), f"w_cfg={s:g}", "w_cfg")
-            for s in parse_numbers(text, "classifier-free strengths", 0, MAX_CFG_SCALE, left.max_chars)]
+            for s in parse_numbers(text, "classifier-free strengths", left.max_chars)]
 
 
 def _classifier_vs_free(text, left: LeftColumn) -> list[tuple[Row, str, str]]:
     """Per strength s, each method alone: classifier guidance w = s on the unconditional UNet
     (one UNet pass), then classifier-free w_cfg = s with no classifier."""
+    _replaced(left, scale=True, cfg_scale=True)
     rows = []
-    for s in parse_numbers(text, "strengths", 0, min(MAX_SCALE, MAX_CFG_SCALE), left.max_chars):
+    for s in parse_numbers(text, "strengths", left.max_chars):
         rows += [(replace(left.row, scale=s, cfg_scale=None), f"classifier w={s:g}", "w"),
                  (replace(left.row, scale=0.0, cfg_scale=s), f"free w_cfg={s:g}", "w_cfg")]
     return rows
 
 
 def _vary_interval(text, left: LeftColumn) -> list[tuple[Row, str, str]]:
+    _replaced(left, interval=True)
     shape = left.row.schedule.shape
     return [(replace(left.row, schedule=make_schedule(shape, interval, left.num_timesteps)), interval_text(interval), "")
-            for interval in parse_intervals(text, left.num_timesteps, left.max_chars)]
+            for interval in parse_intervals(text, left.max_chars)]
 
 
 def _vary_schedule(text, left: LeftColumn) -> list[tuple[Row, str, str]]:
-    shapes = parse_list(text, "schedules", ROW_VALUES["schedule"].example, SCHEDULE_SHAPES,
-                     lambda item: choice(item, "schedule", SCHEDULE_SHAPES), left.max_chars)
+    shapes = parse_list(text, "schedules", ROW_VALUES["schedule"].example, SCHEDULE_SHAPES, str, left.max_chars)
     return [(replace(left.row, schedule=make_schedule(shape, left.interval, left.num_timesteps)), shape, "")
-            for shape in shapes]
+            for shape in shapes]  # Schedule refuses an unknown shape
 
 
 def _vary_threshold(text, left: LeftColumn) -> list[tuple[Row, str, str]]:
-    modes = parse_list(text, "thresholds", ROW_VALUES["threshold"].example, THRESHOLDS,
-                    lambda item: choice(item, "threshold", THRESHOLDS), left.max_chars)
-    return [(replace(left.row, threshold=Threshold(mode, left.row.threshold.percentile)), mode, "") for mode in modes]
+    modes = parse_list(text, "thresholds", ROW_VALUES["threshold"].example, THRESHOLDS, str, left.max_chars)
+    return [(replace(left.row, threshold=Threshold(mode, left.row.threshold.percentile)), mode, "")
+            for mode in modes]  # Threshold refuses an unknown mode
 
 
 def _vary_class(text, left: LeftColumn) -> list[tuple[Row, str, str]]:
@@ -157,16 +195,17 @@ VARY = {"classifier": _vary_w, "classifier-free": _vary_cfg, "classifier-vs-free
         "interval": _vary_interval, "schedule": _vary_schedule, "threshold": _vary_threshold, "class": _vary_class}
 
 
-def compare_run(class_name, strengths, mode, scale, unet, cfg_scale, steps, sampler, eta, num_images, seed,
+def compare_run(class_name, row_values, mode, scale, unet, cfg_scale, steps, sampler, eta, num_images, seed,
                 interval, schedule, threshold, threshold_percentile, *, class_names: tuple[str, ...],
-                num_timesteps: int, limits: Limits = LIMITS) -> Run:
-    """Rows that differ in what `mode` names (settings.ROW_VALUES says what `strengths` then
-    holds), each otherwise set as the left column says. Arguments a mode does not use are
-    still checked."""
+                num_timesteps: int, conditioning: Conditioning = Conditioning(), limits: Limits = LIMITS) -> Run:
+    """Rows that differ in what `mode` names; row_values (the API's `strengths`) is the text of
+    their values, which settings.ROW_VALUES describes per mode. Each row is otherwise set as the
+    left column says; arguments a mode does not use are still checked."""
     left = _left_column(class_name, scale, unet, cfg_scale, interval, schedule, threshold,
-                        threshold_percentile, class_names, num_timesteps, limits)
-    rows = VARY[choice(mode, "compare", COMPARE_MODES)](strengths, left)
-    return _run(rows, steps, sampler, eta, num_images, seed, left, limits)
+                        threshold_percentile, class_names, num_timesteps, conditioning, limits)
+    rows = VARY[choice(mode, "compare", COMPARE_MODES)](row_values, left)
+    return _run([row for row, _, _ in rows], [(label, shade) for _, label, shade in rows], steps, sampler, eta,
+                num_images, seed, left, limits)
 
 
 def check_defaults(defaults: AppDefaults, class_names: tuple[str, ...], num_timesteps: int,

@@ -28,7 +28,7 @@ from PIL import Image
 from guidance import generation
 from guidance.checkpoints import Bundle
 from guidance.guide import NonFiniteError
-from guidance.request import choice, integer
+from guidance.messages import choice, integer
 from guidance.samplers import Step
 
 from . import arguments, render, runs
@@ -117,7 +117,8 @@ def run_of(build, values: tuple, model: Model, limits: Limits) -> Run:
     """An endpoint's raw values as a checked Run on model's bundle: the app's one call into
     demo/arguments.py (build is arguments.generate_run or compare_run). Raises ValueError."""
     bundle = model.bundle
-    return build(*values, class_names=bundle.class_names, num_timesteps=bundle.num_timesteps, limits=limits)
+    return build(*values, class_names=bundle.class_names, num_timesteps=bundle.num_timesteps,
+                 conditioning=bundle.conditioning, limits=limits)
 
 
 def defaults_run(model: Model, limits: Limits, **changes) -> Run:

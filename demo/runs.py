@@ -157,7 +157,7 @@ def initial_noise(run: Run, shape: tuple[int, int, int]) -> torch.Tensor:
     """x_T (B, C, H, W) exactly as the sampler draws it, for tensors of shape (C, H, W): the first
     draw of the request's noise."""
     request = run.request
-    return request.noise(range(request.batch_size))((request.batch_size, *shape), "cpu")
+    return request.noise(range(request.num_items))((request.num_items, *shape), "cpu")
 
 
 def latent_view(z: torch.Tensor, side: int) -> np.ndarray:

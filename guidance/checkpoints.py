@@ -177,12 +177,30 @@ def load_bundle(folder: str | Path, device="cpu", need_evaluator: bool = False, 
     evaluator = None
     if need_evaluator or (folder / "evaluator.json").exists():
         evaluator, _ = load(folder, "evaluator", device)
+    names = _class_names(folder, meta, unet, classifier)
+    schedule, num_timesteps = _shared_schedule(folder, meta, classifier_meta)
+    variance, order = _sampling_record(meta, unet, folder / "unet.json")
+    codec = _codec(folder, {"unet": meta, "classifier": classifier_meta}, unet.config, device)
+    _check_image_sizes(folder, unet, (classifier, evaluator), codec)
+    if backend != "torch":
+        from .backend import select_unet
+        unet = select_unet(unet, backend, device)
+    return Bundle(unet, classifier, evaluator, names, schedule, num_timesteps, torch.device(device), folder, codec,
+                  variance, order)
+
+
+def _class_names(folder: Path, meta: dict, unet: nn.Module, classifier: nn.Module) -> tuple[str, ...]:
+    """The UNet's class names (its indices when it records none), which the classifier must share."""
     names = tuple(meta.get("class_names") or [str(i) for i in range(unet.config.num_classes)])
     if len(names) != unet.config.num_classes or classifier.config.num_classes != unet.config.num_classes:
         raise CheckpointError(f"class counts disagree in {folder}: unet {unet.config.num_classes}, "
                               f"classifier {classifier.config.num_classes}, names {len(names)}")
-    # The classifier reads the noise level from t: one trained on another schedule or T would be
-    # asked about the wrong noise levels.
+    return names
+
+
+def _shared_schedule(folder: Path, meta: dict, classifier_meta: dict) -> tuple[str, int]:
+    """(schedule, T) of the UNet, which the classifier must share: it reads the noise level from t,
+    so one trained on another schedule or T would be asked about the wrong noise levels."""
     schedule, num_timesteps = _diffusion_record(meta, folder / "unet.json")
     classifier_schedule = _diffusion_record(classifier_meta, folder / "classifier.json")
     if classifier_schedule != (schedule, num_timesteps):
@@ -190,8 +208,13 @@ def load_bundle(folder: str | Path, device="cpu", need_evaluator: bool = False, 
             f"noise schedules disagree: {folder / 'unet.json'} has {schedule} with T = {num_timesteps}, "
             f"{folder / 'classifier.json'} has {classifier_schedule[0]} with T = {classifier_schedule[1]}; "
             "train the classifier on the UNet's schedule")
-    variance, order = _sampling_record(meta, unet, folder / "unet.json")
-    codec = _codec(folder, {"unet": meta, "classifier": classifier_meta}, unet.config, device)
+    return schedule, num_timesteps
+
+
+def _check_image_sizes(folder: Path, unet: nn.Module, others: tuple, codec: LatentCodec | None) -> None:
+    """Pixels: the classifier and the evaluator (others, None when absent) take the UNet's images.
+    Latents: the evaluator judges the images the autoencoder makes (_codec checks the rest)."""
+    classifier, evaluator = others
     if codec is None:
         for other in (classifier, evaluator):
             if other is not None and (other.config.image_size, other.config.in_channels) != (
@@ -203,11 +226,6 @@ def load_bundle(folder: str | Path, device="cpu", need_evaluator: bool = False, 
                                     evaluator.config.image_size) != codec.image_shape:
         raise CheckpointError(f"the evaluator of {folder} judges {evaluator.config.image_size}px images, "
                               f"the autoencoder makes {codec.image_shape}")
-    if backend != "torch":
-        from .backend import select_unet
-        unet = select_unet(unet, backend, device)
-    return Bundle(unet, classifier, evaluator, names, schedule, num_timesteps, torch.device(device), folder, codec,
-                  variance, order)
 
 
 def _codec(folder: Path, metas: dict[str, dict], unet_config, device) -> LatentCodec | None:

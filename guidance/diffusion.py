@@ -48,14 +48,19 @@ def respace_timesteps(num_timesteps: int, steps: int) -> torch.Tensor:
     """`steps` evenly spaced original timesteps in increasing order, ending at T-1 and starting at 0.
 
     Any count from 1 to T works (guided-diffusion's "ddimN" accepts only some N). One step keeps
-    only T-1: a single jump from pure noise to the x_0 prediction.
+    only T-1: a single jump from pure noise to the x_0 prediction. (A request's step count is checked
+    where it enters the library: guidance.request.check.)
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= num_timesteps:
-        raise ValueError(f"step count must be an integer from 1 to {num_timesteps}, got {steps!r}")
     if steps == 1:
         return torch.tensor([num_timesteps - 1])
     # Spacing (T-1)/(steps-1) >= 1, so rounding keeps the timesteps distinct.
     return torch.linspace(0, num_timesteps - 1, steps, dtype=torch.float64).round().long()
+
+
+class Variance(NamedTuple):
+    """A Gaussian's per-item variance, each (B, 1, ...) or (B, C, H, W)."""
+    variance: torch.Tensor
+    log_variance: torch.Tensor
 
 
 class MeanVariance(NamedTuple):
@@ -69,6 +74,10 @@ class GaussianDiffusion:
 
     `timesteps` maps this schedule's indices to the original ones (identity unless respaced).
     Schedule arrays are float64 and cast to the input dtype on use.
+
+    Longer than a class should be, on purpose: it is one job, one method per equation of the
+    papers (DDPM eq. 4 and its inverse, eqs. 6-7, sec. 3.2; improved DDPM eq. 15), all reading the
+    same schedule tables; split, one schedule's tables would be spread over several objects.
     """
 
     def __init__(self, betas: torch.Tensor, timesteps: torch.Tensor | None = None):
@@ -87,10 +96,6 @@ class GaussianDiffusion:
         )
         self.posterior_mean_coef1 = self.betas * self.alphas_cumprod_prev.sqrt() / (1 - self.alphas_cumprod)
         self.posterior_mean_coef2 = (1 - self.alphas_cumprod_prev) * self.alphas.sqrt() / (1 - self.alphas_cumprod)
-        # The 'large' reverse variance: beta_t, with beta-tilde_1 at t=0 so the log stays finite.
-        self.large_variance = (torch.cat([self.posterior_variance[1:2], self.betas[1:]])
-                               if self.num_timesteps > 1 else self.betas)
-        self.large_log_variance = self.large_variance.log()
         # Factors of the formulas below, once here rather than on every call.
         self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
         self.sqrt_one_minus_alphas_cumprod = (1 - self.alphas_cumprod).sqrt()
@@ -108,8 +113,10 @@ class GaussianDiffusion:
         return self._tables[key][t.to(like.device)].reshape(-1, *([1] * (like.ndim - 1)))
 
     @classmethod
-    def from_schedule(cls, schedule: str = "linear", num_timesteps: int = 1000, steps: int | None = None):
-        """The diffusion for `schedule`, respaced to `steps` kept timesteps (all T when None)."""
+    def from_schedule(cls, schedule: str, num_timesteps: int, steps: int | None = None):
+        """The diffusion for `schedule` (SCHEDULES) with T = num_timesteps, respaced to `steps` kept
+        timesteps (all T when None). No default: the schedule and T are what a model was trained
+        with, which its checkpoint records."""
         betas = make_betas(schedule, num_timesteps)
         kept = respace_timesteps(num_timesteps, num_timesteps if steps is None else steps)
         if len(kept) == num_timesteps:
@@ -143,23 +150,16 @@ class GaussianDiffusion:
         """
         mean = (self._gather("posterior_mean_coef1", t, x_t) * x_start
                 + self._gather("posterior_mean_coef2", t, x_t) * x_t)
-        return MeanVariance(mean, self._gather("posterior_variance", t, x_t),
-                            self._gather("posterior_log_variance_clipped", t, x_t))
+        return MeanVariance(mean, *self.fixed_variance(t, x_t))
 
-    def model_variance(self, t: torch.Tensor, like: torch.Tensor, learn_sigma: str = "small") -> MeanVariance:
-        """The fixed reverse-process variance Sigma_t (mean left empty): 'small' is beta-tilde_t,
-        'large' is beta_t (with beta-tilde_1 at t=0 so the last step keeps a finite log), DDPM sec. 3.2."""
-        if learn_sigma == "small":
-            var, log_var = "posterior_variance", "posterior_log_variance_clipped"
-        elif learn_sigma == "large":
-            var, log_var = "large_variance", "large_log_variance"
-        else:
-            raise ValueError(f"unknown variance {learn_sigma!r}; choose 'small' or 'large'")
-        return MeanVariance(torch.empty(0), self._gather(var, t, like), self._gather(log_var, t, like))
+    def fixed_variance(self, t: torch.Tensor, like: torch.Tensor) -> Variance:
+        """The reverse-process variance fixed to the posterior's, Sigma_t = beta-tilde_t (DDPM sec. 3.2),
+        its log clipped at t=0 to the t=1 value; shaped (B, 1, ...) to broadcast against like."""
+        return Variance(self._gather("posterior_variance", t, like), self._gather("posterior_log_variance_clipped", t, like))
 
-    def learned_variance(self, t: torch.Tensor, v: torch.Tensor) -> MeanVariance:
+    def learned_variance(self, t: torch.Tensor, v: torch.Tensor) -> Variance:
         """Sigma_theta from a learn_sigma model's second output v in [-1, 1] (improved DDPM eq. 15,
-        guided-diffusion's LEARNED_RANGE), mean left empty:
+        guided-diffusion's LEARNED_RANGE):
 
             log Sigma_theta = frac log beta_t + (1 - frac) log beta-tilde_t,   frac = (v + 1) / 2
 
@@ -170,4 +170,4 @@ class GaussianDiffusion:
         frac = (v + 1) / 2
         log_variance = (frac * self._gather("betas", t, v).log()
                         + (1 - frac) * self._gather("posterior_log_variance_clipped", t, v))
-        return MeanVariance(torch.empty(0), log_variance.exp(), log_variance)
+        return Variance(log_variance.exp(), log_variance)

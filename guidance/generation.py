@@ -5,8 +5,9 @@
     generate(bundle, request, batch)   all images, in batches of `batch` items (the command line,
                                        the evaluation and the benchmarks)
 
-Both validate the request once (guidance.request.check) and seed every image by the one rule of
-guidance.noise, so image i of a seed is the same from every caller and any batch size.
+Both check the request where it enters the library (guidance.request.check; a request the app
+has checked already is not checked again) and seed every image by the one rule of guidance.noise,
+so image i of a seed is the same from every caller and any batch size.
 """
 from __future__ import annotations
 
@@ -16,13 +17,20 @@ import torch
 
 from .checkpoints import Bundle
 from .images import to_uint8
-from .request import Request, check
+from .request import Request, check, is_checked
 from .samplers import Step, sample_loop
 
 
 class Samples(NamedTuple):
     images: torch.Tensor    # (N, C, H, W) uint8 in [0, 255], row-major (row k // n, image k % n)
     labels: torch.Tensor    # (N,) int64, the class each image was guided toward
+
+
+def _check(bundle: Bundle, request: Request) -> None:
+    """guidance.request.check against this bundle, unless the request has passed it already."""
+    against = (len(bundle.class_names), bundle.num_timesteps, bundle.conditioning)
+    if not is_checked(request, *against):
+        check(request, *against)
 
 
 def _steps(bundle: Bundle, request: Request, items: Sequence[int], diagnostics: bool) -> Iterator[Step]:
@@ -37,20 +45,20 @@ def stream(bundle: Bundle, request: Request, diagnostics: bool = True) -> Iterat
     iterated). A Step holds the sampler's tensors: latents for a latent bundle (bundle.codec.decode
     turns them into images). diagnostics: also compute log p(c | x_t) where guidance is off (for charts).
     Raises ValueError for an invalid request, at once."""
-    check(request, len(bundle.class_names), bundle.num_timesteps, bundle.conditioning)
-    return _steps(bundle, request, range(request.batch_size), diagnostics)
+    _check(bundle, request)
+    return _steps(bundle, request, range(request.num_items), diagnostics)
 
 
 def generate(bundle: Bundle, request: Request, batch_size: int = 64,
              on_step: Callable[[Step], None] | None = None) -> Samples:
     """All images of the request, sampled batch_size items at a time on bundle.device; on_step is
     called with every Step of every batch. Returns uint8 images (N, C, H, W) and labels (N,)."""
-    check(request, len(bundle.class_names), bundle.num_timesteps, bundle.conditioning)
+    _check(bundle, request)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
     images = []
-    for start in range(0, request.batch_size, batch_size):
-        items = range(start, min(start + batch_size, request.batch_size))
+    for start in range(0, request.num_items, batch_size):
+        items = range(start, min(start + batch_size, request.num_items))
         for step in _steps(bundle, request, items, diagnostics=False):
             if on_step is not None:
                 on_step(step)

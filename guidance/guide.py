@@ -26,17 +26,10 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import nn
 
+from .messages import choice, number, shown
+
 SCHEDULE_SHAPES = ("constant", "ramp-up", "ramp-down")
 THRESHOLDS = ("clip", "dynamic", "none")
-
-
-SHOWN_CHARS = 60  # a rejected value is quoted back at most this long (a caller may send megabytes)
-
-
-def shown(value) -> str:
-    """repr(value), cut to SHOWN_CHARS, for error messages."""
-    text = repr(value)
-    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 3] + "..."
 
 
 class NonFiniteError(FloatingPointError):
@@ -59,12 +52,13 @@ class Schedule:
     interval: tuple[int, int] | None = None
 
     def __post_init__(self):
-        if self.shape not in SCHEDULE_SHAPES:
-            raise ValueError(f"unknown guidance schedule {shown(self.shape)}; choose one of {', '.join(SCHEDULE_SHAPES)}")
+        """Well-formed: a known shape, and an interval of two integers where a ramp needs one. Where
+        the interval lies (0 <= t_lo <= t_hi <= T-1) depends on the model: guidance.request.check."""
+        choice(self.shape, "schedule", SCHEDULE_SHAPES)
         if self.interval is not None:
-            lo, hi = self.interval
-            if not (isinstance(lo, int) and isinstance(hi, int)) or not 0 <= lo <= hi:
-                raise ValueError(f"a guidance interval is two timesteps 0 <= t_lo <= t_hi, got {shown(self.interval)}")
+            if not (isinstance(self.interval, (tuple, list)) and len(self.interval) == 2
+                    and all(isinstance(t, int) and not isinstance(t, bool) for t in self.interval)):
+                raise ValueError(f"a guidance interval is two integer timesteps (t_lo, t_hi), got {shown(self.interval)}")
         elif self.shape != "constant":
             raise ValueError(f"the {self.shape} schedule needs an interval [t_lo, t_hi]")
 
@@ -92,10 +86,8 @@ class Threshold:
     percentile: float = 0.995
 
     def __post_init__(self):
-        if self.mode not in THRESHOLDS:
-            raise ValueError(f"unknown x-hat_0 threshold {shown(self.mode)}; choose one of {', '.join(THRESHOLDS)}")
-        if not 0.5 <= self.percentile <= 1:  # also refuses NaN
-            raise ValueError(f"the dynamic threshold's percentile must be from 0.5 to 1, got {shown(self.percentile)}")
+        choice(self.mode, "threshold", THRESHOLDS)
+        number(self.percentile, "threshold percentile", 0.5, 1)
 
     def __call__(self, pred_xstart: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
@@ -170,12 +162,12 @@ class Guidance:
     def __len__(self) -> int:
         return len(self.class_labels)
 
-    def at(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(w(t), w_cfg(t)), each (B,) float: the strengths at original timestep t, after the
+    def at(self, timestep: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(w(t), w_cfg(t)), each (B,) float: the strengths at an original timestep t, after the
         schedules (0 for unconditional items' w_cfg)."""
-        if t not in self._factors:
-            self._factors[t] = torch.tensor([s.factor(t) for s in self.schedules])
-        f = self._factors[t]
+        if timestep not in self._factors:
+            self._factors[timestep] = torch.tensor([s.factor(timestep) for s in self.schedules])
+        f = self._factors[timestep]
         return self.scale * f, torch.where(self.conditional, self.cfg_scale * f, 0.0)
 
     def threshold(self, pred_xstart: torch.Tensor) -> torch.Tensor:
@@ -215,11 +207,102 @@ def _as_column(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.to(like.device, like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
 
 
+# -- the networks at x_t: classifier-free guidance, then the classifier and its gradient -------------
+
+def classifier_free_output(unet, null_label: int | None, x_t: torch.Tensor, timestep: torch.Tensor,
+                           guidance: Guidance, cfg_scale: torch.Tensor) -> torch.Tensor:
+    """The unguided or classifier-free UNet output at x_t (B, C, H, W), original timesteps (B,), in
+    one batched UNet call that holds each conditional item once and the null label only for the
+    items that need it: unconditional items and conditional items whose w_cfg(t) (cfg_scale, (B,))
+    is not 0. (B, C, H, W), or (B, 2C, H, W) with v for a learn_sigma UNet."""
+    conditional = guidance.conditional.to(x_t.device)
+    needs_null = ~conditional | (cfg_scale.to(x_t.device) != 0)
+    labels = guidance.class_labels.to(x_t.device)
+    if not needs_null.any():  # one kind of pass: no gathering
+        return unet(x_t, timestep, labels)
+    if null_label is None:
+        raise ValueError("this UNet has no null label: it cannot run unconditional items or classifier-free guidance")
+    if not conditional.any():
+        return unet(x_t, timestep, torch.full_like(labels, null_label))
+    cond, null = conditional.nonzero()[:, 0], needs_null.nonzero()[:, 0]
+    rows = torch.cat([cond, null])
+    out = unet(x_t[rows], timestep[rows], torch.cat([labels[cond], torch.full_like(null, null_label)]))
+    return _combine(out, cond, null, conditional, cfg_scale, x_t)
+
+
+def _combine(out: torch.Tensor, cond: torch.Tensor, null: torch.Tensor, conditional: torch.Tensor,
+             cfg_scale: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
+    """out holds the items cond with their class, then the items null with the null label.
+    Conditional items get (1 + w_cfg) eps(x_t, c) - w_cfg eps(x_t, null), the others eps(x_t, null);
+    a v output is not extrapolated: each item keeps its own pass's, the conditional one (GLIDE)."""
+    shape = (len(x_t), *out.shape[1:])
+    out_cond, out_null = out.new_zeros(shape), out.new_zeros(shape)
+    out_cond[cond], out_null[null] = out[:len(cond)], out[len(cond):]
+    w, is_cond = _as_column(cfg_scale, x_t), _as_column(conditional, x_t).bool()
+    combined = torch.where(is_cond, (1 + w) * out_cond - w * out_null, out_null)
+    c = x_t.shape[1]
+    if out.shape[1] > c:
+        combined[:, c:] = torch.where(is_cond, out_cond[:, c:], out_null[:, c:])
+    return combined
+
+
+def class_log_prob(classifier: nn.Module, x_t: torch.Tensor, timestep: torch.Tensor,
+                   labels: torch.Tensor) -> torch.Tensor:
+    """log p_phi(c | x_t, t) per item, shape (B,)."""
+    logits = classifier(x_t, timestep)
+    # At least float32 (bf16 logits lose the small log-probabilities), never a float64 downcast.
+    log_probs = torch.log_softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
+    return log_probs.gather(1, labels.to(x_t.device)[:, None])[:, 0]
+
+
+def classifier_gradient(classifier: nn.Module, x_t: torch.Tensor, timestep: torch.Tensor, labels: torch.Tensor,
+                        rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """g = grad_{x_t} log p_phi(c | x_t, t) of the items `rows` (R,) alone, (R, C, H, W), and their
+    log p_phi, (R,): the backward pass runs on those items only. The classifier must not mix
+    items, so the gradient of the summed log-probabilities is each item's own."""
+    every = len(rows) == len(x_t)
+    with torch.enable_grad():
+        x_in = (x_t if every else x_t[rows]).detach().requires_grad_(True)
+        log_prob = class_log_prob(classifier, x_in, timestep[rows], labels[rows])
+        grad = torch.autograd.grad(log_prob.sum(), x_in)[0]
+    return grad, log_prob.detach()
+
+
+def _log_prob_of_every_item(classifier: nn.Module, x_t: torch.Tensor, timestep: torch.Tensor, labels: torch.Tensor,
+                            rows: torch.Tensor, others: torch.Tensor, log_prob_rows: torch.Tensor) -> torch.Tensor:
+    """(B,) log p_phi(c | x_t, t), for the charts: the guided rows' from their gradient pass, the
+    others' from a pass without gradients."""
+    with torch.no_grad():
+        log_prob_others = class_log_prob(classifier, x_t[others], timestep[others], labels[others])
+    log_prob = torch.empty(len(x_t), dtype=log_prob_others.dtype, device=x_t.device)
+    log_prob[rows] = log_prob_rows.to(log_prob.dtype)
+    log_prob[others] = log_prob_others
+    return log_prob
+
+
+# -- the classifier-guidance shift ---------------------------------------------------------------------
+
+def _guidance_term(prediction: Prediction, grad_coef: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) k_t w(t) g, zero for the items not guided. grad_coef is k_t: (B,), or
+    (B, C, H, W) where it varies per pixel."""
+    eps, rows = prediction.eps, prediction.rows
+    k = grad_coef.to(eps.device, eps.dtype) if grad_coef.ndim == eps.ndim else _as_column(grad_coef, eps)
+    term = torch.zeros_like(eps)
+    term[rows] = (k * _as_column(prediction.scale, eps))[rows] * prediction.grad
+    return term
+
+
+def _clip_norm(term: torch.Tensor, norm: torch.Tensor, max_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each item's term (B, C, H, W) scaled down to an L2 norm of at most max_norm; (term, norm (B,))."""
+    factor = (max_norm / norm.clamp(min=1e-12)).clamp(max=1.0)
+    return term * _as_column(factor, term), norm * factor
+
+
 class GuidedDenoiser:
     """Wraps the diffusion network unet(x_t, t, y) -> eps and the noise-conditioned classifier
-    classifier(x_t, t) -> logits. Networks are always called with original timestep indices.
-    The classifier must not mix batch items (no BatchNorm), so the gradient of the summed
-    log-probabilities is each item's own gradient.
+    classifier(x_t, t) -> logits. Networks are always called with original timesteps (`timestep`
+    here; the samplers index their respaced schedule, `t` there). The classifier must not mix
+    batch items (no BatchNorm): see classifier_gradient.
 
     A learn_sigma UNet returns (B, 2C, H, W): eps, then v (improved DDPM); the split is made here.
     null_label is the label meaning "no class", or None for a UNet trained without one (ADM's
@@ -230,100 +313,65 @@ class GuidedDenoiser:
     def __init__(self, unet, classifier: nn.Module | None, null_label: int | None):
         self.unet, self.classifier, self.null_label = unet, classifier, null_label
 
-    def output(self, x_t: torch.Tensor, t: torch.Tensor, guidance: Guidance, cfg_scale: torch.Tensor) -> torch.Tensor:
-        """The unguided or classifier-free UNet output, in one batched UNet call that holds each
-        conditional item once and the null label only for the items that need it: unconditional
-        items and conditional items whose w_cfg(t) is not 0. Classifier-free guidance combines the
-        eps channels; a v output is the conditional pass's, as in GLIDE."""
-        conditional = guidance.conditional.to(x_t.device)
-        needs_null = ~conditional | (cfg_scale.to(x_t.device) != 0)
-        labels = guidance.class_labels.to(x_t.device)
-        if not needs_null.any():  # one kind of pass: no gathering
-            return self.unet(x_t, t, labels)
-        if self.null_label is None:
-            raise ValueError("this UNet has no null label: it cannot run unconditional items or classifier-free guidance")
-        if not conditional.any():
-            return self.unet(x_t, t, torch.full_like(labels, self.null_label))
-        cond, null = conditional.nonzero()[:, 0], needs_null.nonzero()[:, 0]
-        rows = torch.cat([cond, null])
-        out = self.unet(x_t[rows], t[rows], torch.cat([labels[cond], torch.full_like(null, self.null_label)]))
-        shape = (len(x_t), *out.shape[1:])
-        out_cond, out_null = out.new_zeros(shape), out.new_zeros(shape)
-        out_cond[cond], out_null[null] = out[:len(cond)], out[len(cond):]
-        w, is_cond = _as_column(cfg_scale, x_t), _as_column(conditional, x_t).bool()
-        combined = torch.where(is_cond, (1 + w) * out_cond - w * out_null, out_null)
-        c = x_t.shape[1]
-        if out.shape[1] > c:  # v is not extrapolated: the conditional item keeps its own
-            combined[:, c:] = torch.where(is_cond, out_cond[:, c:], out_null[:, c:])
-        return combined
+    def class_log_prob(self, x_t: torch.Tensor, timestep: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """log p_phi(c | x_t, t) per item, (B,), from this denoiser's classifier."""
+        return class_log_prob(self.classifier, x_t, timestep, labels)
 
-    def class_log_prob(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """log p_phi(c | x_t, t) per item, shape (B,)."""
-        logits = self.classifier(x_t, t)
-        # At least float32 (bf16 logits lose the small log-probabilities), never a float64 downcast.
-        log_probs = torch.log_softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
-        return log_probs.gather(1, labels.to(x_t.device)[:, None])[:, 0]
-
-    def predict(self, x_t: torch.Tensor, t: torch.Tensor, guidance: Guidance) -> Prediction:
-        """The networks at x_t (B, C, H, W), original timesteps t (B,), all equal (one sampling
-        step): eps (and v), and the classifier gradient g of the items guided at this step. The
-        classifier's backward pass runs only on those items, and not at all when none is."""
-        scale, cfg_scale = guidance.at(int(t[0]))
+    def predict(self, x_t: torch.Tensor, timestep: torch.Tensor, guidance: Guidance) -> Prediction:
+        """The networks at x_t (B, C, H, W), original timesteps (B,), all equal (one sampling step):
+        eps (and v) with classifier-free guidance, and the classifier gradient g of the items
+        guided at this step; the classifier's backward pass runs on those items only, and not at
+        all when none is."""
+        scale, cfg_scale = guidance.at(int(timestep[0]))
         with torch.no_grad():
-            out = self.output(x_t, t, guidance, cfg_scale)
+            out = classifier_free_output(self.unet, self.null_label, x_t, timestep, guidance, cfg_scale)
         c = x_t.shape[1]
         eps, v = (out, None) if out.shape[1] == c else (out[:, :c], out[:, c:])
-        guided = (scale != 0).to(x_t.device)
+        grad, rows, log_prob = self._classify(x_t, timestep, guidance, (scale != 0).to(x_t.device))
+        return Prediction(eps, v, grad, rows, scale, log_prob)
+
+    def _classify(self, x_t: torch.Tensor, timestep: torch.Tensor, guidance: Guidance, guided: torch.Tensor):
+        """(g of the guided items, which items those are, log p_phi(c | x_t, t) (B,)): g and the rows
+        are None when no item is guided, log p_phi when it is not asked for (guidance.diagnostics)
+        beyond the guided items, or there is no classifier."""
         if self.classifier is None:
             if guided.any():
                 raise ValueError("classifier guidance needs a classifier")
-            return Prediction(eps, v, None, None, scale, None)
+            return None, None, None
         labels = guidance.class_labels.to(x_t.device)
         if not guided.any():
             if not guidance.diagnostics:
-                return Prediction(eps, v, None, None, scale, None)
+                return None, None, None
             with torch.no_grad():
-                return Prediction(eps, v, None, None, scale, self.class_log_prob(x_t, t, labels))
+                return None, None, class_log_prob(self.classifier, x_t, timestep, labels)
         rows = guided.nonzero()[:, 0]
-        every = len(rows) == len(x_t)
-        with torch.enable_grad():
-            x_in = (x_t if every else x_t[rows]).detach().requires_grad_(True)
-            log_prob_guided = self.class_log_prob(x_in, t[rows], labels[rows])
-            grad = torch.autograd.grad(log_prob_guided.sum(), x_in)[0]
-        log_prob = None
-        if every:
-            log_prob = log_prob_guided.detach()
-        elif guidance.diagnostics:
-            others = (~guided).nonzero()[:, 0]
-            with torch.no_grad():
-                log_prob_others = self.class_log_prob(x_t[others], t[others], labels[others])
-            log_prob = torch.empty(len(x_t), dtype=log_prob_others.dtype, device=x_t.device)
-            log_prob[rows] = log_prob_guided.detach().to(log_prob.dtype)
-            log_prob[others] = log_prob_others
-        return Prediction(eps, v, grad, rows, scale, log_prob)
+        grad, log_prob_rows = classifier_gradient(self.classifier, x_t, timestep, labels, rows)
+        if len(rows) == len(x_t):
+            return grad, rows, log_prob_rows
+        if not guidance.diagnostics:
+            return grad, rows, None
+        others = (~guided).nonzero()[:, 0]
+        return grad, rows, _log_prob_of_every_item(self.classifier, x_t, timestep, labels, rows, others, log_prob_rows)
 
     @staticmethod
     def shift(prediction: Prediction, guidance: Guidance, grad_coef: torch.Tensor) -> GuidedEps:
         """eps-tilde = eps - k_t w(t) g, with the term's per-item norm clipped to
         guidance.max_guidance_norm. grad_coef is k_t: (B,), or (B, C, H, W) where it varies per
-        pixel (DDPM with the learned Sigma_theta), known only once the UNet has run."""
+        pixel (DDPM with the learned Sigma_theta), known only once the UNet has run. Raises
+        NonFiniteError when the term is not finite."""
         eps = prediction.eps
         if prediction.rows is None:
             return GuidedEps(eps, prediction.log_prob, None, None)
-        rows = prediction.rows
-        k = grad_coef.to(eps.device, eps.dtype) if grad_coef.ndim == eps.ndim else _as_column(grad_coef, eps)
-        term = torch.zeros_like(eps)
-        term[rows] = (k * _as_column(prediction.scale, eps))[rows] * prediction.grad
+        term = _guidance_term(prediction, grad_coef)
         norm = term.flatten(1).norm(dim=1)
         if not torch.isfinite(norm).all():
             raise NonFiniteError("the classifier gradient is not finite")
         if guidance.max_guidance_norm is not None:
-            factor = (guidance.max_guidance_norm / norm.clamp(min=1e-12)).clamp(max=1.0)
-            term, norm = term * _as_column(factor, eps), norm * factor
+            term, norm = _clip_norm(term, norm, guidance.max_guidance_norm)
         return GuidedEps(eps - term, prediction.log_prob, norm, term)
 
-    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, guidance: Guidance,
+    def __call__(self, x_t: torch.Tensor, timestep: torch.Tensor, guidance: Guidance,
                  grad_coef: torch.Tensor) -> GuidedEps:
-        """eps-tilde for x_t (B, C, H, W) at original timesteps t (B,) with k_t = grad_coef (B,):
+        """eps-tilde for x_t (B, C, H, W) at original timesteps (B,) with k_t = grad_coef (B,):
         predict, then shift."""
-        return self.shift(self.predict(x_t, t, guidance), guidance, grad_coef)
+        return self.shift(self.predict(x_t, timestep, guidance), guidance, grad_coef)

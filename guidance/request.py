@@ -6,9 +6,11 @@ rows with the same first_image start from the same x_T and see the same noise at
 they differ only by their guidance.
 
 Every caller (the app's endpoints, the command line, the evaluation, the benchmarks) builds a
-Request and hands it to guidance.generation; `check` and the parsers below raise ValueError
-with the message a user sees. The app turns it into gr.Error, the command line into a usage
-error. Class names match without regard to case, everywhere.
+Request and hands it to guidance.generation. The parsers below only translate text into values;
+`check` is the one check of what a request may hold, made once where it enters the library
+(value objects, Schedule and Threshold, refuse only what would make them ill-formed). Both raise
+ValueError with the message a user sees: the app turns it into gr.Error, the command line into a
+usage error. Class names match without regard to case, everywhere.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from .guide import Guidance, Schedule, Threshold, shown
+from .guide import Guidance, Schedule, Threshold
+from .messages import choice, exact_integer, finite_number, number, shown
 from .noise import ItemNoise
 from .samplers import SAMPLERS
 
@@ -28,53 +31,31 @@ MAX_CFG_SCALE = 30.0    # classifier-free w_cfg
 MAX_SEED = 2**31 - 1    # safe as a JavaScript number
 
 
+@dataclass(frozen=True)
+class Defaults:
+    """The library's one table of sampling defaults: what a Request and the command line take for
+    a setting they are not given. (The app's page starts from its checkpoint folder's
+    defaults.json, what the evaluation chose.)"""
+    sampler: str = "ddim"           # deterministic given x_T, at any step count (Song et al. 2021)
+    steps: int = 50                 # the evaluation's DDIM reference, which other settings must match
+    eta: float = 0.0                # DDIM noise: 0 deterministic given x_T, 1 DDPM-like
+    seed: int = 0
+
+
+DEFAULTS = Defaults()
+_CHECKED = "_checked_against"  # set by check on a request that passed: (num_classes, num_timesteps, conditioning)
+
+
 # -- raw values (JSON from the API, text from the command line) ----------------------------------
 
-def _finite_number(value) -> bool:
-    """An int or float (not a bool) that is finite as a float: raw JSON may carry NaN, Infinity
-    or an integer of hundreds of digits, which math.isfinite cannot convert."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
-
-
-def number(value, name: str, low: float, high: float) -> float:
-    """A finite float in [low, high]."""
-    if not _finite_number(value) or not low <= value <= high:
-        raise ValueError(f"{name} must be a number from {low:g} to {high:g}, got {shown(value)}")
-    return float(value)
-
-
-def exact_integer(value, name: str, low: int, high: int) -> int:
-    """An int (not a float, not a bool) in [low, high]: what a Request holds once parsed."""
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise ValueError(f"{name} must be an integer from {low} to {high}, got {shown(value)}")
-    return value
-
-
-def integer(value, name: str, low: int, high: int) -> int:
-    """An integer in [low, high]; a float with an integral value (a slider's 25.0) counts."""
-    if not _finite_number(value) or value != int(value) or not low <= value <= high:
-        raise ValueError(f"{name} must be an integer from {low} to {high}, got {shown(value)}")
-    return int(value)
-
-
-def choice(value, name: str, choices: Sequence[str]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {shown(value)}")
-    return value
-
-
 def class_index(value, class_names: Sequence[str]) -> int:
-    """A class given by name (any case) or by index (an int, or a string of digits)."""
+    """A class given by name (any case) or by index (an int, or a string of digits). A reference
+    to no class cannot be translated, so it is refused here, quoted as written."""
     folded = [name.casefold() for name in class_names]
     if isinstance(value, str) and value.strip().casefold() in folded:
         return folded.index(value.strip().casefold())
     index = int(value.strip()) if isinstance(value, str) and value.strip().isdigit() else value
-    if _finite_number(index) and index == int(index) and 0 <= index < len(class_names):
+    if finite_number(index) and index == int(index) and 0 <= index < len(class_names):
         return int(index)
     raise ValueError(f"class must be one of {', '.join(class_names)} or an index from 0 to "
                      f"{len(class_names) - 1}; got {shown(value)}")
@@ -91,32 +72,31 @@ def words(text, name: str, max_chars: int, example: str) -> list[str]:
     return found
 
 
-def parse_numbers(text, name: str, low: float, high: float, max_chars: int = 200) -> tuple[float, ...]:
-    """Numbers such as "0, 1, 2, 4, 8", each in [low, high], none repeated."""
+def parse_numbers(text, name: str, max_chars: int = 200) -> tuple[float, ...]:
+    """Numbers such as "0, 1, 2, 4, 8", none repeated; their range is the request's (check)."""
     values = []
     for word in words(text, name, max_chars, "0, 1, 2, 4, 8"):
         try:
             values.append(float(word))
         except ValueError:
             raise ValueError(f"{name}: {shown(word)} is not a number; write them like \"0, 1, 2, 4, 8\"") from None
-    values = [number(v, name, low, high) for v in values]
     _no_repeats(values, name, lambda v: f"{v:g}")
     return tuple(values)
 
 
-def parse_interval(text, num_timesteps: int) -> tuple[int, int] | None:
-    """'full' (None: every timestep) or 'LO-HI', two original timesteps 0 <= LO <= HI <= T-1."""
+def parse_interval(text) -> tuple[int, int] | None:
+    """'full' (None: every timestep) or 'LO-HI', two original timesteps (check says where they may lie)."""
     if isinstance(text, str) and text.strip().casefold() in ("full", "all"):
         return None
     match = re.fullmatch(r"\s*(\d{1,9})\s*-\s*(\d{1,9})\s*", text) if isinstance(text, str) else None
     if not match:
         raise ValueError(f"a guidance interval is 'full' or two timesteps like '200-800'; got {shown(text)}")
-    return check_interval((int(match[1]), int(match[2])), num_timesteps)
+    return int(match[1]), int(match[2])
 
 
-def parse_intervals(text, num_timesteps: int, max_chars: int = 200) -> tuple[tuple[int, int] | None, ...]:
+def parse_intervals(text, max_chars: int = 200) -> tuple[tuple[int, int] | None, ...]:
     """Intervals such as "full, 0-500, 200-800, 500-999", none repeated."""
-    values = [parse_interval(w, num_timesteps) for w in words(text, "intervals", max_chars, "full, 0-500, 500-999")]
+    values = [parse_interval(w) for w in words(text, "intervals", max_chars, "full, 0-500, 500-999")]
     _no_repeats(values, "intervals", interval_text)
     return tuple(values)
 
@@ -147,19 +127,10 @@ def interval_text(interval: tuple[int, int] | None) -> str:
     return "full" if interval is None else f"{interval[0]}-{interval[1]}"
 
 
-def check_interval(interval: tuple[int, int], num_timesteps: int) -> tuple[int, int]:
-    lo, hi = interval
-    if not 0 <= lo <= hi <= num_timesteps - 1:
-        raise ValueError(f"a guidance interval needs 0 <= t_lo <= t_hi <= {num_timesteps - 1}, got {lo}-{hi}")
-    return lo, hi
-
-
 def make_schedule(shape: str, interval: tuple[int, int] | None, num_timesteps: int) -> Schedule:
     """The Schedule for a shape over an interval (None: the whole range; a ramp then runs over
     [0, T-1])."""
-    if interval is not None:
-        interval = check_interval(interval, num_timesteps)
-    elif shape != "constant":
+    if interval is None and shape != "constant":
         interval = (0, num_timesteps - 1)
     return Schedule(shape, interval)
 
@@ -190,14 +161,15 @@ class Row:
 class Request:
     rows: tuple[Row, ...]
     images_per_row: int = 8
-    steps: int = 25
-    sampler: str = "ddim"
-    eta: float = 0.0                    # DDIM noise, 0 to 1
-    seed: int = 0
+    steps: int = DEFAULTS.steps
+    sampler: str = DEFAULTS.sampler
+    eta: float = DEFAULTS.eta           # DDIM noise, 0 to 1
+    seed: int = DEFAULTS.seed
     max_guidance_norm: float | None = None
 
     @property
-    def batch_size(self) -> int:
+    def num_items(self) -> int:
+        """Every image of the request, rows x images_per_row (generate samples them in batches)."""
         return len(self.rows) * self.images_per_row
 
     def row_of(self, item: int) -> Row:
@@ -221,7 +193,7 @@ class Request:
             clip_bound=clip_bound)
 
     def labels(self) -> torch.Tensor:
-        """(batch_size,) the class each item is guided toward."""
+        """(num_items,) the class each item is guided toward."""
         return torch.tensor([r.class_label for r in self.rows]).repeat_interleave(self.images_per_row)
 
 
@@ -244,8 +216,41 @@ def _check_conditioning(row: Row, conditioning: Conditioning) -> None:
                          f"lacks: set w_cfg to 0; got w_cfg={row.cfg_scale:g}")
 
 
+def check_scale(value) -> float:
+    """Classifier guidance w: the one rule for it."""
+    return number(value, "classifier guidance w", 0, MAX_SCALE)
+
+
+def check_cfg_scale(value) -> float:
+    """Classifier-free w_cfg: the one rule for it (the app also applies it to a w_cfg it does not send)."""
+    return number(value, "classifier-free scale w_cfg", 0, MAX_CFG_SCALE)
+
+
+def check_interval(interval: tuple[int, int], num_timesteps: int) -> None:
+    """Where a guidance interval may lie: the one rule for it (a Schedule holds two integers, but
+    only the model's T says which are timesteps)."""
+    lo, hi = interval
+    if not 0 <= lo <= hi <= num_timesteps - 1:
+        raise ValueError(f"a guidance interval needs 0 <= t_lo <= t_hi <= {num_timesteps - 1}, got {lo}-{hi}")
+
+
+def _check_row(row: Row, num_classes: int, num_timesteps: int, conditioning: Conditioning) -> None:
+    exact_integer(row.class_label, "class", 0, num_classes - 1)
+    check_scale(row.scale)
+    if row.cfg_scale is not None:
+        check_cfg_scale(row.cfg_scale)
+    _check_conditioning(row, conditioning)
+    if row.schedule.interval is not None:
+        check_interval(row.schedule.interval, num_timesteps)
+    exact_integer(row.first_image, "first image", 0, 2**62)
+
+
 def check(request: Request, num_classes: int, num_timesteps: int, conditioning: Conditioning = Conditioning()) -> None:
-    """Raise ValueError, naming the valid range or choices, for anything the library cannot run."""
+    """Raise ValueError, naming the valid range or choices, for anything the library cannot run:
+    the one check of a request, made where it enters the library (guidance.generation, or the app
+    before its own limits). A request that passes is marked with what it was checked against, so
+    that is_checked spares it a second check: a Request is immutable, and dataclasses.replace makes
+    a new one, unmarked."""
     if not request.rows:
         raise ValueError("a request needs at least one row of guidance settings")
     exact_integer(request.images_per_row, "number of images", 1, 2**31)
@@ -257,12 +262,16 @@ def check(request: Request, num_classes: int, num_timesteps: int, conditioning: 
     exact_integer(request.seed, "seed", 0, MAX_SEED)
     if request.max_guidance_norm is not None:
         number(request.max_guidance_norm, "guidance norm clip", 1e-6, math.inf)
-    for row in request.rows:
-        exact_integer(row.class_label, "class", 0, num_classes - 1)
-        number(row.scale, "classifier guidance w", 0, MAX_SCALE)
-        if row.cfg_scale is not None:
-            number(row.cfg_scale, "classifier-free scale w_cfg", 0, MAX_CFG_SCALE)
-        _check_conditioning(row, conditioning)
-        if row.schedule.interval is not None:
-            check_interval(row.schedule.interval, num_timesteps)
-        exact_integer(row.first_image, "first image", 0, 2**62)
+    for k, row in enumerate(request.rows):
+        try:
+            _check_row(row, num_classes, num_timesteps, conditioning)
+        except ValueError as err:
+            if len(request.rows) == 1:
+                raise
+            raise ValueError(f"{err} (row {k + 1} of {len(request.rows)})") from None
+    object.__setattr__(request, _CHECKED, (num_classes, num_timesteps, conditioning))
+
+
+def is_checked(request: Request, num_classes: int, num_timesteps: int, conditioning: Conditioning) -> bool:
+    """Whether check passed this very request against these classes, T and conditioning."""
+    return getattr(request, _CHECKED, None) == (num_classes, num_timesteps, conditioning)

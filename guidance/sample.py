@@ -23,10 +23,10 @@ from tqdm import tqdm
 from . import cli
 from .backend import BACKENDS, BackendError
 from .checkpoints import CheckpointError, load_bundle
-from .generation import generate
+from .generation import Samples, generate
 from .guide import SCHEDULE_SHAPES, THRESHOLDS, NonFiniteError, Threshold
 from .images import grid
-from .request import Request, Row, class_index, make_schedule
+from .request import DEFAULTS, Request, Row, class_index, make_schedule
 from .runtime import configure
 from .samplers import SAMPLERS
 
@@ -40,9 +40,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=0.0, help="classifier guidance w (default 0: off)")
     p.add_argument("--cfg-scale", type=float, default=None,
                    help="classifier-free w_cfg (default: none, the unconditional model)")
-    p.add_argument("--steps", type=int, default=50, help="sampling steps, 1 to T")
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddim")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise, 0 (default) to 1")
+    p.add_argument("--steps", type=int, default=DEFAULTS.steps, help=f"sampling steps, 1 to T (default {DEFAULTS.steps})")
+    p.add_argument("--sampler", choices=SAMPLERS, default=DEFAULTS.sampler)
+    p.add_argument("--eta", type=float, default=DEFAULTS.eta, help=f"DDIM noise, 0 to 1 (default {DEFAULTS.eta:g})")
     p.add_argument("--interval", type=int, nargs=2, metavar=("LO", "HI"), default=None,
                    help="guide only at original timesteps LO..HI (default: every step)")
     p.add_argument("--schedule", choices=SCHEDULE_SHAPES, default="constant",
@@ -53,7 +53,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-guidance-norm", type=float, default=None, help="clip the guidance term's L2 norm")
     p.add_argument("--n", type=int, default=16, help="number of images")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=DEFAULTS.seed)
     p.add_argument("--out", required=True, help="FILE.npz or FILE.png")
     cli.add_device_arguments(p)
     p.add_argument("--backend", choices=BACKENDS, default="auto",
@@ -89,18 +89,34 @@ def main(argv=None) -> int:
         request = request_from_args(args, bundle.class_names, bundle.num_timesteps)
     except (CheckpointError, BackendError, ValueError) as err:
         p.error(str(err))
+    samples = _sample(p, bundle, request, args.batch_size)
+    if samples is None:
+        return 1
+    write(samples, out)
     label = request.rows[0].class_label
-    batches = -(-args.n // args.batch_size)
-    with tqdm(total=batches * args.steps, unit="step", desc=bundle.class_names[label], dynamic_ncols=True) as bar:
+    print(f"wrote {args.n} images of class {label} ({bundle.class_names[label]}) to {out}")
+    return 0
+
+
+def _sample(p: argparse.ArgumentParser, bundle, request: Request, batch_size: int) -> Samples | None:
+    """The request's images, batch_size at a time, with a progress bar of every step; None (with
+    the error on stderr) for a run that diverged. A refused request is a usage error."""
+    label = request.rows[0].class_label
+    batches = -(-request.num_items // batch_size)
+    with tqdm(total=batches * request.steps, unit="step", desc=bundle.class_names[label], dynamic_ncols=True) as bar:
         try:
-            samples = generate(bundle, request, args.batch_size, on_step=lambda _: bar.update())
+            return generate(bundle, request, batch_size, on_step=lambda _: bar.update())
         except ValueError as err:
             bar.close()
             p.error(str(err))
         except NonFiniteError as err:
             bar.close()
             print(f"error: {err}", file=sys.stderr)
-            return 1
+            return None
+
+
+def write(samples: Samples, out: Path) -> None:
+    """OUT.npz: images (N, H, W) for one channel, else (N, C, H, W), and labels; OUT.png: a grid."""
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".npz":
         images = samples.images.numpy()
@@ -109,8 +125,6 @@ def main(argv=None) -> int:
                                 labels=samples.labels.numpy())
     else:
         grid(samples.images.numpy()).save(out)
-    print(f"wrote {args.n} images of class {label} ({bundle.class_names[label]}) to {out}")
-    return 0
 
 
 if __name__ == "__main__":

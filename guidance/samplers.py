@@ -40,7 +40,7 @@ from .guide import GuidedDenoiser, GuidedEps, Guidance, NonFiniteError
 
 Noise = Callable[[tuple, torch.device], torch.Tensor]  # noise(shape, device) -> a fresh N(0, I) draw
 ORDERS = ("guide-then-threshold", "threshold-then-guide")
-VARIANCES = ("small", "large", "learned")  # DDPM's Sigma: beta-tilde_t, beta_t, or the model's (learn_sigma)
+VARIANCES = ("small", "learned")  # DDPM's Sigma: beta-tilde_t, or the model's own (a learn_sigma UNet)
 
 
 class Step(NamedTuple):
@@ -93,8 +93,8 @@ class Solver:
 
 class DDPM(Solver):
     """x_{t-1} = mu-tilde(x-hat_0, x_t) + sqrt(Sigma) z, no noise at the last step; Sigma is fixed
-    (beta-tilde_t or beta_t) or the model's Sigma_theta (variance "learned"). Classifier guidance
-    moves mu by w Sigma g (Dhariwal & Nichol Algorithm 1)."""
+    to beta-tilde_t (variance "small") or the model's Sigma_theta (variance "learned"). Classifier
+    guidance moves mu by w Sigma g (Dhariwal & Nichol Algorithm 1)."""
     name = "ddpm"
     title = "DDPM"
 
@@ -106,7 +106,7 @@ class DDPM(Solver):
         # k_t = c_t Sigma with c_t = sqrt(1 - alpha-bar_t) sqrt(alpha_t) / beta_t turns w*g into a mean shift w Sigma g.
         self.mean_coefs = ((1 - abar) * alphas).sqrt().div(betas)
         if variance != "learned":
-            _, var, _ = diffusion.model_variance(torch.arange(diffusion.num_timesteps), diffusion.betas, variance)
+            var = diffusion.fixed_variance(torch.arange(diffusion.num_timesteps), diffusion.betas).variance
             self.grad_coefs = ((1 - abar) * alphas).sqrt().mul(var.flatten()).div(betas).tolist()
 
     def _learned(self, i: int, v: torch.Tensor | None):
@@ -133,7 +133,7 @@ class DDPM(Solver):
         if i == 0:
             return mean
         log_var = (self._learned(i, v).log_variance if self.variance == "learned"
-                   else self.diffusion.model_variance(t, x, self.variance).log_variance)
+                   else self.diffusion.fixed_variance(t, x).log_variance)
         return mean + (0.5 * log_var).exp() * noise(x.shape, x.device)
 
 
@@ -145,8 +145,6 @@ class DDIM(Solver):
     title = "DDIM"
 
     def __init__(self, diffusion: GaussianDiffusion, eta: float = 0.0):
-        if not 0.0 <= eta <= 1.0:  # also refuses NaN
-            raise ValueError(f"eta must be in [0, 1], got {eta}")
         self.diffusion, self.eta = diffusion, eta
         self.abar, self.abar_prev = diffusion.alphas_cumprod.tolist(), diffusion.alphas_cumprod_prev.tolist()
 
@@ -246,17 +244,14 @@ def sampler_title(sampler: str) -> str:
 
 
 def make_solver(sampler: str, diffusion: GaussianDiffusion, eta: float = 0.0, variance: str = "small") -> Solver:
-    """The step object for a sampler name; eta applies to DDIM only, variance (VARIANCES) to DDPM
-    only: the other methods use eps alone."""
+    """The step object for a sampler name (SAMPLERS); eta in [0, 1] is DDIM's, variance (VARIANCES)
+    DDPM's: the other methods use eps alone. guidance.request.check has made sure of the name, of eta
+    and that eta is 0 for the others."""
     if sampler == "ddim":
         return DDIM(diffusion, eta)
-    if eta != 0:
-        raise ValueError("eta applies to the DDIM sampler only")
     if sampler == "ddpm":
         return DDPM(diffusion, variance)
-    if sampler in SOLVERS:
-        return SOLVERS[sampler](diffusion)
-    raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    return SOLVERS[sampler](diffusion)
 
 
 def _check_finite(step: Step) -> Step:
@@ -280,17 +275,15 @@ def sample_loop(model: GuidedDenoiser, diffusion: GaussianDiffusion, shape, guid
                 order: str = "guide-then-threshold") -> Iterator[Step]:
     """Sample from x_T = noise(shape) through every timestep of `diffusion` (respaced or not),
     yielding one Step per network evaluation. shape is (B, C, H, W) with B = len(guidance);
-    variance is DDPM's Sigma (VARIANCES), order where guidance meets the threshold (ORDERS).
-    Raises NonFiniteError at the step where a NaN or inf appears."""
-    if order not in ORDERS:
-        raise ValueError(f"unknown guidance order {order!r}; choose one of {', '.join(ORDERS)}")
+    variance is DDPM's Sigma (VARIANCES), order where guidance meets the threshold (ORDERS, checked
+    where a bundle is loaded). Raises NonFiniteError at the step where a NaN or inf appears."""
     solver = make_solver(sampler, diffusion, eta, variance)
     x = noise(shape, device)
     timesteps = diffusion.timesteps.to(device)
     history: History = ()
     for index, i in enumerate(reversed(range(diffusion.num_timesteps))):
-        t = torch.full((shape[0],), i, device=device)
-        out = model.predict(x, timesteps[t], guidance)
+        t = torch.full((shape[0],), i, device=device)  # schedule indices, as diffusion takes them
+        out = model.predict(x, timesteps[t], guidance)  # the networks take the original timesteps
         grad_coef = solver.grad_coef(i, out.v)  # k_t, now that the networks have run
         if not isinstance(grad_coef, torch.Tensor):
             grad_coef = torch.full((shape[0],), grad_coef, dtype=torch.float64, device=device)

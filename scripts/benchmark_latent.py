@@ -85,7 +85,7 @@ def last_frame(client: Client, endpoint: str, args: tuple) -> float:
 
 def in_process(bundle, request) -> float:
     start = time.perf_counter()
-    generate(bundle, request, batch_size=request.batch_size)  # one batch, as the app samples it
+    generate(bundle, request, batch_size=request.num_items)  # one batch, as the app samples it
     return time.perf_counter() - start
 
 
@@ -112,7 +112,7 @@ def flops(bundle, request) -> float:
     decode = _counted(lambda: bundle.codec.decode(one)) if bundle.space == "latent" else 0.0
     per_step = sum((2 if row.cfg_scale else 1) * unet + (classifier if row.scale > 0 else 0.0)
                    for row in request.rows) * request.images_per_row
-    return per_step * request.steps + decode * request.batch_size
+    return per_step * request.steps + decode * request.num_items
 
 
 def sgemm_rate(n: int = 2048, repeats: int = 5) -> float:

@@ -11,7 +11,8 @@ from guidance.request import MAX_CFG_SCALE, MAX_SCALE
 SCHEDULE = "schedule must be one of constant, ramp-up, ramp-down"
 CLASS = "class must be one of T-shirt/top, Trouser, Sneaker, Bag"
 TOO_LONG = f"at most {LIMITS.max_text_chars} characters"
-W_ROWS = f"classifier guidance strengths must be a number from 0 to {MAX_SCALE:g}"
+W = f"classifier guidance w must be a number from 0 to {MAX_SCALE:g}"  # a row's strength: the request's rule
+W_CFG = f"classifier-free scale w_cfg must be a number from 0 to {MAX_CFG_SCALE:g}"
 
 # (changes to a valid Compare call, what the error must say)
 BAD_COMPARE = [
@@ -21,12 +22,11 @@ BAD_COMPARE = [
      f"at most {LIMITS.max_rows} rows at once; got {LIMITS.max_rows + 1}"),
     (dict(strengths="1, two"), "'two' is not a number"),
     (dict(strengths="0, 2, 2.0"), "must differ from each other; 2 appears twice"),
-    (dict(strengths="1, nan"), W_ROWS),
-    (dict(strengths="inf"), "strengths must be a number from 0 to"),
-    (dict(strengths="-1"), W_ROWS),
-    (dict(strengths="1e400"), W_ROWS),
-    (dict(strengths="0, 40", mode="classifier-free"),
-     f"classifier-free strengths must be a number from 0 to {MAX_CFG_SCALE:g}"),
+    (dict(strengths="1, nan"), W + ", got nan (row 2 of 2)"),
+    (dict(strengths="inf"), W),
+    (dict(strengths="-1"), W),
+    (dict(strengths="1e400"), W),
+    (dict(strengths="0, 40", mode="classifier-free"), W_CFG),
     (dict(strengths="1" + " " * 300), TOO_LONG),
     (dict(strengths="1" * (LIMITS.max_text_chars + 1)), TOO_LONG),
     (dict(strengths=3), TOO_LONG),
@@ -38,7 +38,7 @@ BAD_COMPARE = [
     (dict(strengths="0, 1, 2, 3, 4, 5, 6", num_images=16), f"at most {LIMITS.max_images} images per request"),
     (dict(strengths="0, 1", num_images=10, steps=LIMITS.max_image_steps // 20 + 1),
      f"images x steps must be at most {LIMITS.max_image_steps}"),
-    (dict(scale=-1, mode="classifier-free"), f"classifier guidance w must be a number from 0 to {MAX_SCALE:g}"),
+    (dict(scale=-1, mode="classifier-free"), W),
     (dict(mode="interval", strengths="full, 0-2000"), "a guidance interval needs 0 <= t_lo <= t_hi <= 999"),
     (dict(mode="interval", strengths="full, all"), "intervals must differ from each other; full appears twice"),
     (dict(mode="interval", strengths="full, 10"), "a guidance interval is 'full' or two timesteps"),

@@ -242,7 +242,7 @@ def test_learned_variance_spans_beta_tilde_to_beta():
     diffusion = GaussianDiffusion.from_schedule("linear", 1000, 10)
     t, like = torch.tensor([5]), torch.zeros(1, 1)
     low, high = diffusion.learned_variance(t, -torch.ones(1, 1)), diffusion.learned_variance(t, torch.ones(1, 1))
-    assert low.variance.item() == pytest.approx(diffusion.model_variance(t, like, "small").variance.item(), rel=1e-6)
+    assert low.variance.item() == pytest.approx(diffusion.fixed_variance(t, like).variance.item(), rel=1e-6)
     assert high.variance.item() == pytest.approx(diffusion.betas[5].item(), rel=1e-6)
 
 

@@ -57,7 +57,9 @@ def compare_args(**changes) -> dict:
 
 
 def compare_run(**changes) -> arguments.Run:
-    return arguments.compare_run(**compare_args(**changes), class_names=CLASS_NAMES, num_timesteps=NUM_TIMESTEPS)
+    args = compare_args(**changes)
+    args["row_values"] = args.pop("strengths")  # the API's name for the rows' values
+    return arguments.compare_run(**args, class_names=CLASS_NAMES, num_timesteps=NUM_TIMESTEPS)
 
 
 def error_message(call) -> str:

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from guidance import GaussianDiffusion, GuidedDenoiser, Guidance, ItemNoise, Schedule, Threshold, final, sample_loop
+from guidance.request import Request, Row, check
 
 UNCLIPPED = Threshold("none")
 
@@ -206,10 +207,17 @@ def test_a_ramp_without_interval_spans_the_whole_range_when_T_is_known():
     assert Guidance.make(0, 3.0, batch_size=1).at(0)[0].item() == 3.0
 
 
-@pytest.mark.parametrize("bad", [("steep", None), ("constant", (500, 100)), ("constant", (-1, 10)), ("constant", (1.5, 10))])
+@pytest.mark.parametrize("bad", [("steep", None), ("constant", (1.5, 10)), ("constant", (True, 10)), ("constant", 5)])
 def test_bad_schedules_name_the_choices(bad):
     with pytest.raises(ValueError, match="constant, ramp-up, ramp-down|interval"):
         Schedule(*bad)
+
+
+@pytest.mark.parametrize("interval", [(500, 100), (-1, 10), (0, 1000)])
+def test_where_an_interval_may_lie_is_the_requests_rule(interval):
+    """0 <= t_lo <= t_hi <= T-1 depends on the model's T: checked with the request, not by Schedule."""
+    with pytest.raises(ValueError, match="a guidance interval needs 0 <= t_lo <= t_hi <= 999"):
+        check(Request((Row(0, 1.0, schedule=Schedule("constant", interval)),)), 3, 1000)
 
 
 def test_per_step_w_is_the_schedule_times_w_and_scales_cfg_too():

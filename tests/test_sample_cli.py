@@ -112,7 +112,7 @@ def test_png_output_is_a_grid(checkpoints, tmp_path, monkeypatch, capsys):
     (["--interval", "0", "50"], "0 <= t_lo <= t_hi <= 49"),
     (["--schedule", "steep"], "invalid choice"),
     (["--threshold", "soft"], "invalid choice"),
-    (["--threshold", "dynamic", "--threshold-percentile", "1.5"], "percentile must be from 0.5 to 1"),
+    (["--threshold", "dynamic", "--threshold-percentile", "1.5"], "threshold percentile must be a number from 0.5 to 1"),
     (["--out", "images.jpg"], r"\.npz, \.png"),
     (["--out", "images"], r"\.npz, \.png"),
     (["--sampler", "euler"], "invalid choice"),
