@@ -209,53 +209,77 @@ def run(bundle: Bundle, budget: Budget, info: RunInfo, reference: RealReference,
     (results.json) after each, and draw OUT/samples_classifier.png after the classifier sweep.
     decision_reference: the real side of the metrics for the decision sweep's sample size
     (default: reference)."""
-    results = Results(info, [])
-    kept = {m.setting: m for m in previous.measurements} if previous else {}
-    kept_decisions = {m.setting: m for m in previous.decisions} if previous else {}
-    n, started = info.images_per_class, time.perf_counter()
-
-    def measured(setting: Setting, sweep: str, size: int, real: RealReference) -> Measurement:
-        m, _ = measure(bundle, setting, real, size, info.seed, info.resamples, batch_size, sweep)
-        log(f"{setting.label()}{' (decision)' if sweep == DECISION else ''}: fidelity {m.show('fidelity')}, "
-            f"Frechet distance {m.show('fd')}, precision {m.show('precision')}, recall {m.show('recall')} "
-            f"({m.sample_seconds:.1f} s; {(time.perf_counter() - started) / 60:.1f} min so far)")
-        return m
-
-    def decision(setting: Setting) -> Measurement:
-        found = next((m for m in results.decisions if m.setting == setting), None)
-        if found is None:
-            found = kept_decisions.get(setting) or measured(setting, DECISION, info.decision_images_per_class,
-                                                             decision_reference or reference)
-            results.decisions.append(found)
-            results.save(path)
-        return found
-
+    runner = _Runner(bundle, info, path, previous, batch_size, log, reference, decision_reference or reference)
     for sweep in SWEEPS:
-        chosen = None if sweep == "classifier" else choose_defaults(
-            results.measurements, budget.reference_steps, results.decisions)
+        results = runner.results
         if sweep == DECISION:
             log(f"-- {sweep}: the settings the rules ask for, {info.decision_images_per_class * len(bundle.class_names)} "
                 "images each")
-            decide(results.measurements, budget.reference_steps, decision)
+            decide(results.measurements, budget.reference_steps, runner.decision)
             continue
+        chosen = None if sweep == "classifier" else choose_defaults(
+            results.measurements, budget.reference_steps, results.decisions)
         settings = plan(budget, sweep, chosen, bundle.num_timesteps)
-        log(f"-- {sweep}: {len(settings)} settings of {n * len(bundle.class_names)} images")
+        runner.wide_sweep(sweep, settings)
+        if sweep == "classifier":
+            runner.draw_classifier_samples(settings)
+    return runner.results
+
+
+class _Runner:
+    """One evaluation run's state: the results so far, what a resumed run keeps, and how a setting
+    is measured and logged."""
+
+    def __init__(self, bundle: Bundle, info: RunInfo, path: Path, previous: Results | None, batch_size: int | None,
+                 log: Callable[[str], None], reference: RealReference, decision_reference: RealReference):
+        self.bundle, self.info, self.path, self.batch_size, self.log = bundle, info, path, batch_size, log
+        self.reference, self.decision_reference = reference, decision_reference
+        self.results = Results(info, [])
+        self.kept = {m.setting: m for m in previous.measurements} if previous else {}
+        self.kept_decisions = {m.setting: m for m in previous.decisions} if previous else {}
+        self.started = time.perf_counter()
+
+    def measured(self, setting: Setting, sweep: str, size: int, real: RealReference) -> Measurement:
+        info = self.info
+        m, _ = measure(self.bundle, setting, real, size, info.seed, info.resamples, self.batch_size, sweep)
+        self.log(f"{setting.label()}{' (decision)' if sweep == DECISION else ''}: fidelity {m.show('fidelity')}, "
+                 f"Frechet distance {m.show('fd')}, precision {m.show('precision')}, recall {m.show('recall')} "
+                 f"({m.sample_seconds:.1f} s; {(time.perf_counter() - self.started) / 60:.1f} min so far)")
+        return m
+
+    def decision(self, setting: Setting) -> Measurement:
+        """The setting's measurement on the decision sample: found, kept from a resumed run, or made."""
+        found = next((m for m in self.results.decisions if m.setting == setting), None)
+        if found is None:
+            found = self.kept_decisions.get(setting) or self.measured(
+                setting, DECISION, self.info.decision_images_per_class, self.decision_reference)
+            self.results.decisions.append(found)
+            self.results.save(self.path)
+        return found
+
+    def wide_sweep(self, sweep: str, settings: list[Setting]) -> None:
+        """Every setting of one wide sweep: shared with an earlier sweep, kept, or measured."""
+        results, n = self.results, self.info.images_per_class
+        self.log(f"-- {sweep}: {len(settings)} settings of {n * len(self.bundle.class_names)} images")
         for setting in settings:
             index = results.find(setting)
             if index is not None:
                 results.measurements[index] = results.measurements[index].with_sweep(sweep)
                 continue
-            if setting in kept:
-                results.measurements.append(replace(kept[setting], sweeps=(sweep,)))
-                log(f"{setting.label()}: kept from {path}")
+            if setting in self.kept:
+                results.measurements.append(replace(self.kept[setting], sweeps=(sweep,)))
+                self.log(f"{setting.label()}: kept from {self.path}")
             else:
-                results.measurements.append(measured(setting, sweep, n, reference))
-            results.save(path)
-        picture = path.parent / "samples_classifier.png"
-        if sweep == "classifier" and (not picture.exists() or any(s not in kept for s in settings)):
-            rows = [first_images(bundle, s, n, info.seed) for s in settings]
-            grid(torch.cat(rows), ncols=len(bundle.class_names), upscale=2).save(picture)
-    return results
+                results.measurements.append(self.measured(setting, sweep, n, self.reference))
+            results.save(self.path)
+
+    def draw_classifier_samples(self, settings: list[Setting]) -> None:
+        """OUT/samples_classifier.png: image 0 of each class at each scale, unless kept as it is."""
+        picture = self.path.parent / "samples_classifier.png"
+        if picture.exists() and all(s in self.kept for s in settings):
+            return
+        rows = [first_images(self.bundle, s, self.info.images_per_class, self.info.seed) for s in settings]
+        grid(torch.cat(rows), ncols=len(self.bundle.class_names), upscale=2).save(picture)
 
 
 def planned_settings(budget: Budget, chosen: Defaults, num_timesteps: int) -> list[Setting]:
