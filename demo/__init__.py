@@ -2,7 +2,8 @@
 
     settings   app defaults (and the checkpoint folder's defaults.json), request limits, display and
                server settings (one place for each number)
-    arguments  every endpoint's raw arguments parsed by the library into a Request, plus row labels
+    arguments  every endpoint's raw arguments translated into a Request (which guidance.request.check
+               checks, once), plus row labels
     models     the loaded checkpoint bundles the page offers, by the name the API takes
     runs       one sampling run recorded step by step: images, the classifier's push, per-row numbers
     render     grids, the two charts, the per-row table, the GIF and the PNG with parameters

@@ -96,7 +96,7 @@ def _run(rows: list[Row], describe: Describe | list[tuple[str, str]], steps, sam
     """The checked request of the rows, named by describe (per row, or a function of the checked
     row). Raises ValueError for anything the library or the app's limits refuse."""
     n = integer(num_images, "number of images", 1, limits.max_images_per_row)  # the app's own cap
-    request = Request(tuple(rows), images_per_row=n, steps=_whole(steps), sampler=sampler, eta=_real(eta),
+    request = Request(tuple(rows), images_per_row=n, steps=_whole(steps), sampler=sampler, eta=eta,
                       seed=_whole(seed))
     check(request, len(left.class_names), left.num_timesteps, left.conditioning)
     _within_limits(request, limits)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from guidance.guide import Threshold
-from guidance.request import DEFAULTS as LIBRARY, MAX_CFG_SCALE, MAX_SCALE
+from guidance.request import MAX_CFG_SCALE, MAX_SCALE, SAMPLING_DEFAULTS
 from guidance.samplers import SAMPLERS, sampler_title
 
 SHIPPED_CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints" / "fashion-mnist"
@@ -68,11 +68,11 @@ class AppDefaults:
     scale: float = 5.0              # classifier guidance w (Dhariwal & Nichol's CIFAR-size models work near here)
     unet: str = "unconditional"     # the classifier guidance setting of Dhariwal & Nichol
     cfg_scale: float = 0.0          # classifier-free w_cfg (used with the conditional UNet)
-    steps: int = LIBRARY.steps      # the library's table (guidance.request.Defaults) for what the
-    sampler: str = LIBRARY.sampler  # evaluation has not chosen
-    eta: float = LIBRARY.eta
+    steps: int = SAMPLING_DEFAULTS.steps  # the library's table (guidance.request.SamplingDefaults)
+    sampler: str = SAMPLING_DEFAULTS.sampler  # for what the evaluation has not chosen
+    eta: float = SAMPLING_DEFAULTS.eta
     num_images: int = 8             # per row
-    seed: int = LIBRARY.seed
+    seed: int = SAMPLING_DEFAULTS.seed
     strengths: str = ROW_VALUES["classifier"].example  # the Compare rows' values, for `compare`
     compare: str = "classifier"     # what the Compare rows vary; see COMPARE_CHOICES
     interval: str = "full"          # guide at every step, or "LO-HI" in original timesteps

@@ -165,22 +165,27 @@ def _sampling_record(meta: dict, unet: nn.Module, path: Path) -> tuple[str, str]
     return ("learned" if learn_sigma else "small"), order
 
 
-def load_bundle(folder: str | Path, device="cpu", need_evaluator: bool = False, backend: str = "torch") -> Bundle:
+def load_bundle(folder: str | Path, device="cpu", need_evaluator: bool = False, backend: str = "torch",
+                classifier_folder: str | Path | None = None) -> Bundle:
     """Load unet, classifier (and evaluator when present or needed) from folder. backend picks
-    what runs the UNet forward pass (guidance.backend: "torch", "auto" or a CPU runtime).
-    Refuses networks that disagree on the classes, the image size or the noise schedule."""
+    what runs the UNet forward pass (guidance.backend: "torch", "auto" or a CPU runtime);
+    classifier_folder, another folder's classifier in place of folder's (a candidate to compare).
+    Refuses networks that disagree on the classes, the image size, the noise schedule or the
+    latent space."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder {folder} does not exist")
     unet, meta = load(folder, "unet", device)
-    classifier, classifier_meta = load(folder, "classifier", device)
+    classifier_folder = Path(classifier_folder) if classifier_folder else folder
+    classifier, classifier_meta = load(classifier_folder, "classifier", device)
     evaluator = None
     if need_evaluator or (folder / "evaluator.json").exists():
         evaluator, _ = load(folder, "evaluator", device)
     names = _class_names(folder, meta, unet, classifier)
-    schedule, num_timesteps = _shared_schedule(folder, meta, classifier_meta)
+    schedule, num_timesteps = _shared_schedule(folder, meta, classifier_folder, classifier_meta)
     variance, order = _sampling_record(meta, unet, folder / "unet.json")
-    codec = _codec(folder, {"unet": meta, "classifier": classifier_meta}, unet.config, device)
+    codec = _codec(folder, {folder / "unet.json": meta, classifier_folder / "classifier.json": classifier_meta},
+                   unet.config, device)
     _check_image_sizes(folder, unet, (classifier, evaluator), codec)
     if backend != "torch":
         from .backend import select_unet
@@ -198,15 +203,15 @@ def _class_names(folder: Path, meta: dict, unet: nn.Module, classifier: nn.Modul
     return names
 
 
-def _shared_schedule(folder: Path, meta: dict, classifier_meta: dict) -> tuple[str, int]:
+def _shared_schedule(folder: Path, meta: dict, classifier_folder: Path, classifier_meta: dict) -> tuple[str, int]:
     """(schedule, T) of the UNet, which the classifier must share: it reads the noise level from t,
     so one trained on another schedule or T would be asked about the wrong noise levels."""
     schedule, num_timesteps = _diffusion_record(meta, folder / "unet.json")
-    classifier_schedule = _diffusion_record(classifier_meta, folder / "classifier.json")
+    classifier_schedule = _diffusion_record(classifier_meta, classifier_folder / "classifier.json")
     if classifier_schedule != (schedule, num_timesteps):
         raise CheckpointError(
             f"noise schedules disagree: {folder / 'unet.json'} has {schedule} with T = {num_timesteps}, "
-            f"{folder / 'classifier.json'} has {classifier_schedule[0]} with T = {classifier_schedule[1]}; "
+            f"{classifier_folder / 'classifier.json'} has {classifier_schedule[0]} with T = {classifier_schedule[1]}; "
             "train the classifier on the UNet's schedule")
     return schedule, num_timesteps
 
@@ -228,19 +233,20 @@ def _check_image_sizes(folder: Path, unet: nn.Module, others: tuple, codec: Late
                               f"the autoencoder makes {codec.image_shape}")
 
 
-def _codec(folder: Path, metas: dict[str, dict], unet_config, device) -> LatentCodec | None:
-    """The autoencoder of a latent bundle, checked against what the unet and the classifier were
-    trained on (the same autoencoder file, scale factor and latent shape); None for pixels."""
-    records = {name: meta.get("latent") for name, meta in metas.items()}
+def _codec(folder: Path, metas: dict[Path, dict], unet_config, device) -> LatentCodec | None:
+    """The autoencoder of a latent bundle, checked against what the unet and the classifier (metas,
+    by their JSON files) were trained on (the same autoencoder file, scale factor and latent shape);
+    None for pixels."""
+    records = {path: meta.get("latent") for path, meta in metas.items()}
     ae_json, ae_weights = folder / "autoencoder.json", folder / "autoencoder.safetensors"
     if not any(records.values()):
         if ae_json.exists():
             raise CheckpointError(f"{ae_json} is there but {folder / 'unet.json'} was not trained on its latents "
                                   "(no 'latent' record); train the unet with --autoencoder")
         return None
-    for name, record in records.items():
+    for path, record in records.items():
         if not record:
-            raise CheckpointError(f"{folder / (name + '.json')} runs on pixels but {folder / 'unet.json'} on the "
+            raise CheckpointError(f"{path} runs on pixels but {folder / 'unet.json'} on the "
                                   "latents of an autoencoder: train both in one space")
     if not ae_json.exists():
         raise CheckpointError(f"{folder / 'unet.json'} runs on the latents of {ae_json}, which is missing; "
@@ -248,8 +254,7 @@ def _codec(folder: Path, metas: dict[str, dict], unet_config, device) -> LatentC
     autoencoder, _ = load(folder, "autoencoder", device)
     latent_shape = autoencoder.config.latent_shape
     digest = file_digest(ae_weights)
-    for name, record in records.items():
-        path = folder / f"{name}.json"
+    for path, record in records.items():
         if tuple(record.get("shape", ())) != latent_shape:
             raise CheckpointError(f"{path} runs on latents of shape {tuple(record.get('shape', ()))} but "
                                   f"{ae_json} makes {latent_shape}")
@@ -262,4 +267,4 @@ def _codec(folder: Path, metas: dict[str, dict], unet_config, device) -> LatentC
     scales = {record["scale_factor"] for record in records.values()}
     if len(scales) > 1:
         raise CheckpointError(f"the unet and the classifier of {folder} disagree on the latent scale factor: {scales}")
-    return LatentCodec(autoencoder, scales.pop(), records["unet"].get("clip_bound", 1.0))
+    return LatentCodec(autoencoder, scales.pop(), records[folder / "unet.json"].get("clip_bound", 1.0))

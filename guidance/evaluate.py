@@ -34,6 +34,7 @@ from .data import DataError
 from .evaluation import card, report
 from .evaluation.defaults import Defaults, choose_defaults
 from .evaluation.measure import judge, real_reference
+from .request import SAMPLING_DEFAULTS
 from .evaluation.sweeps import BUDGETS, Budget, Results, RunInfo, estimate_seconds, run
 from .guide import NonFiniteError
 from .metrics import PRECISION_RECALL_K, noisy_accuracy_by_quarter
@@ -53,7 +54,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--images-per-class", type=int, help="override the budget's images per class per setting")
     p.add_argument("--decision-images-per-class", type=int,
                    help="override the budget's images per class per setting of the decision sweep")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=SAMPLING_DEFAULTS.seed)
     p.add_argument("--batch-size", type=int, default=500, help="images sampled at once")
     cli.add_device_arguments(p)
     p.add_argument("--backend", choices=BACKENDS, default="auto",

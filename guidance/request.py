@@ -32,7 +32,7 @@ MAX_SEED = 2**31 - 1    # safe as a JavaScript number
 
 
 @dataclass(frozen=True)
-class Defaults:
+class SamplingDefaults:
     """The library's one table of sampling defaults: what a Request and the command line take for
     a setting they are not given. (The app's page starts from its checkpoint folder's
     defaults.json, what the evaluation chose.)"""
@@ -42,7 +42,7 @@ class Defaults:
     seed: int = 0
 
 
-DEFAULTS = Defaults()
+SAMPLING_DEFAULTS = SamplingDefaults()
 _CHECKED = "_checked_against"  # set by check on a request that passed: (num_classes, num_timesteps, conditioning)
 
 
@@ -161,10 +161,10 @@ class Row:
 class Request:
     rows: tuple[Row, ...]
     images_per_row: int = 8
-    steps: int = DEFAULTS.steps
-    sampler: str = DEFAULTS.sampler
-    eta: float = DEFAULTS.eta           # DDIM noise, 0 to 1
-    seed: int = DEFAULTS.seed
+    steps: int = SAMPLING_DEFAULTS.steps
+    sampler: str = SAMPLING_DEFAULTS.sampler
+    eta: float = SAMPLING_DEFAULTS.eta           # DDIM noise, 0 to 1
+    seed: int = SAMPLING_DEFAULTS.seed
     max_guidance_norm: float | None = None
 
     @property
@@ -234,15 +234,16 @@ def check_interval(interval: tuple[int, int], num_timesteps: int) -> None:
         raise ValueError(f"a guidance interval needs 0 <= t_lo <= t_hi <= {num_timesteps - 1}, got {lo}-{hi}")
 
 
-def _check_row(row: Row, num_classes: int, num_timesteps: int, conditioning: Conditioning) -> None:
-    exact_integer(row.class_label, "class", 0, num_classes - 1)
-    check_scale(row.scale)
+def _row_checks(row: Row, num_classes: int, num_timesteps: int, conditioning: Conditioning):
+    """The checks of one row, each with the fields it reads."""
+    yield ("class_label",), lambda: exact_integer(row.class_label, "class", 0, num_classes - 1)
+    yield ("scale",), lambda: check_scale(row.scale)
     if row.cfg_scale is not None:
-        check_cfg_scale(row.cfg_scale)
-    _check_conditioning(row, conditioning)
+        yield ("cfg_scale",), lambda: check_cfg_scale(row.cfg_scale)
+    yield ("class_label", "cfg_scale"), lambda: _check_conditioning(row, conditioning)
     if row.schedule.interval is not None:
-        check_interval(row.schedule.interval, num_timesteps)
-    exact_integer(row.first_image, "first image", 0, 2**62)
+        yield ("schedule",), lambda: check_interval(row.schedule.interval, num_timesteps)
+    yield ("first_image",), lambda: exact_integer(row.first_image, "first image", 0, 2**62)
 
 
 def check(request: Request, num_classes: int, num_timesteps: int, conditioning: Conditioning = Conditioning()) -> None:
@@ -262,13 +263,15 @@ def check(request: Request, num_classes: int, num_timesteps: int, conditioning: 
     exact_integer(request.seed, "seed", 0, MAX_SEED)
     if request.max_guidance_norm is not None:
         number(request.max_guidance_norm, "guidance norm clip", 1e-6, math.inf)
-    for k, row in enumerate(request.rows):
-        try:
-            _check_row(row, num_classes, num_timesteps, conditioning)
-        except ValueError as err:
-            if len(request.rows) == 1:
-                raise
-            raise ValueError(f"{err} (row {k + 1} of {len(request.rows)})") from None
+    rows = request.rows
+    for k, row in enumerate(rows):
+        for fields, run_check in _row_checks(row, num_classes, num_timesteps, conditioning):
+            try:
+                run_check()
+            except ValueError as err:  # a row is named only where its value is its own
+                if all(getattr(r, f) == getattr(row, f) for r in rows for f in fields):
+                    raise
+                raise ValueError(f"{err} (row {k + 1} of {len(rows)})") from None
     object.__setattr__(request, _CHECKED, (num_classes, num_timesteps, conditioning))
 
 

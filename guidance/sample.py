@@ -26,7 +26,7 @@ from .checkpoints import CheckpointError, load_bundle
 from .generation import Samples, generate
 from .guide import SCHEDULE_SHAPES, THRESHOLDS, NonFiniteError, Threshold
 from .images import grid
-from .request import DEFAULTS, Request, Row, class_index, make_schedule
+from .request import SAMPLING_DEFAULTS, Request, Row, check, class_index, make_schedule
 from .runtime import configure
 from .samplers import SAMPLERS
 
@@ -40,9 +40,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=0.0, help="classifier guidance w (default 0: off)")
     p.add_argument("--cfg-scale", type=float, default=None,
                    help="classifier-free w_cfg (default: none, the unconditional model)")
-    p.add_argument("--steps", type=int, default=DEFAULTS.steps, help=f"sampling steps, 1 to T (default {DEFAULTS.steps})")
-    p.add_argument("--sampler", choices=SAMPLERS, default=DEFAULTS.sampler)
-    p.add_argument("--eta", type=float, default=DEFAULTS.eta, help=f"DDIM noise, 0 to 1 (default {DEFAULTS.eta:g})")
+    p.add_argument("--steps", type=int, default=SAMPLING_DEFAULTS.steps, help=f"sampling steps, 1 to T (default {SAMPLING_DEFAULTS.steps})")
+    p.add_argument("--sampler", choices=SAMPLERS, default=SAMPLING_DEFAULTS.sampler)
+    p.add_argument("--eta", type=float, default=SAMPLING_DEFAULTS.eta, help=f"DDIM noise, 0 to 1 (default {SAMPLING_DEFAULTS.eta:g})")
     p.add_argument("--interval", type=int, nargs=2, metavar=("LO", "HI"), default=None,
                    help="guide only at original timesteps LO..HI (default: every step)")
     p.add_argument("--schedule", choices=SCHEDULE_SHAPES, default="constant",
@@ -53,7 +53,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-guidance-norm", type=float, default=None, help="clip the guidance term's L2 norm")
     p.add_argument("--n", type=int, default=16, help="number of images")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    p.add_argument("--seed", type=int, default=SAMPLING_DEFAULTS.seed)
     p.add_argument("--out", required=True, help="FILE.npz or FILE.png")
     cli.add_device_arguments(p)
     p.add_argument("--backend", choices=BACKENDS, default="auto",
@@ -87,6 +87,7 @@ def main(argv=None) -> int:
     try:
         bundle = load_bundle(args.checkpoints, device, backend=args.backend)
         request = request_from_args(args, bundle.class_names, bundle.num_timesteps)
+        check(request, len(bundle.class_names), bundle.num_timesteps, bundle.conditioning)  # before the bar
     except (CheckpointError, BackendError, ValueError) as err:
         p.error(str(err))
     samples = _sample(p, bundle, request, args.batch_size)

@@ -251,6 +251,8 @@ def make_solver(sampler: str, diffusion: GaussianDiffusion, eta: float = 0.0, va
         return DDIM(diffusion, eta)
     if sampler == "ddpm":
         return DDPM(diffusion, variance)
+    if sampler not in SOLVERS:  # the lookup's own failure, said as the check says it
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     return SOLVERS[sampler](diffusion)
 
 
@@ -276,7 +278,9 @@ def sample_loop(model: GuidedDenoiser, diffusion: GaussianDiffusion, shape, guid
     """Sample from x_T = noise(shape) through every timestep of `diffusion` (respaced or not),
     yielding one Step per network evaluation. shape is (B, C, H, W) with B = len(guidance);
     variance is DDPM's Sigma (VARIANCES), order where guidance meets the threshold (ORDERS, checked
-    where a bundle is loaded). Raises NonFiniteError at the step where a NaN or inf appears."""
+    where a bundle is loaded). The values are taken as guidance.request.check leaves them (eta in
+    [0, 1], and 0 but for DDIM): called directly, pass valid ones. Raises NonFiniteError at the step
+    where a NaN or inf appears."""
     solver = make_solver(sampler, diffusion, eta, variance)
     x = noise(shape, device)
     timesteps = diffusion.timesteps.to(device)

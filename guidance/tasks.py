@@ -143,8 +143,8 @@ class ClassifierTask(_NoisedTask):
 
     def __post_init__(self):
         super().__post_init__()
-        if not self.noise_power >= 0:  # also refuses NaN
-            raise ValueError(f"noise_power must be 0 or more, got {self.noise_power!r}")
+        if not 0 <= self.noise_power < math.inf:  # also refuses NaN
+            raise ValueError(f"noise_power must be a finite number from 0, got {self.noise_power!r}")
 
     def build(self, num_classes, image_size, channels):
         return NoisyClassifier(ClassifierConfig(image_size=image_size, in_channels=channels,

@@ -36,31 +36,25 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from guidance import checkpoints, evaluate  # noqa: E402
-from guidance.evaluation.defaults import non_inferior, setting_name  # noqa: E402
+from guidance.evaluation.defaults import Defaults, non_inferior, setting_name  # noqa: E402
 from guidance.evaluation.measure import Measurement, Setting, judge, measure, real_reference, request  # noqa: E402
 from guidance.evaluation.sweeps import BUDGETS  # noqa: E402
 from guidance.generation import generate  # noqa: E402
 from guidance.metrics import noisy_accuracy_by_quarter  # noqa: E402
+from guidance.runtime import configure  # noqa: E402
+from scripts.machine import load_average, load_line  # noqa: E402
 
 TIMING_IMAGES = 8   # the app's default batch
-BUDGET = BUDGETS["cpu"]  # its held-out subset, resamples and seed: the evaluation's
 
 
-def default_setting(folder: Path) -> Setting:
-    """The bundle's default (defaults.json) as the evaluation's Setting."""
+def default_of(folder: Path) -> tuple[Setting, str]:
+    """The bundle's default (its defaults.json) as the evaluation's Setting, and the budget that chose it."""
     d = json.loads((folder / "defaults.json").read_text())
-    return Setting(d["sampler"], d["steps"], d["scale"], None, d.get("schedule", "constant"), d.get("interval"),
-                   d.get("threshold", "clip"))
-
-
-def load_classifier(folder: Path, unet_meta: dict):
-    """A classifier folder's network; refused when it was trained on another latent space."""
-    model, meta = checkpoints.load(folder, "classifier")
-    want, got = unet_meta.get("latent", {}).get("sha256"), meta.get("latent", {}).get("sha256")
-    if want != got:
-        raise SystemExit(f"error: {folder / 'classifier.json'} was trained on another latent space "
-                         f"(autoencoder sha256 {got}) than the bundle's ({want})")
-    return model, meta
+    names = ("scale", "sampler", "steps", "threshold", "schedule", "interval")
+    interval = d.get("interval")
+    default = Defaults(scale_reason="", steps_reason="", **{k: d[k] for k in names if k in d and k != "interval"},
+                       interval=None if interval is None else tuple(interval))
+    return default.setting, d.get("budget", "cpu")
 
 
 def flops_per_image(classifier, shape) -> float:
@@ -97,36 +91,43 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoints", default="checkpoints/fashion-mnist")
     p.add_argument("--candidate", action="append", default=[], help="a folder with classifier.json (repeatable)")
-    p.add_argument("--images-per-class", type=int, default=BUDGET.decision_images_per_class)
+    p.add_argument("--images-per-class", type=int, help="default: the decision sweep's of the budget that chose "
+                                                          "the default")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--backend", default="auto", help="what runs the UNet (as guidance.evaluate's --backend)")
-    p.add_argument("--batch-size", type=int, default=500, help="images sampled at once (as guidance.evaluate's)")
+    p.add_argument("--batch-size", type=int, default=evaluate.parser().get_default("batch_size"),
+                   help="images sampled at once (guidance.evaluate's default)")
     p.add_argument("--repeats", type=int, default=5, help="timing runs of each kind")
     p.add_argument("--out", help="write the table to this Markdown file")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    configure("cpu", args.threads)
+    load = load_average()
     folder = Path(args.checkpoints)
-    bundle = checkpoints.load_bundle(folder, need_evaluator=True, backend=args.backend)
-    setting = default_setting(folder)
-    unet_meta = checkpoints.read_config(folder, "unet")
+    setting, budget_name = default_of(folder)
+    budget = BUDGETS[budget_name]
+    folders = [folder] + [Path(c) for c in args.candidate]
+    # Each candidate with the bundle's other networks, checked as load_bundle checks a folder's own.
+    try:
+        bundles = [checkpoints.load_bundle(folder, need_evaluator=True, backend=args.backend, classifier_folder=c)
+                   for c in folders]
+    except checkpoints.CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    bundle = bundles[0]
     _, test = evaluate.load_data(evaluate.parser().parse_args(["--checkpoints", str(folder)]), bundle)
-    keep = torch.randperm(len(test.labels), generator=torch.Generator().manual_seed(0))[:BUDGET.n_real]
-    images, labels = test.images[keep], test.labels[keep]   # the evaluation's held-out subset (guidance.evaluate)
-    features, _ = judge(bundle.evaluator, images)
-    n, classes = args.images_per_class, len(bundle.class_names)
+    test = evaluate._subset(test, budget.n_real, 0)   # the evaluation's held-out subset
+    features, _ = judge(bundle.evaluator, test.images)
+    classes = len(bundle.class_names)
+    n = args.images_per_class or budget.decision_images(classes)
     reference = real_reference(features, n * classes)
-    latents = bundle.codec.encode(images)
-    load = os.getloadavg()[0]
-    print(f"1-minute load average at the start: {load:.2f}; {args.threads} torch threads; default {setting.label()}")
-    names = [f"shipped ({folder / 'classifier.json'})"] + [str(Path(c) / "classifier.json") for c in args.candidate]
-    models = [(bundle.classifier, checkpoints.read_config(folder, "classifier"))]
-    models += [load_classifier(Path(c), unet_meta) for c in args.candidate]
+    latents = bundle.codec.encode(test.images)
+    print(f"{load_line(load)}; {args.threads} torch threads; default {setting.label()}")
+    names = [f"shipped ({folder / 'classifier.json'})"] + [str(c / "classifier.json") for c in folders[1:]]
     lines, shipped, per_class = [], None, []
-    for name, (model, meta) in zip(names, models):
-        b = replace(bundle, classifier=model)
-        acc = noisy_accuracy_by_quarter(model, b.diffusion(), latents, labels)
-        m, _ = measure(b, setting, reference, n, 0, BUDGET.resamples, args.batch_size)
-        line = row(name, m, acc, flops_per_image(model, bundle.sample_shape), seconds_per_step(b, setting, args.repeats),
+    for name, b in zip(names, bundles):
+        acc = noisy_accuracy_by_quarter(b.classifier, b.diffusion(), latents, test.labels)
+        m, _ = measure(b, setting, reference, n, 0, budget.resamples, args.batch_size)
+        line = row(name, m, acc, flops_per_image(b.classifier, b.sample_shape), seconds_per_step(b, setting, args.repeats),
                    shipped)
         print(line, flush=True)
         lines.append(line)

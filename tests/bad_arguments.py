@@ -1,7 +1,7 @@
 """Bad Compare calls and what the error must say, in one table for the two places that check them:
 the handlers called directly (test_app_handlers.py) and the real server through gradio_client
-(test_hardening_input.py). Each case changes a valid call's arguments; both endpoints run the same
-checks (demo/arguments.py), so a message holds wherever the call comes from. The tiny checkpoints
+(test_hardening_input.py). Each case changes a valid call's arguments; both endpoints translate them
+alike (demo/arguments.py) and the library checks them once (guidance.request.check), so a message holds wherever the call comes from. The tiny checkpoints
 of app_fixtures: four classes, T = 1000."""
 from __future__ import annotations
 

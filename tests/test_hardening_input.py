@@ -25,7 +25,8 @@ from demo import arguments
 from demo.handlers import Handlers
 from demo.settings import DISPLAY, LIMITS
 from guidance.checkpoints import load_bundle
-from guidance.request import MAX_CFG_SCALE, MAX_SCALE, MAX_SEED, choice
+from guidance.messages import choice
+from guidance.request import MAX_CFG_SCALE, MAX_SCALE, MAX_SEED
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "checkpoints" / "fashion-mnist"

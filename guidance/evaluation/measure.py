@@ -23,7 +23,7 @@ from ..data import to_model_range
 from ..generation import Samples, generate
 from ..guide import Schedule, Threshold
 from ..metrics import RealReference, Scores, bootstrap_scores
-from ..request import DEFAULTS, Request, Row, interval_text
+from ..request import SAMPLING_DEFAULTS, Request, Row, interval_text
 from ..samplers import sampler_title as sampler_name
 
 BOOTSTRAP_SEED = 0      # the same resamples for every setting: differences are paired
@@ -33,8 +33,8 @@ CONFIDENCE = 0.95       # the bootstrap intervals' coverage
 @dataclass(frozen=True)
 class Setting:
     """One guidance setting of the evaluation, applied to every class alike."""
-    sampler: str = DEFAULTS.sampler         # guidance.samplers.SAMPLERS
-    steps: int = DEFAULTS.steps
+    sampler: str = SAMPLING_DEFAULTS.sampler         # guidance.samplers.SAMPLERS
+    steps: int = SAMPLING_DEFAULTS.steps
     scale: float = 0.0                      # classifier guidance w
     cfg_scale: float | None = None          # None: the unconditional UNet; a number: the conditional
                                             # UNet with classifier-free w_cfg (0 = plain)

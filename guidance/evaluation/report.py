@@ -14,7 +14,7 @@ from . import plots
 from .compare import difference, not_worse, verdict
 from .defaults import (FD_MARGIN, FD_TARGET, FIDELITY_GOAL, FIDELITY_MARGIN, REFERENCE_SAMPLER, Defaults,
                        compare_schedules, is_plain, schedule_curves, setting_name)
-from .measure import Measurement, sampler_name
+from .measure import Measurement, Setting, sampler_name
 from .sweeps import Results
 
 Column = tuple[str, Callable[[Measurement], str]]
@@ -181,6 +181,7 @@ def _samplers_section(results: Results, d: Defaults) -> list[str]:
 def _across_scales(rows: list[Measurement], ref_steps: int) -> list[str]:
     if not rows:
         return []
+    threshold = rows[0].setting.threshold
     lines_of = sorted({(m.setting.sampler, m.setting.steps) for m in rows}, key=lambda k: (k[0] != "ddim", -k[1]))
     at = {(m.setting.sampler, m.setting.steps, m.setting.scale): m for m in rows}
     scales = sorted({m.setting.scale for m in rows})
@@ -203,8 +204,8 @@ def _across_scales(rows: list[Measurement], ref_steps: int) -> list[str]:
                     behind[(s, n)].append(w)
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    for (s, n), ws in behind.items():
-        name = f"{sampler_name(s)} at {n} steps"
+    for (s, n), ws in behind.items():  # every line of the sweep has the chosen threshold
+        name = setting_name(Setting(s, n, threshold=threshold))
         lines.append(f"{name} falls behind DDIM at {ref_steps} steps (significantly lower fidelity or higher Frechet "
                      f"distance) at w = {', '.join(f'{w:g}' for w in ws)}." if ws else
                      f"{name} does not fall behind DDIM at {ref_steps} steps at any swept w: every difference in "

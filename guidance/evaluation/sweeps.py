@@ -31,6 +31,7 @@ from typing import Callable
 import torch
 
 from ..checkpoints import Bundle
+from ..request import SAMPLING_DEFAULTS
 from ..data import to_model_range
 from ..images import grid
 from ..metrics import RealReference, bootstrap_scores
@@ -53,7 +54,7 @@ class Budget:
     decision_images_per_class: int          # per setting of the decision sweep
     n_real: int                             # held-out images of the Frechet reference (and training images of its floor)
     resamples: int = 200                    # bootstrap resamples
-    reference_steps: int = 50               # DDIM steps of the reference sampler and of the strength sweeps
+    reference_steps: int = SAMPLING_DEFAULTS.steps  # DDIM steps of the reference and of the strength sweeps
     classifier_scales: tuple[float, ...] = (0, 0.5, 1, 2, 3, 5, 8, 12)
     dpm_steps: tuple[int, ...] = (5, 8, 10, 15, 20)
     unipc_steps: tuple[int, ...] = (5, 8, 10, 15)
@@ -337,5 +338,6 @@ def decision_guess(budget: Budget, chosen: Defaults, num_timesteps: int) -> list
     every cheaper candidate of the step sweep (at most), the unguided setting and three scales."""
     ref = Setting("ddim", budget.reference_steps, chosen.scale)
     candidates = [s for s in plan(budget, "steps", chosen, num_timesteps) if s.steps < budget.reference_steps]
-    ladder = [Setting(chosen.sampler, chosen.steps, w) for w in (0.0, chosen.scale, 2 * chosen.scale, 3 * chosen.scale)]
+    ladder = [Setting(chosen.sampler, chosen.steps, w, threshold=chosen.threshold)
+              for w in (0.0, chosen.scale, 2 * chosen.scale, 3 * chosen.scale)]
     return list(dict.fromkeys([ref, *candidates, *ladder]))
