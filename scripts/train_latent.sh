@@ -4,7 +4,10 @@
 # 2-thread process only ~1.3x faster than one thread). Every run is logged and resumable (--resume).
 #   bash scripts/train_latent.sh OUT [DATA_DIR]          (then: python app.py --checkpoints OUT)
 # Minutes per network from AE_MIN, UNET_MIN, CLASSIFIER_MIN; RESUME=1 continues each from OUT/train-KIND/.
-# The shipped checkpoints/fashion-mnist-latent was trained with this script (its JSONs record each command).
+# The shipped checkpoints/fashion-mnist-latent was trained with this script (its JSONs record each command):
+# the UNet in two runs, 65 minutes and then RESUME=1 to 105 (UNET_MIN=105); the classifier is the
+# smallest of those compared in docs/latent/CLASSIFIERS.md (scripts/compare_classifiers.py), which
+# guides as well as one with 8x its FLOPs.
 set -euo pipefail
 out=${1:?checkpoint folder}; data=${2:-/usr/share/datasets/fashion-mnist}
 resume=(); [ -n "${RESUME:-}" ] && resume=(--resume)
@@ -17,9 +20,9 @@ if [ -z "${SKIP_AE:-}" ]; then
 fi
 latent=("${common[@]}" --autoencoder "$out")
 python3 -m guidance.train unet "${latent[@]}" --base-channels 64 --channel-mults 1,2 --attention-levels 1 \
-    --num-res-blocks 1 --lr 3e-4 --batch-size 64 --steps 200000 --minutes "${UNET_MIN:-65}" --save-every 2000 \
+    --num-res-blocks 1 --lr 3e-4 --batch-size 64 --steps 200000 --minutes "${UNET_MIN:-105}" --save-every 2000 \
     --log-every 500 --seed 4 > "$out/unet.out" 2>&1 & pids=($!)
-python3 -m guidance.train classifier "${latent[@]}" --base-channels 64 --channel-mults 1,2 --num-res-blocks 2 \
-    --attention-levels "" --lr 1e-3 --batch-size 128 --steps 12000 --minutes "${CLASSIFIER_MIN:-30}" \
-    --save-every 3000 --log-every 500 --seed 5 > "$out/classifier.out" 2>&1 & pids+=($!)
+python3 -m guidance.train classifier "${latent[@]}" --base-channels 32 --channel-mults 1,2 --num-res-blocks 1 \
+    --attention-levels "" --lr 1e-3 --batch-size 128 --steps 30000 --minutes "${CLASSIFIER_MIN:-25}" \
+    --save-every 4000 --log-every 1000 --seed 23 > "$out/classifier.out" 2>&1 & pids+=($!)
 for pid in "${pids[@]}"; do wait "$pid"; done
