@@ -316,7 +316,9 @@ def _info(model: Model, step_seconds: float | None = None) -> str:
     b = model.bundle
     space = ("latent z_t " + "x".join(map(str, b.sample_shape)) + f" (scale factor {b.codec.scale_factor:.3g})"
              if b.space == "latent" else "pixels " + "x".join(map(str, b.sample_shape)))
-    timing = "" if step_seconds is None else f" · one step of one image takes {step_seconds:.2f} s here"
+    took = None if step_seconds is None else (f"{step_seconds:.2f} s" if step_seconds >= 0.1
+                                              else f"{1e3 * step_seconds:.1f} ms")
+    timing = "" if took is None else f" · one step of one image takes {took} here"
     return (f"{len(b.class_names)} classes · T = {b.num_timesteps} · {b.schedule} schedule · samples {space} · "
             f"UNet on {b.backend} · running on {b.device}{timing}")
 
