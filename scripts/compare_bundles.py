@@ -31,7 +31,7 @@ README_START, README_END = "<!-- latent:start -->", "<!-- latent:end -->"
 
 def default_row(results: Results) -> Measurement | None:
     d = choose_defaults(results.measurements, results.info.reference_steps, results.decisions)
-    return next((m for m in results.decisions if m.setting == d.setting), None)
+    return results.decided(d.setting)
 
 
 def line(name: str, m: Measurement, note: str) -> str:

@@ -36,7 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from guidance import checkpoints, evaluate  # noqa: E402
-from guidance.evaluation.defaults import Defaults, non_inferior, setting_name  # noqa: E402
+from guidance.evaluation.defaults import FD_MARGIN, FIDELITY_MARGIN, non_inferior, setting_name  # noqa: E402
 from guidance.evaluation.measure import Measurement, Setting, judge, measure, real_reference, request  # noqa: E402
 from guidance.evaluation.sweeps import BUDGETS  # noqa: E402
 from guidance.generation import generate  # noqa: E402
@@ -45,16 +45,14 @@ from guidance.runtime import configure  # noqa: E402
 from scripts.machine import load_average, load_line  # noqa: E402
 
 TIMING_IMAGES = 8   # the app's default batch
+SEED = evaluate.parser().get_default("seed")  # the evaluation's, so the shipped row repeats its default row
 
 
 def default_of(folder: Path) -> tuple[Setting, str]:
-    """The bundle's default (its defaults.json) as the evaluation's Setting, and the budget that chose it."""
+    """The bundle's default (its defaults.json, as Defaults.to_json writes it) as the evaluation's
+    Setting, and the budget that chose it."""
     d = json.loads((folder / "defaults.json").read_text())
-    names = ("scale", "sampler", "steps", "threshold", "schedule", "interval")
-    interval = d.get("interval")
-    default = Defaults(scale_reason="", steps_reason="", **{k: d[k] for k in names if k in d and k != "interval"},
-                       interval=None if interval is None else tuple(interval))
-    return default.setting, d.get("budget", "cpu")
+    return Setting(d["sampler"], d["steps"], d["scale"], None, d["schedule"], d["interval"], d["threshold"]), d["budget"]
 
 
 def flops_per_image(classifier, shape) -> float:
@@ -105,15 +103,15 @@ def main(argv=None) -> int:
     folder = Path(args.checkpoints)
     setting, budget_name = default_of(folder)
     budget = BUDGETS[budget_name]
-    folders = [folder] + [Path(c) for c in args.candidate]
-    # Each candidate with the bundle's other networks, checked as load_bundle checks a folder's own.
+    candidates = [Path(c) for c in args.candidate]
     try:
-        bundles = [checkpoints.load_bundle(folder, need_evaluator=True, backend=args.backend, classifier_folder=c)
-                   for c in folders]
+        bundle = checkpoints.load_bundle(folder, need_evaluator=True, backend=args.backend)
+        # Each candidate checked as load_bundle checks a folder's own classifier, then put in the bundle.
+        bundles = [bundle] + [replace(bundle, classifier=checkpoints.load_bundle(folder, classifier_folder=c).classifier)
+                              for c in candidates]
     except checkpoints.CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    bundle = bundles[0]
     _, test = evaluate.load_data(evaluate.parser().parse_args(["--checkpoints", str(folder)]), bundle)
     test = evaluate._subset(test, budget.n_real, 0)   # the evaluation's held-out subset
     features, _ = judge(bundle.evaluator, test.images)
@@ -122,11 +120,11 @@ def main(argv=None) -> int:
     reference = real_reference(features, n * classes)
     latents = bundle.codec.encode(test.images)
     print(f"{load_line(load)}; {args.threads} torch threads; default {setting.label()}")
-    names = [f"shipped ({folder / 'classifier.json'})"] + [str(c / "classifier.json") for c in folders[1:]]
+    names = [f"shipped ({folder / 'classifier.json'})"] + [str(c / "classifier.json") for c in candidates]
     lines, shipped, per_class = [], None, []
     for name, b in zip(names, bundles):
         acc = noisy_accuracy_by_quarter(b.classifier, b.diffusion(), latents, test.labels)
-        m, _ = measure(b, setting, reference, n, 0, budget.resamples, args.batch_size)
+        m, _ = measure(b, setting, reference, n, SEED, budget.resamples, args.batch_size)
         line = row(name, m, acc, flops_per_image(b.classifier, b.sample_shape), seconds_per_step(b, setting, args.repeats),
                    shipped)
         print(line, flush=True)
@@ -137,11 +135,12 @@ def main(argv=None) -> int:
     page = ["# Guidance classifiers at the default", "",
             f"Written by `{command}` on {os.cpu_count()} CPU cores ({args.threads} torch threads; 1-minute load "
             f"average {load:.2f} at the start), for `{folder}` at its default, {setting_name(setting)} and "
-            f"w = {setting.scale:g}, on {n * classes} images ({n} per class, the evaluation's seed 0), everything "
-            "but the classifier as shipped. Differences are paired (same noise, same bootstrap resamples), 95% "
-            "intervals; non-inferior: the evaluation's margins (fidelity above -1.5 points, Frechet ratio below "
-            "1.1). Accuracy: on the evaluation's 2000 noisy held-out images per quarter of the timesteps (q3 the "
-            "noisiest). The time a step adds is the median guided minus unguided step of 8 images, of "
+            f"w = {setting.scale:g}, on {n * classes} images ({n} per class, the evaluation's seed {SEED}), "
+            "everything but the classifier as shipped. Differences are paired (same noise, same bootstrap "
+            "resamples), 95% intervals; non-inferior: the evaluation's margins (fidelity above "
+            f"-{100 * FIDELITY_MARGIN:g} points, Frechet ratio below {1 + FD_MARGIN:g}). Accuracy: on the "
+            f"evaluation's {len(test.labels)} noisy held-out images per quarter of the timesteps (q3 the noisiest). "
+            f"The time a step adds is the median guided minus unguided step of {TIMING_IMAGES} images, of "
             f"{args.repeats} interleaved runs: loose when the load average is not near 0.", "",
             "| classifier | acc q0 | acc q1 | acc q2 | acc q3 | fidelity | Frechet dist. | against shipped | "
             "MFLOP fwd+bwd per image | ms a step adds (of the step) |",

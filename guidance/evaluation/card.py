@@ -106,7 +106,7 @@ def model_card(results: Results, defaults: Defaults, folder: Path, card: Path, r
 def decided_line(results: Results, d: Defaults) -> str:
     """'The app defaults to UniPC at 10 steps and w = 5: fidelity 96.1% [94.9%, 97.2%] on 1000 images.'"""
     head = f"The app defaults to {setting_name(d.setting)} and w = {d.scale:g}"
-    m = next((m for m in results.decisions if m.setting == d.setting), None)
+    m = results.decided(d.setting)
     if m is None:
         return head + " (screened on the wide sweeps; not decided)."
     low, high = m.interval("fidelity")

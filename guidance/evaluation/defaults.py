@@ -115,14 +115,20 @@ def _reference(steps: Sequence[Measurement], reference_steps: int) -> Measuremen
                  == (REFERENCE_SAMPLER, reference_steps)), None)
 
 
+def _screened(steps: Sequence[Measurement], reference: Measurement) -> list[Measurement]:
+    """The step sweep's rows with fewer network evaluations than the reference and within its
+    measured noise (compare.not_worse), cheapest first, then by Frechet distance."""
+    return sorted((m for m in steps if m.setting.steps < reference.setting.steps and not_worse(m, reference)),
+                  key=lambda m: (m.setting.steps, m.scores.fd))
+
+
 def choose_sampler(steps: Sequence[Measurement], reference_steps: int) -> tuple[Setting, str]:
     """Screening rule S2 on the step sweep at the screened scale (it must hold DDIM at reference_steps
     with the clip): the picked setting (sampler, steps, threshold) and the reason."""
     reference = _reference(steps, reference_steps)
     if reference is None:
         raise ValueError(f"the step sweep needs {REFERENCE_SAMPLER.upper()} at {reference_steps} steps, the reference")
-    cheaper = [m for m in steps if m.setting.steps < reference_steps and not_worse(m, reference)]
-    pick = min(cheaper, key=lambda m: (m.setting.steps, m.scores.fd), default=reference)
+    pick = next(iter(_screened(steps, reference)), reference)
     name, ref = setting_name(pick.setting), setting_name(reference.setting)
     if pick is reference:
         return pick.setting, f"no setting with fewer network evaluations came within the measured noise of {ref}"
@@ -212,9 +218,7 @@ def decide(stage1: Sequence[Measurement], reference_steps: int, get: Get) -> Def
     steps = [m for m in stage1 if "steps" in m.sweeps and is_constant(m) and m.setting.scale == w]
     screen_ref = _reference(steps, reference_steps)
     reference = get(screen_ref.setting)
-    screened = sorted((m for m in steps if m.setting.steps < reference_steps and not_worse(m, screen_ref)),
-                      key=lambda m: (m.setting.steps, m.scores.fd))
-    chosen, steps_reason = choose_steps((get(m.setting) for m in screened), reference)
+    chosen, steps_reason = choose_steps((get(m.setting) for m in _screened(steps, screen_ref)), reference)
     start = min((m.setting.scale for m in classifier if m.setting.scale > 0
                  and m.scores.fidelity >= FIDELITY_GOAL - SCREEN), default=w)
     ladder = sorted(m.setting.scale for m in classifier if m.setting.scale >= start)

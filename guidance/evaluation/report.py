@@ -122,7 +122,7 @@ def _defaults_section(d: Defaults, results: Results) -> list[str]:
                   "images each (a sample of its own: these rows are not in the tables below).", "",
                   *_table(results.decisions, [SAMPLER, STEPS, THRESHOLD, SCALE, *METRICS, SECONDS]), "",
                   "Per-class fidelity at the default:", ""]
-        default = next((m for m in results.decisions if m.setting == d.setting), None)
+        default = results.decided(d.setting)
         if default is not None:
             names = results.info.class_names
             lines += ["| " + " | ".join(names) + " |", "|" + "---:|" * len(names),

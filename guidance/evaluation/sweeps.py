@@ -176,6 +176,10 @@ class Results:
     def find(self, setting: Setting) -> int | None:
         return next((i for i, m in enumerate(self.measurements) if m.setting == setting), None)
 
+    def decided(self, setting: Setting) -> Measurement | None:
+        """The decision sweep's measurement of setting, if it has one."""
+        return next((m for m in self.decisions if m.setting == setting), None)
+
     def save(self, path: Path, defaults: Defaults | None = None) -> None:
         """results.json, one measurement per line; written beside and renamed, so an interrupted
         run never leaves a cut-off file."""
@@ -250,7 +254,7 @@ class _Runner:
 
     def decision(self, setting: Setting) -> Measurement:
         """The setting's measurement on the decision sample: found, kept from a resumed run, or made."""
-        found = next((m for m in self.results.decisions if m.setting == setting), None)
+        found = self.results.decided(setting)
         if found is None:
             found = self.kept_decisions.get(setting) or self.measured(
                 setting, DECISION, self.info.decision_images_per_class, self.decision_reference)
