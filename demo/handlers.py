@@ -3,8 +3,9 @@
     Handlers   Generate and Compare (the public endpoints) and Stop: raw arguments become a Run
                (arguments.py, called in one place: run_of), streamed on the picked model
     RunStream  one run streamed: its steps recorded by runs.py and drawn by render.py (one frame
-               is a StreamOutputs tuple), sent at most once per Display.frame_interval_s (always
-               the first and the last; 0 sends every step), ended within a step by Stop (stops.py)
+               is a StreamOutputs tuple), sent at most once per Display.frame_interval_s from the
+               start, and always the last (0 sends x_T and every step), ended within a step by
+               Stop (stops.py)
     LiveMode   the live events: the final frame of each slider move, superseding the last run
     Playback   after a run: the scrubber over its frames and its downloads (downloads.py)
 
@@ -60,11 +61,11 @@ class StreamOutputs(NamedTuple):
     recording: Recording             # kept in the session for scrubbing and downloads
 
     @classmethod
-    def of(cls, recording: Recording, frame: Frame | None, with_evaluator: bool) -> StreamOutputs:
-        """The outputs after frame (None: x_T, before the first step)."""
+    def of(cls, recording: Recording, frame: Frame | None, with_evaluator: bool, first: bool) -> StreamOutputs:
+        """The outputs after frame (None: x_T, before the first step); first: the run's first sent."""
         images = render.frame_images(recording, frame)
         chart, norm_chart = render.chart(recording), render.norm_chart(recording)
-        if frame is None:
+        if first:
             # The browser builds a chart (axis range, row colours) from the first value it gets
             # after these settings change, and only swaps the data afterwards.
             run = recording.run
@@ -198,8 +199,8 @@ class Handlers:
 
     def stream(self, run: Run, session: str | None = None, model: str | None = None,
                final_only: bool = False) -> Iterator[StreamOutputs]:
-        """Sample the run on the named model, yielding x_T at once, then a frame whenever
-        frame_interval_s has passed, then the final frame (or the frame where Stop was seen);
+        """Sample the run on the named model, yielding a frame whenever frame_interval_s has passed
+        (x_T first when it is 0), then the final frame (or the frame where Stop was seen);
         final_only sends the final frame alone, and nothing once a newer live run superseded this
         one. Logs one line when the run ends, however it ends."""
         stream = RunStream(self.pick(model).bundle, run, session, self.display.frame_interval_s, self.with_evaluator)
@@ -220,14 +221,12 @@ class RunStream:
         self.frame_interval_s, self.with_evaluator = frame_interval_s, with_evaluator
 
     def frames(self, stops: StopRequests, final_only: bool) -> Iterator[StreamOutputs]:
-        """x_T (unless final_only), then the frames of the steps; a run that fails is marked failed."""
+        """The run's frames (see _steps); a run that fails is marked failed."""
         with user_errors():  # what this bundle's UNet cannot run (guidance.request.Conditioning)
             steps = generation.stream(self.bundle, self.run.request)
         recording = runs.start(self.bundle, self.run)
         progress = stops.start(self.session)
         try:
-            if not final_only:
-                yield StreamOutputs.of(recording, None, self.with_evaluator)
             yield from self._steps(steps, recording, progress, final_only)
         except gr.Error:
             recording.end("failed", recording.stats)
@@ -239,9 +238,21 @@ class RunStream:
     def _steps(self, steps: Iterator[Step], recording: Recording, progress: RunProgress,
                final_only: bool) -> Iterator[StreamOutputs]:
         """Record every step; send the last, the one where Stop was seen (none when superseded)
-        and, unless final_only, one whenever frame_interval_s has passed since the last sent."""
-        bundle, run = self.bundle, self.run
-        sent = time.monotonic()
+        and, unless final_only, x_T or a step whenever frame_interval_s has passed since the start
+        or the frame sent before: with 0, x_T and every step; a run shorter than the interval sends
+        its last frame alone, one frame the server and the page need not handle."""
+        bundle, run, sent, first = self.bundle, self.run, time.monotonic(), True
+
+        def due() -> bool:
+            return not final_only and time.monotonic() - sent >= self.frame_interval_s
+
+        def send(frame: Frame | None) -> StreamOutputs:
+            nonlocal sent, first
+            outputs, sent, first = StreamOutputs.of(recording, frame, self.with_evaluator, first), time.monotonic(), False
+            return outputs
+
+        if due():
+            yield send(None)
         with user_errors():
             for step in steps:
                 last = step.index == run.request.steps - 1
@@ -250,16 +261,15 @@ class RunStream:
                 progress.steps_done = frame.index + 1
                 if last:
                     recording.end("finished", runs.row_stats(bundle, run, step.sample, images=images))
-                    yield StreamOutputs.of(recording, frame, self.with_evaluator)
+                    yield send(frame)
                 elif progress.stop_came is not None:
                     recording.end("stopped", runs.live_stats(recording, frame, step))
                     if not progress.superseded:
-                        yield StreamOutputs.of(recording, frame, self.with_evaluator)
+                        yield send(frame)
                     return
-                elif not final_only and time.monotonic() - sent >= self.frame_interval_s:
+                elif due():
                     recording.stats = runs.live_stats(recording, frame, step)
-                    yield StreamOutputs.of(recording, frame, self.with_evaluator)
-                    sent = time.monotonic()
+                    yield send(frame)
 
     def _log_end(self, recording: Recording, progress: RunProgress) -> None:
         """One log line when the run ends, however it ends."""

@@ -47,8 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=SERVER.concurrency_limit,
                    help=f"sampling runs at once (default {SERVER.concurrency_limit})")
     p.add_argument("--frame-interval", type=float, default=DISPLAY.frame_interval_s, metavar="SECONDS",
-                   help=f"at most one streamed frame per SECONDS, besides the first and the last "
-                        f"(default {DISPLAY.frame_interval_s:g}; 0 sends every step)")
+                   help=f"at most one streamed frame per SECONDS from the start, and always the last "
+                        f"(default {DISPLAY.frame_interval_s:g}; 0 sends x_T and every step)")
     p.add_argument("--live", choices=("auto", "on", "off"), default="auto",
                    help="offer live mode (images that follow the sliders): auto where one run at a model's "
                         f"defaults takes at most {DISPLAY.live_max_seconds:g} s on this machine (timed at start)")

@@ -131,6 +131,8 @@ class Recording:
                           latent_xstart=step.pred_xstart.detach().to("cpu", torch.float32),
                           images=to_uint8(self.codec.decode(step.sample) if images is None else images)
                           if last else None)
+            if last and torch.equal(step.pred_xstart, step.sample):  # every sampler's last step: not decoded twice
+                self._decoded[step.index] = frame.images
         self.frames.append(frame)
         self.elapsed = time.monotonic() - self.started
         return frame

@@ -109,8 +109,9 @@ class Display:
                                     # small factor keeps PNG encoding cheap
     png_upscale: int = 4            # the downloadable PNG of the samples
     pad: int = 2                    # pixels between tiles, before upscaling
-    frame_interval_s: float = 0.5   # at most two frames a second: encoding stays a small cost; 0 sends
-                                    # every step (`python app.py --frame-interval`)
+    frame_interval_s: float = 0.5   # at most two frames a second from the start, and the last: encoding
+                                    # stays a small cost, and a run quicker than this sends its samples
+                                    # alone; 0 sends x_T and every step (`python app.py --frame-interval`)
     gif_max_frames: int = 60        # the GIF keeps evenly spaced steps, always the last
     gif_seconds: float = 4.0        # playing time of the denoising, then the last frame holds
     gif_hold_s: float = 1.5

@@ -97,6 +97,12 @@ def _subset(dataset: data.Dataset, size: int, seed: int) -> data.Dataset:
     return dataset._replace(images=dataset.images[keep], labels=dataset.labels[keep])
 
 
+def held_out(test: data.Dataset, budget: Budget) -> data.Dataset:
+    """The evaluation's held-out images: budget.n_real of test, the same ones in every run (the
+    Frechet reference, and the noisy images of the classifier's accuracy)."""
+    return _subset(test, budget.n_real, 0)
+
+
 def _device_text(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
@@ -106,7 +112,7 @@ def _device_text(device: torch.device) -> str:
 def measure_all(args: argparse.Namespace, bundle: Bundle, budget: Budget, command: str) -> Results:
     """Load the data, measure the real images, run (or resume) every sweep."""
     train, test = load_data(args, bundle)
-    test, train = _subset(test, budget.n_real, 0), _subset(train, budget.n_real, 1)
+    test, train = held_out(test, budget), _subset(train, budget.n_real, 1)
     n = budget.images(len(bundle.class_names))
     features, predictions = judge(bundle.evaluator, test.images)
     reference = real_reference(features, n * len(bundle.class_names))

@@ -154,17 +154,50 @@ class _Generated:
 
 
 @torch.no_grad()
+def noised_by_quarter(diffusion, images: torch.Tensor, seed: int = 1234) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(x_t, t) for each quarter of the timestep range [0, T/4), ..., [3T/4, T): q_sample(x_0, t)
+    of every image, with t drawn uniformly from the quarter; the same draws for the same seed."""
+    T, g = diffusion.num_timesteps, torch.Generator().manual_seed(seed)
+    for q in range(4):
+        t = torch.randint(q * T // 4, (q + 1) * T // 4, (len(images),), generator=g)
+        yield diffusion.q_sample(images, t, torch.randn(images.shape, generator=g)), t
+
+
 def noisy_accuracy_by_quarter(classifier, diffusion, images: torch.Tensor, labels: torch.Tensor,
                               seed: int = 1234, batch_size: int = 500) -> list[float]:
     """Accuracy of a noise-conditioned classifier on q_sample(x_0, t), with t drawn uniformly
-    from each quarter of the timestep range [0, T/4), ..., [3T/4, T); as in guided-diffusion."""
+    from each quarter of the timestep range (noised_by_quarter); as in guided-diffusion."""
     device = next(classifier.parameters()).device
-    T, g = diffusion.num_timesteps, torch.Generator().manual_seed(seed)
     accuracies = []
-    for q in range(4):
-        t = torch.randint(q * T // 4, (q + 1) * T // 4, (len(images),), generator=g)
-        x_t = diffusion.q_sample(images, t, torch.randn(images.shape, generator=g))
+    for x_t, t in noised_by_quarter(diffusion, images, seed):
         correct = [(classifier(x.to(device), s.to(device)).argmax(1).cpu() == y).sum()
                    for x, s, y in zip(x_t.split(batch_size), t.split(batch_size), labels.split(batch_size))]
         accuracies.append(float(sum(correct)) / len(images))
+    return accuracies
+
+
+def plug_in_accuracy_by_quarter(train_images: torch.Tensor, train_labels: torch.Tensor, diffusion,
+                                images: torch.Tensor, labels: torch.Tensor, seed: int = 1234,
+                                batch_size: int = 100) -> list[float]:
+    """noisy_accuracy_by_quarter of the Bayes classifier of the training set itself, no network:
+    with x_0 drawn from the N training images, q(x_t | x_0^i) = N(sqrt(alpha-bar_t) x_0^i,
+    (1 - alpha-bar_t) I) gives p(c | x_t) = sum_{i in c} q(x_t | x_0^i) / sum_i q(x_t | x_0^i).
+
+    On held-out images this is what the training data alone says about x_t: as the noise grows,
+    the sum over many neighbours approaches the true posterior, so in the noisy quarters it is
+    about the most any classifier trained on these images can reach (at low noise it is a nearest
+    neighbour, which a network beats). train_images (N, ...) and images (n, ...) in one space."""
+    x0 = train_images.flatten(1).float()                       # (N, D)
+    x0_sq = (x0 ** 2).sum(1)
+    members = torch.nn.functional.one_hot(train_labels).T.bool()  # (classes, N)
+    accuracies = []
+    for x_t, t in noised_by_quarter(diffusion, images, seed):
+        abar = diffusion.alphas_cumprod[t].float()
+        correct = 0
+        for x, a, y in zip(x_t.flatten(1).split(batch_size), abar.split(batch_size), labels.split(batch_size)):
+            # -||x_t - sqrt(a) x_0^i||^2 / (2 (1 - a)), the terms of x_t alone dropped: (b, N)
+            log_q = (2 * a.sqrt()[:, None] * (x @ x0.T) - a[:, None] * x0_sq) / (2 * (1 - a))[:, None]
+            per_class = torch.stack([log_q[:, m].logsumexp(1) for m in members], 1)  # (b, classes)
+            correct += int((per_class.argmax(1) == y).sum())
+        accuracies.append(correct / len(images))
     return accuracies

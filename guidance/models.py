@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .adm import AttentionPool2d
+
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: int = 10000) -> torch.Tensor:
     """Sinusoidal embedding of integer timesteps (B,) -> (B, dim), as in the Transformer."""
@@ -176,16 +178,38 @@ class UNet(nn.Module):
         return self.out(h)
 
 
+CLASSIFIER_POOLS = ("mean", "attention")
+
+
 @dataclass(frozen=True)
 class ClassifierConfig(UNetConfig):
     base_channels: int = 32
     num_res_blocks: int = 1
     attention_levels: tuple = ()    # attention would cost more than the rest of this network
     dropout: float = 0.0
+    pool: str = "mean"              # how the last feature map becomes logits: its mean, or attention
+                                    # pooling (guided-diffusion's: the mean as a query over every
+                                    # position, with a learned position embedding, num_heads heads)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.pool not in CLASSIFIER_POOLS:
+            raise ValueError(f"unknown pool {self.pool!r}; choose one of {CLASSIFIER_POOLS}")
+
+    @property
+    def bottom_side(self) -> int:
+        """The side of the last feature map: each stride-2 convolution rounds an odd side up."""
+        side = self.image_size
+        for _ in self.channel_mults[1:]:
+            side = (side + 1) // 2
+        return side
 
 
 class NoisyClassifier(nn.Module):
-    """p_phi(c | x_t, t): the UNet encoder with GroupNorm, mean pooling and a linear head -> logits."""
+    """p_phi(c | x_t, t): the UNet encoder with GroupNorm, then mean pooling and a linear head, or
+    attention pooling (cfg.pool) -> logits. The mean of the last map cannot say where a feature is;
+    attention pooling can, which is what a heavily noised image leaves to go on (the class's
+    silhouette)."""
 
     def __init__(self, cfg: ClassifierConfig):
         super().__init__()
@@ -194,8 +218,12 @@ class NoisyClassifier(nn.Module):
         ch = self.encoder.out_channels
         # Pooling follows this norm: with one channel per group it would zero each channel's spatial
         # mean, which is all that pooling keeps (a classifier of base width 16 or less could not learn).
-        self.head = nn.Sequential(_norm(ch, min_group_size=2), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                  nn.Linear(ch, cfg.num_classes))
+        if cfg.pool == "attention":
+            pool = AttentionPool2d(cfg.bottom_side, ch, ch // cfg.num_heads, cfg.num_classes)
+            self.head = nn.Sequential(_norm(ch, min_group_size=2), nn.SiLU(), pool)
+        else:
+            self.head = nn.Sequential(_norm(ch, min_group_size=2), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                      nn.Linear(ch, cfg.num_classes))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(x, self.encoder.embed(t))[-1])

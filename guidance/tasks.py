@@ -140,6 +140,7 @@ class ClassifierTask(_NoisedTask):
     loss_name: ClassVar[str] = "cross-entropy on q_sample(x_0, t)"
     base_channels: int = 32
     noise_power: float = 0.0        # 0: uniform t, as guided-diffusion trains its classifiers
+    pool: str = ClassifierConfig.pool  # "attention": guided-diffusion's attention pooling
 
     def __post_init__(self):
         super().__post_init__()
@@ -149,7 +150,7 @@ class ClassifierTask(_NoisedTask):
     def build(self, num_classes, image_size, channels):
         return NoisyClassifier(ClassifierConfig(image_size=image_size, in_channels=channels,
                                                 num_classes=num_classes, base_channels=self.base_channels,
-                                                **self.architecture()))
+                                                pool=self.pool, **self.architecture()))
 
     def draw(self, n, shape, generator):
         device = generator.device

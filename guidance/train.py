@@ -62,6 +62,7 @@ NETWORK_OPTIONS = {
     "latent_channels": "channels C of the autoencoder's latent",
     "kl_weight": "weight of the autoencoder's KL term",
     "noise_power": "classifier timesteps drawn with density (t/T)^a toward the noisy end (0: uniform)",
+    "pool": "how the classifier pools its last feature map: mean, or attention (guided-diffusion's)",
 }
 
 
@@ -102,7 +103,10 @@ def _parser() -> argparse.ArgumentParser:
                       help="train the unet or classifier on the latents of FOLDER/autoencoder.safetensors "
                            "(latent diffusion; usually --out itself)")
     loop.add_argument("--init", metavar="FOLDER",
-                      help="fine-tune: start from FOLDER/KIND.safetensors (its config must be the one built here)")
+                      help="fine-tune: start from FOLDER/KIND.safetensors, tensor by tensor (those it lacks, such as a new "
+                           "--pool's head, start fresh)")
+    loop.add_argument("--train-only", metavar="PART",
+                      help="with --init: train only this part of the network (e.g. head), keep the rest as loaded")
     loop.add_argument("--resume", action="store_true", help="continue from OUT/train-KIND/state.safetensors")
     cli.add_device_arguments(loop)
     loop.add_argument("--amp", action="store_true", help="bf16 autocast (fast on GPUs, slow on CPUs)")
@@ -157,7 +161,8 @@ def make_task(kind: str, args: argparse.Namespace) -> Task:
 def loop_config(kind: str, args: argparse.Namespace, command: str) -> LoopConfig:
     seed = args.seed + (SEED_OFFSETS[kind] if args.kind == ALL else 0)
     return LoopConfig(args.out, args.steps, args.minutes, args.batch_size, seed, args.save_every, args.log_every,
-                      args.resume, args.amp, args.channels_last, args.compile, command, args.init)
+                      args.resume, args.amp, args.channels_last, args.compile, command, args.init,
+                      args.train_only)
 
 
 def evaluation_args(args: argparse.Namespace, device: torch.device) -> list[str]:

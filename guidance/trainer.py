@@ -22,6 +22,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -52,6 +53,7 @@ class LoopConfig:
     compile: bool = False           # torch.compile the network
     command: str = ""               # recorded in the checkpoint
     init: str | None = None         # fine-tune: start from the weights of INIT/KIND.safetensors
+    train_only: str | None = None   # with init: train this part of the network (e.g. "head"), keep the rest
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "save_every", "log_every"):
@@ -59,19 +61,56 @@ class LoopConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.minutes is not None and self.minutes < 0:
             raise ValueError(f"minutes must not be negative, got {self.minutes}")
+        if self.train_only and not self.init:
+            raise ValueError("training only a part of a network needs the rest from --init")
 
 
-def build_network(task: Task, loop: LoopConfig, train: Dataset, context: Context) -> tuple[nn.Module, nn.Module]:
-    """(model, net) for train's images (N, C, H, W): the task's network, seeded alike on every rank
-    (or loaded from loop.init), in loop's memory format; net is what the loss calls, the model
-    wrapped for data parallelism and, with loop.compile, compiled."""
+class Network(NamedTuple):
+    model: nn.Module                # the task's network
+    net: nn.Module                  # what the loss calls: the model, data-parallel and maybe compiled
+    new: tuple[str, ...]            # with loop.init: the tensors the init network lacks (initial values)
+
+
+def build_network(task: Task, loop: LoopConfig, train: Dataset, context: Context) -> Network:
+    """The task's network for train's images (N, C, H, W), seeded alike on every rank (or loaded
+    from loop.init, only loop.train_only of it trained), in loop's memory format."""
     torch.manual_seed(loop.seed)  # the same initial weights on every rank
     _, channels, size, _ = train.images.shape
     model = task.build(len(train.class_names), size, channels).to(context.device)
-    if loop.init:
-        model.load_state_dict(checkpoints.load(loop.init, task.name)[0].state_dict())
+    new = init_from(model, loop.init, task.name) if loop.init else ()
+    if loop.train_only:
+        train_only(model, loop.train_only)
     model, net = context.data_parallel(model.to(memory_format=memory_format(loop)))
-    return model, torch.compile(net) if loop.compile else net
+    return Network(model, torch.compile(net) if loop.compile else net, new)
+
+
+def init_from(model: nn.Module, folder: str, kind: str) -> tuple[str, ...]:
+    """Load folder/KIND's weights into model by tensor name; returns the names model has and that
+    network lacks, which keep their initial values (a new head, say). Tensors only that network has
+    are left out; a shared name of another shape, or no shared name, raises ValueError."""
+    source, target = checkpoints.load(folder, kind)[0].state_dict(), model.state_dict()
+    shared = source.keys() & target.keys()
+    reshaped = sorted(n for n in shared if source[n].shape != target[n].shape)
+    if reshaped or not shared:
+        raise ValueError(f"{folder}'s {kind} is another network: "
+                         + (f"{', '.join(reshaped[:3])} differ in shape" if reshaped else "no tensor in common"))
+    model.load_state_dict({n: source[n] for n in shared}, strict=False)
+    new, left_out = tuple(n for n in target if n not in source), sorted(source.keys() - shared)
+    for names, what in ((new, "start from their initial values"), (left_out, "are left out")):
+        if names:
+            tqdm.write(f"{kind}: {len(names)} tensors {what} ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})")
+    return new
+
+
+def train_only(model: nn.Module, part: str) -> None:
+    """Freeze every parameter outside the submodule named part (its own parameters stay trainable);
+    raises ValueError when part names none."""
+    inside = {n for n, _ in model.named_parameters() if n == part or n.startswith(part + ".")}
+    if not inside:
+        parts = sorted({n.split(".")[0] for n, _ in model.named_parameters()})
+        raise ValueError(f"{part!r} names no part of the network; its parts: {', '.join(parts)}")
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name in inside)
 
 
 def memory_format(loop: LoopConfig) -> torch.memory_format:
@@ -99,8 +138,8 @@ class Outputs:
     """The files of one kind under OUT: the exported model, the resumable state and the log. Rank 0
     alone writes them."""
 
-    def __init__(self, task: Task, loop: LoopConfig, train: Dataset, context: Context):
-        self.task, self.loop, self.train, self.ctx = task, loop, train, context
+    def __init__(self, task: Task, loop: LoopConfig, train: Dataset, context: Context, new: tuple[str, ...] = ()):
+        self.task, self.loop, self.train, self.ctx, self.new = task, loop, train, context, new
         self.state_dir = Path(loop.out) / f"train-{task.name}"
         self.log_path = Path(loop.out) / f"train-{task.name}.log"
         if context.is_main:
@@ -123,6 +162,10 @@ class Outputs:
                     "wall_time_minutes": round(progress.elapsed / 60, 1), "device": str(self.ctx.device),
                     "processes": self.ctx.world_size, "batch_size": loop.batch_size, "seed": loop.seed,
                     "loss": task.loss_name, **task.hyperparameters(), **metrics}
+        if loop.train_only:
+            training["trained_only"] = loop.train_only
+        if self.new:
+            training["new_tensors"] = list(self.new)  # not in loop.init's network
         data = {"data": train.record.to_json()} if train.record else {}
         if train.latent:
             data["latent"] = train.latent
@@ -143,11 +186,11 @@ class Trainer:
             raise ValueError(f"the batch size {loop.batch_size} must divide evenly over {context.world_size} processes")
         self.task, self.loop, self.ctx, self.test = task, loop, context, test
         self.num_classes = len(train.class_names)  # also the UNet's null label
-        self.model, self.net = build_network(task, loop, train, context)
+        self.model, self.net, new = build_network(task, loop, train, context)
         self.optimizer = Optimizer(task, self.model, loop.steps)  # after DDP: the EMA starts equal on every rank
         self.batches = Batches(task, train, loop, context)
         self.state = TrainState(self.model, self.optimizer.ema_model, self.optimizer.adamw, self.batches.generator)
-        self.files = Outputs(task, loop, train, context)
+        self.files = Outputs(task, loop, train, context, new)
         self.step, self.elapsed = 0, 0.0
 
     # -- one step -----------------------------------------------------------------------------

@@ -8,7 +8,9 @@ For the shipped classifier and each candidate folder (its classifier.json and .s
 for the same bundle: a latent one on the same autoencoder), with everything else of the bundle as
 shipped:
 - accuracy on noisy held-out images by quarter of the timestep range (the evaluation's 2000 images
-  and noise seed, so the shipped row equals its RESULTS.md line);
+  and noise seed, so the shipped row equals its RESULTS.md line), and in the first row that of the
+  training images' own posterior (guidance.metrics.plug_in_accuracy_by_quarter): about the most a
+  classifier trained on them can reach in the noisy quarters;
 - the fidelity, Frechet distance and per-class fidelity at the bundle's default (defaults.json)
   on images-per-class images of each class, drawn from the evaluation's seed as its decision sweep
   draws them (the shipped row repeats that sweep's default row); the candidates' differences from
@@ -40,7 +42,7 @@ from guidance.evaluation.defaults import FD_MARGIN, FIDELITY_MARGIN, non_inferio
 from guidance.evaluation.measure import Measurement, Setting, judge, measure, real_reference, request  # noqa: E402
 from guidance.evaluation.sweeps import BUDGETS  # noqa: E402
 from guidance.generation import generate  # noqa: E402
-from guidance.metrics import noisy_accuracy_by_quarter  # noqa: E402
+from guidance.metrics import noisy_accuracy_by_quarter, plug_in_accuracy_by_quarter  # noqa: E402
 from guidance.runtime import configure  # noqa: E402
 from scripts.machine import load_average, load_line  # noqa: E402
 
@@ -112,8 +114,8 @@ def main(argv=None) -> int:
     except checkpoints.CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    _, test = evaluate.load_data(evaluate.parser().parse_args(["--checkpoints", str(folder)]), bundle)
-    test = evaluate._subset(test, budget.n_real, 0)   # the evaluation's held-out subset
+    train, test = evaluate.load_data(evaluate.parser().parse_args(["--checkpoints", str(folder)]), bundle)
+    test = evaluate.held_out(test, budget)
     features, _ = judge(bundle.evaluator, test.images)
     classes = len(bundle.class_names)
     n = args.images_per_class or budget.decision_images(classes)
@@ -121,7 +123,13 @@ def main(argv=None) -> int:
     latents = bundle.codec.encode(test.images)
     print(f"{load_line(load)}; {args.threads} torch threads; default {setting.label()}")
     names = [f"shipped ({folder / 'classifier.json'})"] + [str(c / "classifier.json") for c in candidates]
-    lines, shipped, per_class = [], None, []
+    with torch.no_grad():
+        train_latents = torch.cat([bundle.codec.encode(x) for x in train.images.split(1000)])
+    ceiling = plug_in_accuracy_by_quarter(train_latents, train.labels, bundle.diffusion(), latents, test.labels)
+    lines = [f"| the {len(train.labels)} training images' own posterior (no network) | "
+             + " | ".join(f"{a:.1%}" for a in ceiling) + " | – | – | – | – | – |"]
+    print(lines[0], flush=True)
+    shipped, per_class = None, []
     for name, b in zip(names, bundles):
         acc = noisy_accuracy_by_quarter(b.classifier, b.diffusion(), latents, test.labels)
         m, _ = measure(b, setting, reference, n, SEED, budget.resamples, args.batch_size)
@@ -139,7 +147,11 @@ def main(argv=None) -> int:
             "everything but the classifier as shipped. Differences are paired (same noise, same bootstrap "
             "resamples), 95% intervals; non-inferior: the evaluation's margins (fidelity above "
             f"-{100 * FIDELITY_MARGIN:g} points, Frechet ratio below {1 + FD_MARGIN:g}). Accuracy: on the "
-            f"evaluation's {len(test.labels)} noisy held-out images per quarter of the timesteps (q3 the noisiest). "
+            f"evaluation's {len(test.labels)} noisy held-out images per quarter of the timesteps (q3 the noisiest); "
+            "the first row is the posterior of the training images themselves, a sum of Gaussians "
+            "N(sqrt(alpha-bar_t) x_0, (1 - alpha-bar_t) I) over them (no network): in the noisy quarters, about "
+            "the most a classifier trained on them can reach (at low noise it is a nearest neighbour, which "
+            "a network beats). "
             f"The time a step adds is the median guided minus unguided step of {TIMING_IMAGES} images, of "
             f"{args.repeats} interleaved runs: loose when the load average is not near 0.", "",
             "| classifier | acc q0 | acc q1 | acc q2 | acc q3 | fidelity | Frechet dist. | against shipped | "

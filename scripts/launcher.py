@@ -50,12 +50,22 @@ def running_app(checkpoints: str | Path | list | tuple | None, threads: int = 1,
     checkpoints: passed as --checkpoints, once per folder of a list (relative paths resolve
     against app_dir); None leaves the app's default. The app's output goes to log_path (default: a temporary file).
     Raises RuntimeError with the app's output if it exits or does not answer in timeout_s."""
+    folders = [] if checkpoints is None else list(checkpoints) if isinstance(checkpoints, (list, tuple)) else [checkpoints]
+    arguments = ["--threads", str(threads), *(arg for folder in folders for arg in ("--checkpoints", str(folder))),
+                 *extra_args]
+    with running_server("app.py", arguments, timeout_s, log_path, app_dir) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def running_server(script: str, arguments: list[str], timeout_s: float = 120.0, log_path: str | Path | None = None,
+                   app_dir: str | Path = REPO) -> Iterator[str]:
+    """`python SCRIPT --host 127.0.0.1 --port PORT ARGUMENTS` in app_dir, on a free port: yield its
+    URL once it answers, stop it after (see running_app)."""
     app_dir = Path(app_dir).resolve()
     port = free_port()
     log = open(log_path, "w+b") if log_path else tempfile.TemporaryFile()
-    folders = [] if checkpoints is None else list(checkpoints) if isinstance(checkpoints, (list, tuple)) else [checkpoints]
-    command = [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port), "--threads", str(threads),
-               *(arg for folder in folders for arg in ("--checkpoints", str(folder))), *extra_args]
+    command = [sys.executable, script, "--host", "127.0.0.1", "--port", str(port), *arguments]
     process = subprocess.Popen(command, cwd=app_dir, stdout=log, stderr=subprocess.STDOUT,
                                env=child_environment(app_dir))
     url = f"http://127.0.0.1:{port}/"
@@ -64,7 +74,7 @@ def running_app(checkpoints: str | Path | list | tuple | None, threads: int = 1,
         while True:
             if process.poll() is not None or time.monotonic() > deadline:
                 log.seek(0)
-                raise RuntimeError(f"app.py in {app_dir} did not start (exit {process.poll()}):\n"
+                raise RuntimeError(f"{script} in {app_dir} did not start (exit {process.poll()}):\n"
                                    f"{log.read().decode(errors='replace')[-3000:]}")
             try:
                 with urllib.request.urlopen(url, timeout=2) as response:

@@ -22,6 +22,7 @@ from app_fixtures import (CLASS_NAMES, NUM_TIMESTEPS, bundle, checkpoint_dir, co
                           library_samples, pixels_match)
 from bad_arguments import BAD_COMPARE
 from demo import arguments, downloads, render, runs, ui
+from demo import handlers as handlers_module
 from demo.examples import EXAMPLES
 from demo.handlers import Handlers
 from demo.launch import launch, parse_args
@@ -126,11 +127,23 @@ def test_every_sampler_gives_the_command_lines_images(bundle, tmp_path, sampler)
     assert not pixels_match(last.x_t, plain, ncols=2)  # the new settings did reach the sampler
 
 
-def test_frames_are_throttled_but_the_first_and_last_always_go_out(bundle, tmp_path):
+def test_a_run_quicker_than_the_frame_interval_sends_its_samples_alone(bundle, tmp_path):
     frames = list(make_handlers(bundle, tmp_path, FINAL_ONLY).generate(**gen_args(steps=8)))
-    assert len(frames) == 2
-    assert "x_T" in frames[0].status and "done" in frames[1].status
-    assert len(frames[1].recording.frames) == 8  # every step is still recorded for scrubbing
+    assert len(frames) == 1 and "done" in frames[0].status
+    assert isinstance(frames[0].chart, gr.LinePlot)  # the run's first frame sets the chart's range and colours
+    assert len(frames[0].recording.frames) == 8  # every step is still recorded for scrubbing
+
+
+def test_frames_go_out_once_per_interval_from_the_start_and_the_last_always(bundle, tmp_path, monkeypatch):
+    """A clock that moves 0.2 s each time it is read, against a 0.5 s interval: the start reads
+    it, then each check of whether a frame is due and each frame sent; so x_T is not due (0.2 s),
+    step 1 is not (0.4 s), step 2 is (0.6 s, sent at 0.8 s), then step 5 (0.6 s after) and the last."""
+    ticks = iter(range(1000))
+    monkeypatch.setattr(handlers_module, "time", SimpleNamespace(monotonic=lambda: 0.2 * next(ticks)))
+    frames = list(make_handlers(bundle, tmp_path, Display(frame_interval_s=0.5)).generate(**gen_args(steps=8)))
+    assert [f.status.split(" (")[0] for f in frames][:2] == ["**step 2 / 8", "**step 5 / 8"] and len(frames) == 3
+    assert "done" in frames[-1].status
+    assert isinstance(frames[0].chart, gr.LinePlot) and not isinstance(frames[1].chart, gr.LinePlot)
 
 
 def test_charts_and_table_follow_the_run(bundle, tmp_path):
@@ -319,7 +332,7 @@ def test_colour_checkpoints_give_colour_images_in_every_column(colour_bundle, tm
 # -- stopping, scrubbing, downloads ------------------------------------------------------------
 
 def test_stop_ends_the_run_after_one_step(bundle, tmp_path):
-    handlers = make_handlers(bundle, tmp_path, FINAL_ONLY)
+    handlers = make_handlers(bundle, tmp_path)  # x_T comes first
     request = SimpleNamespace(session_hash="session-a")
     stream = handlers.generate(**gen_args(steps=50), request=request)
     assert "x_T" in next(stream).status
@@ -330,7 +343,7 @@ def test_stop_ends_the_run_after_one_step(bundle, tmp_path):
 
 
 def test_a_stop_from_another_session_or_before_the_run_does_not_end_it(bundle, tmp_path):
-    handlers = make_handlers(bundle, tmp_path, FINAL_ONLY)
+    handlers = make_handlers(bundle, tmp_path)  # x_T comes first
     mine, other = SimpleNamespace(session_hash="mine"), SimpleNamespace(session_hash="other")
     handlers.stop(mine)  # pressed while nothing ran
     stream = handlers.generate(**gen_args(steps=4), request=mine)
@@ -381,7 +394,7 @@ def test_finish_offers_the_scrubber_a_gif_with_the_push_and_a_png_with_parameter
 
 
 def test_a_stopped_run_offers_its_gif_but_no_png(bundle, tmp_path):
-    handlers = make_handlers(bundle, tmp_path, FINAL_ONLY)
+    handlers = make_handlers(bundle, tmp_path)  # x_T comes first
     request = SimpleNamespace(session_hash="s")
     stream = handlers.generate(**gen_args(steps=30), request=request)
     next(stream)

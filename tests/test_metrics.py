@@ -74,3 +74,36 @@ def test_recall_is_undefined_when_a_resample_has_too_few_distinct_images():
     full, reps = bootstrap_scores(reference, fake, labels == 0, labels, resamples=30)
     assert not math.isnan(full.recall)
     assert any(math.isnan(r) for r in reps.recall)  # 4 draws from 4 images repeat one most of the time
+
+
+def test_the_plug_in_posterior_is_the_mixture_posterior_of_the_training_images():
+    """Against the posterior written out with torch.distributions: one Gaussian
+    N(sqrt(a) x_0^i, (1 - a) I) per training image, summed by class. With T = 8 each quarter holds
+    two timesteps; the noisy images are the ones noised_by_quarter draws."""
+    from guidance.diffusion import GaussianDiffusion
+    from guidance.metrics import noised_by_quarter, plug_in_accuracy_by_quarter
+
+    g = torch.Generator().manual_seed(0)
+    train, train_labels = torch.randn(12, 1, 2, 3, generator=g), torch.arange(12) % 3
+    test, labels = torch.randn(40, 1, 2, 3, generator=g), torch.arange(40) % 3
+    diffusion = GaussianDiffusion.from_schedule("cosine", 8)
+    expected = []
+    for x_t, t in noised_by_quarter(diffusion, test, seed=5):
+        a = diffusion.alphas_cumprod[t].float()[:, None, None]           # (n, 1, 1)
+        components = torch.distributions.Normal(a.sqrt() * train.flatten(1)[None], (1 - a).sqrt())
+        log_q = components.log_prob(x_t.flatten(1)[:, None]).sum(-1)     # (n, N)
+        posterior = torch.stack([log_q[:, train_labels == c].logsumexp(1) for c in range(3)], 1)
+        expected.append(int((posterior.argmax(1) == labels).sum()) / len(labels))
+    got = plug_in_accuracy_by_quarter(train, train_labels, diffusion, test, labels, seed=5, batch_size=7)
+    assert got == expected and len(set(expected)) > 1
+
+
+def test_the_plug_in_posterior_reads_clean_images_as_their_nearest_training_image():
+    from guidance.diffusion import GaussianDiffusion
+    from guidance.metrics import plug_in_accuracy_by_quarter
+
+    train, labels = torch.tensor([[-1.0] * 4, [1.0] * 4]).reshape(2, 1, 2, 2), torch.tensor([0, 1])
+    test = (train * 0.5).repeat(10, 1, 1, 1)
+    accuracy = plug_in_accuracy_by_quarter(train, labels, GaussianDiffusion.from_schedule("cosine", 1000),
+                                           test, labels.repeat(10))
+    assert accuracy[0] == 1.0 and accuracy[3] < 1.0

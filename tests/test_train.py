@@ -237,3 +237,36 @@ def test_the_classifiers_noise_weighting_tilts_its_timesteps_toward_the_noisy_en
         TASKS["classifier"](noise_power=-1.0)
     plan = train.read_command_line(["classifier", "--noise-power", "1", "--out", "x"]).plan
     assert plan[0][0].noise_power == 1.0
+
+
+def test_a_new_head_is_trained_on_a_kept_encoder(tmp_path):
+    """--init with another --pool and --train-only head: the encoder's tensors are the init
+    folder's, bit for bit; the attention head starts fresh, learns, and is named in the record;
+    the mean head's tensors are left out."""
+    first, second = tmp_path / "mean", tmp_path / "attention"
+    run("classifier", first, "--steps", "10", "--save-every", "1000")
+    log = run("classifier", second, "--steps", "40", "--lr", "5e-3", "--save-every", "1000", "--init", str(first),
+              "--pool", "attention", "--train-only", "head")
+    before, after = load_file(first / "classifier.safetensors"), load_file(second / "classifier.safetensors")
+    record = json.loads((second / "classifier.json").read_text())
+    assert record["config"]["pool"] == "attention" and record["training"]["trained_only"] == "head"
+    assert set(record["training"]["new_tensors"]) == after.keys() - before.keys()
+    assert {n.split(".")[2] for n in record["training"]["new_tensors"]} == {"positional_embedding", "qkv_proj", "c_proj"}
+    assert not [n for n in before.keys() & after.keys() if not n.startswith("head.")
+                if not torch.equal(before[n], after[n])]
+    assert not torch.equal(before["head.0.weight"], after["head.0.weight"])  # the head's norm is trained too
+    assert losses(log)[-1] < 0.85 * losses(log)[0]
+    assert load(second, "classifier")[0].config.pool == "attention"
+
+
+def test_fine_tuning_options_are_checked(tmp_path, capsys):
+    run("classifier", tmp_path / "small", "--steps", "2", "--save-every", "1000")
+    with pytest.raises(SystemExit):
+        train.read_command_line(argv_for("classifier", tmp_path, "--train-only", "head"))
+    assert "needs the rest from --init" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="'tail' names no part of the network; its parts: encoder, head"):
+        trainer("classifier", tmp_path / "x", "--init", str(tmp_path / "small"), "--train-only", "tail")
+    with pytest.raises(ValueError, match="is another network: .* differ in shape"):
+        trainer("classifier", tmp_path / "y", "--init", str(tmp_path / "small"), "--base-channels", "16")
+    with pytest.raises(ValueError, match="unknown pool 'max'; choose one of"):
+        trainer("classifier", tmp_path / "z", "--pool", "max")
