@@ -163,17 +163,32 @@ def noised_by_quarter(diffusion, images: torch.Tensor, seed: int = 1234) -> Iter
         yield diffusion.q_sample(images, t, torch.randn(images.shape, generator=g)), t
 
 
+def noisy_correct_by_quarter(classifier, diffusion, images: torch.Tensor, labels: torch.Tensor,
+                             seed: int = 1234, batch_size: int = 500) -> list[torch.Tensor]:
+    """For each quarter of the timestep range (noised_by_quarter), (n,) bool: whether the
+    noise-conditioned classifier's most likely class of each noised image is its label."""
+    device = next(classifier.parameters()).device
+    return [torch.cat([classifier(x.to(device), s.to(device)).argmax(1).cpu() == y
+                       for x, s, y in zip(x_t.split(batch_size), t.split(batch_size), labels.split(batch_size))])
+            for x_t, t in noised_by_quarter(diffusion, images, seed)]
+
+
 def noisy_accuracy_by_quarter(classifier, diffusion, images: torch.Tensor, labels: torch.Tensor,
                               seed: int = 1234, batch_size: int = 500) -> list[float]:
     """Accuracy of a noise-conditioned classifier on q_sample(x_0, t), with t drawn uniformly
     from each quarter of the timestep range (noised_by_quarter); as in guided-diffusion."""
-    device = next(classifier.parameters()).device
-    accuracies = []
-    for x_t, t in noised_by_quarter(diffusion, images, seed):
-        correct = [(classifier(x.to(device), s.to(device)).argmax(1).cpu() == y).sum()
-                   for x, s, y in zip(x_t.split(batch_size), t.split(batch_size), labels.split(batch_size))]
-        accuracies.append(float(sum(correct)) / len(images))
-    return accuracies
+    return [int(c.sum()) / len(c) for c in noisy_correct_by_quarter(classifier, diffusion, images, labels, seed,
+                                                                   batch_size)]
+
+
+def paired_difference(a: torch.Tensor, b: torch.Tensor, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """mean(a) - mean(b) of per-item scores on the same items (n,), with the 2.5th and 97.5th
+    percentiles of its bootstrap (the items redrawn with replacement, the same draw for both)."""
+    a, b = a.double(), b.double()
+    index = torch.randint(len(a), (resamples, len(a)), generator=torch.Generator().manual_seed(seed))
+    diffs = a[index].mean(1) - b[index].mean(1)
+    low, high = torch.quantile(diffs, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return float(a.mean() - b.mean()), low, high
 
 
 def plug_in_accuracy_by_quarter(train_images: torch.Tensor, train_labels: torch.Tensor, diffusion,

@@ -218,11 +218,13 @@ def main(argv=None) -> int:
                 room = 0.2 * med["pixel"][0] - floor
                 ratios = (f"latent/pixel {r1:.3f} ({'met' if r1 <= 0.2 else 'MISSED'} <= 0.2), "
                           f"served/in-process {r2:.2f} ({'met' if r2 <= 2 else 'MISSED'} <= 2); "
-                          f"the budget less the floor leaves {room:.3f} s for sampling at least {limit:.3f} s")
+                          f"the budget less the floor leaves {room:.3f} s for the request's own work "
+                          f"(its sampling: {med['latent'][1]:.3f} s here, at least {limit:.3f} s at sgemm)")
             print(f"{name:<12} {m:<7} {med[m][0]:>8.3f} s {med[m][1]:>8.3f} s {work[m, name] / 1e9:>7.2f} "
                   f"{limit:>7.3f} s {med[m][1] / limit:>7.1f}x  {ratios}")
     print(f"Gradio floor (scripts/gradio_floor.py: one streamed image, no work): median {floor:.3f} s of "
-          f"{len(floor_times)} ({', '.join(f'{t:.3f}' for t in floor_times)})")
+          f"{len(floor_times)} ({', '.join(f'{t:.3f}' for t in floor_times)}); a request's last frame comes at "
+          "least this long after its sampling, so served/in-process <= 2 needs a sampling time of at least the floor")
     print(f"live-mode update (latent, Chromium, move w to its samples shown): median {statistics.median(live):.3f} s "
           f"of {len(live)} ({', '.join(f'{t:.3f}' for t in live)})")
     return 0

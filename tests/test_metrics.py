@@ -107,3 +107,19 @@ def test_the_plug_in_posterior_reads_clean_images_as_their_nearest_training_imag
     accuracy = plug_in_accuracy_by_quarter(train, labels, GaussianDiffusion.from_schedule("cosine", 1000),
                                            test, labels.repeat(10))
     assert accuracy[0] == 1.0 and accuracy[3] < 1.0
+
+
+def test_a_paired_difference_sees_what_unpaired_noise_would_hide():
+    """Two scorers that agree on 990 of 1000 items and differ on 10, all in a's favour: +1 point,
+    and the interval excludes 0 (pairing cancels the items' own spread); with no difference the
+    interval holds 0."""
+    from guidance.metrics import paired_difference
+
+    g = torch.Generator().manual_seed(1)
+    b = (torch.rand(1000, generator=g) < 0.5).float()
+    a = b.clone()
+    a[(b == 0).nonzero()[:10, 0]] = 1
+    diff, low, high = paired_difference(a, b)
+    assert abs(diff - 0.01) < 1e-12 and 0 < low < 0.01 < high
+    diff, low, high = paired_difference(b, b.clone())
+    assert diff == low == high == 0
