@@ -153,7 +153,6 @@ class _Generated:
         return float((self.real_to_fake[:, index] <= radii[None]).any(dim=1).double().mean())
 
 
-@torch.no_grad()
 def noised_by_quarter(diffusion, images: torch.Tensor, seed: int = 1234) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(x_t, t) for each quarter of the timestep range [0, T/4), ..., [3T/4, T): q_sample(x_0, t)
     of every image, with t drawn uniformly from the quarter; the same draws for the same seed."""
@@ -163,6 +162,7 @@ def noised_by_quarter(diffusion, images: torch.Tensor, seed: int = 1234) -> Iter
         yield diffusion.q_sample(images, t, torch.randn(images.shape, generator=g)), t
 
 
+@torch.no_grad()
 def noisy_correct_by_quarter(classifier, diffusion, images: torch.Tensor, labels: torch.Tensor,
                              seed: int = 1234, batch_size: int = 500) -> list[torch.Tensor]:
     """For each quarter of the timestep range (noised_by_quarter), (n,) bool: whether the

@@ -123,3 +123,22 @@ def test_a_paired_difference_sees_what_unpaired_noise_would_hide():
     assert abs(diff - 0.01) < 1e-12 and 0 < low < 0.01 < high
     diff, low, high = paired_difference(b, b.clone())
     assert diff == low == high == 0
+
+
+def test_noisy_accuracy_runs_the_classifier_without_gradients():
+    from guidance.diffusion import GaussianDiffusion
+    from guidance.metrics import noisy_accuracy_by_quarter
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight, self.grad_enabled = torch.nn.Parameter(torch.zeros(2)), []
+
+        def forward(self, x, t):
+            self.grad_enabled.append(torch.is_grad_enabled())
+            return x.flatten(1)[:, :2] + self.weight
+
+    recorder = Recorder()
+    noisy_accuracy_by_quarter(recorder, GaussianDiffusion.from_schedule("cosine", 8), torch.randn(6, 1, 2, 2),
+                              torch.arange(6) % 2, batch_size=4)
+    assert recorder.grad_enabled == [False] * 8  # two batches in each of four quarters
