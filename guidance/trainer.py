@@ -68,7 +68,7 @@ class LoopConfig:
 class Network(NamedTuple):
     model: nn.Module                # the task's network
     net: nn.Module                  # what the loss calls: the model, data-parallel and maybe compiled
-    new: tuple[str, ...]            # with loop.init: the tensors the init network lacks (initial values)
+    origin: dict                    # with loop.init: what the training record says of the start
 
 
 def build_network(task: Task, loop: LoopConfig, train: Dataset, context: Context) -> Network:
@@ -77,18 +77,21 @@ def build_network(task: Task, loop: LoopConfig, train: Dataset, context: Context
     torch.manual_seed(loop.seed)  # the same initial weights on every rank
     _, channels, size, _ = train.images.shape
     model = task.build(len(train.class_names), size, channels).to(context.device)
-    new = init_from(model, loop.init, task.name) if loop.init else ()
+    origin = init_from(model, loop.init, task.name) if loop.init else {}
     if loop.train_only:
         train_only(model, loop.train_only)
     model, net = context.data_parallel(model.to(memory_format=memory_format(loop)))
-    return Network(model, torch.compile(net) if loop.compile else net, new)
+    return Network(model, torch.compile(net) if loop.compile else net, origin)
 
 
-def init_from(model: nn.Module, folder: str, kind: str) -> tuple[str, ...]:
-    """Load folder/KIND's weights into model by tensor name; returns the names model has and that
-    network lacks, which keep their initial values (a new head, say). Tensors only that network has
-    are left out; a shared name of another shape, or no shared name, raises ValueError."""
-    source, target = checkpoints.load(folder, kind)[0].state_dict(), model.state_dict()
+def init_from(model: nn.Module, folder: str, kind: str) -> dict:
+    """Load folder/KIND's weights into model by tensor name. Returns the training record's account
+    of the start: the folder with that network's own training record (so a chain of fine-tunes
+    keeps every stage), and the names model has and that network lacks, which keep their initial
+    values (a new head, say). Tensors only that network has are left out; a shared name of another
+    shape, or no shared name, raises ValueError."""
+    init, record = checkpoints.load(folder, kind)
+    source, target = init.state_dict(), model.state_dict()
     shared = source.keys() & target.keys()
     reshaped = sorted(n for n in shared if source[n].shape != target[n].shape)
     if reshaped or not shared:
@@ -99,7 +102,8 @@ def init_from(model: nn.Module, folder: str, kind: str) -> tuple[str, ...]:
     for names, what in ((new, "start from their initial values"), (left_out, "are left out")):
         if names:
             tqdm.write(f"{kind}: {len(names)} tensors {what} ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})")
-    return new
+    origin = {"init": {"folder": str(folder), "training": record.get("training")}}
+    return {**origin, "new_tensors": list(new)} if new else origin
 
 
 def train_only(model: nn.Module, part: str) -> None:
@@ -138,8 +142,8 @@ class Outputs:
     """The files of one kind under OUT: the exported model, the resumable state and the log. Rank 0
     alone writes them."""
 
-    def __init__(self, task: Task, loop: LoopConfig, train: Dataset, context: Context, new: tuple[str, ...] = ()):
-        self.task, self.loop, self.train, self.ctx, self.new = task, loop, train, context, new
+    def __init__(self, task: Task, loop: LoopConfig, train: Dataset, context: Context, origin: dict | None = None):
+        self.task, self.loop, self.train, self.ctx, self.origin = task, loop, train, context, origin or {}
         self.state_dir = Path(loop.out) / f"train-{task.name}"
         self.log_path = Path(loop.out) / f"train-{task.name}.log"
         if context.is_main:
@@ -164,8 +168,7 @@ class Outputs:
                     "loss": task.loss_name, **task.hyperparameters(), **metrics}
         if loop.train_only:
             training["trained_only"] = loop.train_only
-        if self.new:
-            training["new_tensors"] = list(self.new)  # not in loop.init's network
+        training.update(self.origin)
         data = {"data": train.record.to_json()} if train.record else {}
         if train.latent:
             data["latent"] = train.latent
@@ -186,11 +189,11 @@ class Trainer:
             raise ValueError(f"the batch size {loop.batch_size} must divide evenly over {context.world_size} processes")
         self.task, self.loop, self.ctx, self.test = task, loop, context, test
         self.num_classes = len(train.class_names)  # also the UNet's null label
-        self.model, self.net, new = build_network(task, loop, train, context)
+        self.model, self.net, origin = build_network(task, loop, train, context)
         self.optimizer = Optimizer(task, self.model, loop.steps)  # after DDP: the EMA starts equal on every rank
         self.batches = Batches(task, train, loop, context)
         self.state = TrainState(self.model, self.optimizer.ema_model, self.optimizer.adamw, self.batches.generator)
-        self.files = Outputs(task, loop, train, context, new)
+        self.files = Outputs(task, loop, train, context, origin)
         self.step, self.elapsed = 0, 0.0
 
     # -- one step -----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from guidance import train
 from guidance.checkpoints import load, load_bundle
 from guidance.data import Dataset
 from guidance.distributed import Context
+from guidance.evaluation import card
 from guidance.models import MODELS
 from guidance.tasks import TASKS, roll_each
 from guidance.trainer import Trainer
@@ -257,6 +258,13 @@ def test_a_new_head_is_trained_on_a_kept_encoder(tmp_path):
     assert not torch.equal(before["head.0.weight"], after["head.0.weight"])  # the head's norm is trained too
     assert losses(log)[-1] < 0.85 * losses(log)[0]
     assert load(second, "classifier")[0].config.pool == "attention"
+    # the record keeps the stage it started from, and the model card shows both stages
+    first_training = json.loads((first / "classifier.json").read_text())["training"]
+    assert record["training"]["init"] == {"folder": str(first), "training": first_training}
+    assert card.stages(record["training"]) == [first_training, record["training"]]
+    (row,) = card._network_rows(second)
+    assert f"`{first_training['command']}`; then `{record['training']['command']}`" in row
+    assert f"| {first_training['steps']} + 40 |" in row
 
 
 def test_fine_tuning_options_are_checked(tmp_path, capsys):

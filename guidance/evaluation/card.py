@@ -56,10 +56,20 @@ def _network_rows(folder: Path) -> list[str]:
         meta = json.loads((folder / f"{name}.json").read_text())
         with safe_open(folder / f"{name}.safetensors", "pt") as f:
             params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
-        tr = meta.get("training", {})
-        rows.append(f"| {name}.safetensors | {what} | {params / 1e6:.2f} M | `{tr.get('command', '?')}` | "
-                    f"{tr.get('steps', '?')} | {tr.get('wall_time_minutes', '?')} min | {tr.get('device', '?')} |")
+        runs = stages(meta.get("training", {}))
+        rows.append(f"| {name}.safetensors | {what} | {params / 1e6:.2f} M | "
+                    + "; then ".join(f"`{tr.get('command', '?')}`" for tr in runs) + " | "
+                    + " + ".join(str(tr.get("steps", "?")) for tr in runs) + " | "
+                    + " + ".join(str(tr.get("wall_time_minutes", "?")) for tr in runs) + " min | "
+                    + ", ".join(str(tr.get("device", "?")) for tr in runs) + " |")
     return rows
+
+
+def stages(training: dict) -> list[dict]:
+    """The training runs that made a network, the first one first: a run started with --init
+    records its init network's own training record under "init"."""
+    earlier = (training.get("init") or {}).get("training")
+    return (stages(earlier) if earlier else []) + [training]
 
 
 def _default_line(results: Results, d: Defaults) -> list[str]:
