@@ -11,6 +11,7 @@ from typing import Iterator, NamedTuple
 import torch
 
 PRECISION_RECALL_K = 3  # k of the k-NN balls of precision and recall (Kynkaanniemi et al. use 3)
+CONFIDENCE = 0.95       # the bootstrap intervals' coverage
 
 
 def _sqrt_psd(matrix: torch.Tensor) -> torch.Tensor:
@@ -182,12 +183,13 @@ def noisy_accuracy_by_quarter(classifier, diffusion, images: torch.Tensor, label
 
 
 def paired_difference(a: torch.Tensor, b: torch.Tensor, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """mean(a) - mean(b) of per-item scores on the same items (n,), with the 2.5th and 97.5th
-    percentiles of its bootstrap (the items redrawn with replacement, the same draw for both)."""
+    """mean(a) - mean(b) of per-item scores on the same items (n,), with the central CONFIDENCE
+    percentile interval of its bootstrap (the items redrawn with replacement, the same draw for both)."""
     a, b = a.double(), b.double()
     index = torch.randint(len(a), (resamples, len(a)), generator=torch.Generator().manual_seed(seed))
     diffs = a[index].mean(1) - b[index].mean(1)
-    low, high = torch.quantile(diffs, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    tail = (1 - CONFIDENCE) / 2
+    low, high = torch.quantile(diffs, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
     return float(a.mean() - b.mean()), low, high
 
 

@@ -142,8 +142,8 @@ class Outputs:
     """The files of one kind under OUT: the exported model, the resumable state and the log. Rank 0
     alone writes them."""
 
-    def __init__(self, task: Task, loop: LoopConfig, train: Dataset, context: Context, origin: dict | None = None):
-        self.task, self.loop, self.train, self.ctx, self.origin = task, loop, train, context, origin or {}
+    def __init__(self, task: Task, loop: LoopConfig, train: Dataset, context: Context, origin: dict):
+        self.task, self.loop, self.train, self.ctx, self.origin = task, loop, train, context, origin
         self.state_dir = Path(loop.out) / f"train-{task.name}"
         self.log_path = Path(loop.out) / f"train-{task.name}.log"
         if context.is_main:

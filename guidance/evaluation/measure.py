@@ -22,12 +22,11 @@ from ..checkpoints import Bundle
 from ..data import to_model_range
 from ..generation import Samples, generate
 from ..guide import Schedule, Threshold
-from ..metrics import RealReference, Scores, bootstrap_scores
+from ..metrics import CONFIDENCE, RealReference, Scores, bootstrap_scores
 from ..request import SAMPLING_DEFAULTS, Request, Row, interval_text
 from ..samplers import sampler_title as sampler_name
 
 BOOTSTRAP_SEED = 0      # the same resamples for every setting: differences are paired
-CONFIDENCE = 0.95       # the bootstrap intervals' coverage
 
 
 @dataclass(frozen=True)
