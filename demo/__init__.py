@@ -2,7 +2,7 @@
 
     settings   app defaults (and the checkpoint folder's defaults.json), request limits, display and
                server settings (one place for each number)
-    arguments  every endpoint's raw arguments translated into a Request (which guidance.request.check
+    arguments  every endpoint's raw arguments translated into a Request (which guidescope.request.check
                checks, once), plus row labels
     models     the loaded checkpoint bundles the page offers, by the name the API takes
     runs       one sampling run recorded step by step: images, the classifier's push, per-row numbers

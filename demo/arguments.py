@@ -1,9 +1,9 @@
 """The endpoints' raw arguments turned into a library Request, and how the page names its rows.
 
-The endpoints take raw JSON values (their events run with preprocess=False). This module only
-translates them: text into numbers, intervals and classes, a slider's 25.0 into 25, the UNet
+The endpoints take raw JSON values (their events run with preprocess=False), gathered by name into
+a settings.Settings. This module only translates them: text into numbers, intervals and classes, a slider's 25.0 into 25, the UNet
 choice into a row's w_cfg. What the values may be is the library's rule, checked once by
-guidance.request.check as the request is built; then come the app's own limits (settings.Limits),
+guidescope.request.check as the request is built; then come the app's own limits (settings.Limits),
 which need a checked request. Both raise ValueError with the message the user sees; the handlers
 turn it into gr.Error.
 """
@@ -13,13 +13,14 @@ import json
 from dataclasses import asdict, dataclass, replace
 from typing import Callable, NamedTuple
 
-from guidance.guide import SCHEDULE_SHAPES, THRESHOLDS, Threshold
-from guidance.messages import choice, finite_number, integer, shown
-from guidance.request import (Conditioning, Request, Row, check, check_cfg_scale, check_interval, check_scale,
-                              class_index, interval_text, make_schedule, parse_classes, parse_interval,
-                              parse_intervals, parse_list, parse_numbers)
+from guidescope.guide import SCHEDULE_SHAPES, THRESHOLDS, Threshold
+from guidescope.messages import choice, finite_number, integer, shown
+from guidescope.parsing import (class_index, interval_text, parse_classes, parse_interval, parse_intervals, parse_list,
+                                parse_numbers)
+from guidescope.request import (CheckedRequest, Conditioning, Request, Row, check, check_cfg_scale, check_interval,
+                                check_scale, make_schedule)
 
-from .settings import COMPARE_CHOICES, LIMITS, ROW_VALUES, UNET_CHOICES, AppDefaults, Limits
+from .settings import COMPARE_CHOICES, LIMITS, ROW_VALUES, UNET_CHOICES, AppDefaults, Limits, Settings
 
 UNETS = tuple(value for _, value in UNET_CHOICES)
 COMPARE_MODES = tuple(value for _, value in COMPARE_CHOICES)
@@ -28,10 +29,14 @@ COMPARE_MODES = tuple(value for _, value in COMPARE_CHOICES)
 @dataclass(frozen=True)
 class Run:
     """A checked request and what the page shows about its rows."""
-    request: Request
+    checked: CheckedRequest         # what guidescope.generation takes without checking again
     labels: tuple[str, ...]         # per row: how the grids, the chart legends and the table name it
     shades: tuple[str, ...]         # per row: "w" or "w_cfg" (coloured by that strength), or "" (a colour each)
     class_names: tuple[str, ...]    # of the checkpoints
+
+    @property
+    def request(self) -> Request:
+        return self.checked.request
 
     @property
     def class_name(self) -> str | None:
@@ -42,7 +47,7 @@ class Run:
     def parameters(self) -> str:
         """The request as one line of JSON, each row with its label and class name (embedded in
         the PNG of the samples)."""
-        record = asdict(self.request)
+        record = asdict(self.checked.request)
         for row, label in zip(record["rows"], self.labels):
             row["label"], row["class_name"] = label, self.class_names[row["class_label"]]
         return json.dumps(record, ensure_ascii=False)
@@ -70,38 +75,39 @@ def _whole(value):
     return int(value) if finite_number(value) and value == int(value) else value
 
 
-def _left_column(class_name, scale, unet, cfg_scale, interval, schedule, threshold, threshold_percentile,
-                 class_names: tuple[str, ...], num_timesteps: int, conditioning: Conditioning,
+def _left_column(settings: Settings, class_names: tuple[str, ...], num_timesteps: int, conditioning: Conditioning,
                  limits: Limits) -> LeftColumn:
-    label = class_index(class_name, class_names)
-    unet = choice(unet, "unet", UNETS)
+    s = settings
+    label = class_index(s.class_name, class_names)
+    unet = choice(s.unet, "unet", UNETS)
     # With the unconditional UNet the request carries no w_cfg, so the library never sees this one.
-    if unet == "unconditional" and check_cfg_scale(cfg_scale) != 0:
+    if unet == "unconditional" and check_cfg_scale(s.cfg_scale) != 0:
         raise ValueError("classifier-free scale w_cfg needs the class-conditional UNet: set unet to "
-                         f"'conditional', or w_cfg to 0; got w_cfg={cfg_scale:g}")
-    if isinstance(interval, str) and len(interval) > limits.max_text_chars:
+                         f"'conditional', or w_cfg to 0; got w_cfg={s.cfg_scale:g}")
+    if isinstance(s.interval, str) and len(s.interval) > limits.max_text_chars:
         raise ValueError(f"interval must be text of at most {limits.max_text_chars} characters such as "
-                         f"'full' or '200-800'; got {shown(interval)}")
-    interval = parse_interval(interval)
-    row = Row(label, _real(scale), None if unet == "unconditional" else _real(cfg_scale),
-              make_schedule(schedule, interval, num_timesteps), Threshold(threshold, _real(threshold_percentile)))
+                         f"'full' or '200-800'; got {shown(s.interval)}")
+    interval = parse_interval(s.interval)
+    row = Row(label, _real(s.scale), None if unet == "unconditional" else _real(s.cfg_scale),
+              make_schedule(s.schedule, interval, num_timesteps), Threshold(s.threshold, _real(s.threshold_percentile)))
     return LeftColumn(row, interval, class_names, num_timesteps, conditioning, limits.max_text_chars)
 
 
 Describe = Callable[[Row], tuple[str, str]]  # a checked row -> (label, shade)
 
 
-def _run(rows: list[Row], describe: Describe | list[tuple[str, str]], steps, sampler, eta, num_images, seed,
-         left: LeftColumn, limits: Limits) -> Run:
+def _run(rows: list[Row], describe: Describe | list[tuple[str, str]], settings: Settings, left: LeftColumn,
+         limits: Limits) -> Run:
     """The checked request of the rows, named by describe (per row, or a function of the checked
     row). Raises ValueError for anything the library or the app's limits refuse."""
-    n = integer(num_images, "number of images", 1, limits.max_images_per_row)  # the app's own cap
-    request = Request(tuple(rows), images_per_row=n, steps=_whole(steps), sampler=sampler, eta=eta,
-                      seed=_whole(seed))
-    check(request, len(left.class_names), left.num_timesteps, left.conditioning)
+    s = settings
+    n = integer(s.num_images, "number of images", 1, limits.max_images_per_row)  # the app's own cap
+    request = Request(tuple(rows), images_per_row=n, steps=_whole(s.steps), sampler=s.sampler, eta=s.eta,
+                      seed=_whole(s.seed))
+    checked = check(request, len(left.class_names), left.num_timesteps, left.conditioning)
     _within_limits(request, limits)
     names = [describe(row) for row in rows] if callable(describe) else describe
-    return Run(request, tuple(label for label, _ in names), tuple(shade for _, shade in names), left.class_names)
+    return Run(checked, tuple(label for label, _ in names), tuple(shade for _, shade in names), left.class_names)
 
 
 def _within_limits(request: Request, limits: Limits) -> None:
@@ -121,19 +127,17 @@ def _unet_label(row: Row) -> tuple[str, str]:
     return f"w={row.scale:g}" + (" (unconditional)" if row.cfg_scale is None else f", w_cfg={row.cfg_scale:g}"), "w"
 
 
-def generate_run(class_name, scale, unet, cfg_scale, steps, sampler, eta, num_images, seed, interval, schedule,
-                 threshold, threshold_percentile, *, class_names: tuple[str, ...], num_timesteps: int,
+def generate_run(settings: Settings, *, class_names: tuple[str, ...], num_timesteps: int,
                  conditioning: Conditioning = Conditioning(), limits: Limits = LIMITS) -> Run:
     """One row: classifier guidance w on top of the chosen UNet (and its w_cfg)."""
-    left = _left_column(class_name, scale, unet, cfg_scale, interval, schedule, threshold,
-                        threshold_percentile, class_names, num_timesteps, conditioning, limits)
-    return _run([left.row], _unet_label, steps, sampler, eta, num_images, seed, left, limits)
+    left = _left_column(settings, class_names, num_timesteps, conditioning, limits)
+    return _run([left.row], _unet_label, settings, left, limits)
 
 
 # -- what the Compare rows vary ----------------------------------------------------------------------
 # Each mode gives (row, label, shade) per row, from values it has translated. A left-column value
 # that the rows replace is checked all the same (the page shows it), by the library's rule for it:
-# no row carries it to guidance.request.check.
+# no row carries it to guidescope.request.check.
 
 def _replaced(left: LeftColumn, scale: bool = False, cfg_scale: bool = False, interval: bool = False) -> None:
     if scale:
@@ -195,23 +199,20 @@ VARY = {"classifier": _vary_w, "classifier-free": _vary_cfg, "classifier-vs-free
         "interval": _vary_interval, "schedule": _vary_schedule, "threshold": _vary_threshold, "class": _vary_class}
 
 
-def compare_run(class_name, row_values, mode, scale, unet, cfg_scale, steps, sampler, eta, num_images, seed,
-                interval, schedule, threshold, threshold_percentile, *, class_names: tuple[str, ...],
-                num_timesteps: int, conditioning: Conditioning = Conditioning(), limits: Limits = LIMITS) -> Run:
-    """Rows that differ in what `mode` names; row_values (the API's `strengths`) is the text of
-    their values, which settings.ROW_VALUES describes per mode. Each row is otherwise set as the
-    left column says; arguments a mode does not use are still checked."""
-    left = _left_column(class_name, scale, unet, cfg_scale, interval, schedule, threshold,
-                        threshold_percentile, class_names, num_timesteps, conditioning, limits)
-    rows = VARY[choice(mode, "compare", COMPARE_MODES)](row_values, left)
-    return _run([row for row, _, _ in rows], [(label, shade) for _, label, shade in rows], steps, sampler, eta,
-                num_images, seed, left, limits)
+def compare_run(settings: Settings, strengths, mode, *, class_names: tuple[str, ...], num_timesteps: int,
+                conditioning: Conditioning = Conditioning(), limits: Limits = LIMITS) -> Run:
+    """Rows that differ in what `mode` names; strengths is the text of their values, which
+    settings.ROW_VALUES describes per mode. Each row is otherwise set as the settings column says;
+    settings a mode does not use are still checked."""
+    left = _left_column(settings, class_names, num_timesteps, conditioning, limits)
+    rows = VARY[choice(mode, "compare", COMPARE_MODES)](strengths, left)
+    return _run([row for row, _, _ in rows], [(label, shade) for _, label, shade in rows], settings, left, limits)
 
 
 def check_defaults(defaults: AppDefaults, class_names: tuple[str, ...], num_timesteps: int,
                    limits: Limits = LIMITS) -> None:
     """Raise ValueError when the page's first Generate or Compare would be refused."""
-    values = defaults.generate_values(class_names)
-    generate_run(*values, class_names=class_names, num_timesteps=num_timesteps, limits=limits)
-    compare_run(values[0], defaults.strengths, defaults.compare, *values[1:], class_names=class_names,
-                num_timesteps=num_timesteps, limits=limits)
+    settings = defaults.settings(class_names)
+    generate_run(settings, class_names=class_names, num_timesteps=num_timesteps, limits=limits)
+    compare_run(settings, defaults.strengths, defaults.compare, class_names=class_names, num_timesteps=num_timesteps,
+                limits=limits)

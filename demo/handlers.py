@@ -1,7 +1,8 @@
 """The functions behind the buttons and the API endpoints, by job:
 
-    Handlers   Generate and Compare (the public endpoints) and Stop: raw arguments become a Run
-               (arguments.py, called in one place: run_of), streamed on the picked model
+    Handlers   Generate and Compare (the public endpoints) and Stop: raw arguments, gathered by
+               name into a settings.Settings (endpoint), become a Run (arguments.py, called in one
+               place: run_of), streamed on the picked model
     RunStream  one run streamed: its steps recorded by runs.py and drawn by render.py (one frame
                is a StreamOutputs tuple), sent at most once per Display.frame_interval_s from the
                start, and always the last (0 sends x_T and every step), ended within a step by
@@ -15,9 +16,10 @@ gr.Error, in one place: user_errors. The loaded models are models.py, their timi
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import time
-from dataclasses import replace
+from dataclasses import MISSING, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple, Sequence
@@ -26,23 +28,23 @@ import gradio as gr
 import pandas as pd
 from PIL import Image
 
-from guidance import generation
-from guidance.checkpoints import Bundle
-from guidance.guide import NonFiniteError
-from guidance.messages import choice, integer
-from guidance.samplers import Step
+from guidescope import generation
+from guidescope.bundle import Bundle
+from guidescope.guide import NonFiniteError
+from guidescope.messages import choice, integer
+from guidescope.samplers import Step
 
 from . import arguments, render, runs
 from .arguments import Run
 from .downloads import Downloads
 from .models import Model, offered
 from .runs import Frame, Recording
-from .settings import DISPLAY, LIMITS, AppDefaults, Display, Limits
+from .settings import (COMPARE_ARGUMENTS, DISPLAY, GENERATE_ARGUMENTS, LIMITS, SETTING_NAMES, AppDefaults, Display, Limits,
+                       Settings)
 from .stops import RunProgress, StopRequests
 from .timing import Timings
 from .zerogpu import on_gpu
 
-NEW = AppDefaults()  # the Python defaults of the arguments added after the first release
 log = logging.getLogger(__name__)
 
 
@@ -114,18 +116,53 @@ def _session(request: gr.Request | None) -> str | None:
     return getattr(request, "session_hash", None)
 
 
-def run_of(build, values: tuple, model: Model, limits: Limits) -> Run:
-    """An endpoint's raw values as a checked Run on model's bundle: the app's one call into
-    demo/arguments.py (build is arguments.generate_run or compare_run). Raises ValueError."""
+Build = Callable[..., Run]  # arguments.generate_run or compare_run with its values bound: the model's facts -> Run
+
+
+def run_of(build: Build, model: Model, limits: Limits) -> Run:
+    """A checked Run on model's bundle: the app's one call into demo/arguments.py. Raises ValueError."""
     bundle = model.bundle
-    return build(*values, class_names=bundle.class_names, num_timesteps=bundle.num_timesteps,
+    return build(class_names=bundle.class_names, num_timesteps=bundle.num_timesteps,
                  conditioning=bundle.conditioning, limits=limits)
 
 
 def defaults_run(model: Model, limits: Limits, **changes) -> Run:
     """The Run of the page's first Generate on model, with changes to its defaults."""
-    values = replace(model.defaults, **changes).generate_values(model.bundle.class_names)
-    return run_of(arguments.generate_run, values, model, limits)
+    settings = replace(model.defaults, **changes).settings(model.bundle.class_names)
+    return run_of(partial(arguments.generate_run, settings), model, limits)
+
+
+def endpoint(run: Callable, names: Sequence[str], doc: str) -> Callable:
+    """The function Gradio calls for an event: self, then the arguments `names` (each Settings
+    field, with Settings' defaults, and the endpoint's own), then model and request. Gradio reads
+    its signature for the API's argument names and defaults, so the order lives in Settings alone.
+    run gets self, the Settings, the endpoint's own arguments by name, model and request; a
+    generator stays one (Gradio streams what it yields)."""
+    P = inspect.Parameter
+    defaults = {f.name: f.default for f in fields(Settings) if f.default is not MISSING}
+    signature = inspect.Signature(
+        [P("self", P.POSITIONAL_OR_KEYWORD)]
+        + [P(name, P.POSITIONAL_OR_KEYWORD, default=defaults.get(name, P.empty)) for name in names]
+        + [P("model", P.POSITIONAL_OR_KEYWORD, default=None),
+           P("request", P.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.Request)])
+
+    def bound(args: tuple, kwargs: dict):
+        values = signature.bind(*args, **kwargs)
+        values.apply_defaults()
+        given = dict(values.arguments)
+        settings = Settings(**{name: given.pop(name) for name in SETTING_NAMES})
+        return run(given.pop("self"), settings, **given)
+
+    if inspect.isgeneratorfunction(run):
+        def call(*args, **kwargs) -> Iterator:
+            yield from bound(args, kwargs)
+    else:
+        def call(*args, **kwargs):
+            return bound(args, kwargs)
+
+    call.__signature__, call.__doc__, call.__name__ = signature, doc, run.__name__.lstrip("_")
+    call.__annotations__ = {"request": gr.Request}  # Gradio passes the request to the parameter of this type
+    return call
 
 
 class Handlers:
@@ -151,13 +188,12 @@ class Handlers:
         """The Model named `model` (None: the one the page opens on). Raises ValueError."""
         return self.model if model is None else self.models[choice(model, "model", tuple(self.models))]
 
-    def generate(self, class_name, scale, unet, cfg_scale, steps, sampler, eta, num_images, seed,
-                 interval=NEW.interval, schedule=NEW.schedule, threshold=NEW.threshold,
-                 threshold_percentile=NEW.threshold_percentile, model=None,
-                 request: gr.Request = None) -> Iterator[StreamOutputs]:
-        """Sample num_images images of one class with classifier guidance w on the chosen UNet
-        (unconditional, or conditional with classifier-free w_cfg), streaming x_t, x-hat_0 and the
-        classifier's push.
+    def _generate(self, settings: Settings, model=None, request: gr.Request | None = None) -> Iterator[StreamOutputs]:
+        yield from self.serve(partial(arguments.generate_run, settings), model, request)
+
+    generate = endpoint(_generate, GENERATE_ARGUMENTS, """Sample num_images images of one class with classifier
+        guidance w on the chosen UNet (unconditional, or conditional with classifier-free w_cfg), streaming x_t,
+        x-hat_0 and the classifier's push.
 
         class_name: a class name (any case) or index; scale: w >= 0; unet: "unconditional" or
         "conditional"; cfg_scale: w_cfg >= 0 (0 with the unconditional UNet); steps: 1..T;
@@ -166,16 +202,14 @@ class Handlers:
         on; schedule: "constant", "ramp-up" or "ramp-down" over the interval; threshold: "clip",
         "dynamic" or "none" for x-hat_0; threshold_percentile: in [0.5, 1], for "dynamic"; model:
         which loaded bundle samples ("pixel", "latent"; None or left out: the page's first).
-        """
-        yield from self.serve(arguments.generate_run, (
-            class_name, scale, unet, cfg_scale, steps, sampler, eta, num_images, seed, interval, schedule,
-            threshold, threshold_percentile), model, request)
+        """)
 
-    def compare(self, class_name, strengths, mode, scale, unet, cfg_scale, steps, sampler, eta, num_images, seed,
-                interval=NEW.interval, schedule=NEW.schedule, threshold=NEW.threshold,
-                threshold_percentile=NEW.threshold_percentile, model=None,
-                request: gr.Request = None) -> Iterator[StreamOutputs]:
-        """Rows that differ in one setting, all from the same noise in one batch.
+    def _compare(self, settings: Settings, strengths, mode, model=None,
+                 request: gr.Request | None = None) -> Iterator[StreamOutputs]:
+        yield from self.serve(partial(arguments.compare_run, settings, strengths, mode), model, request)
+
+    compare = endpoint(_compare, COMPARE_ARGUMENTS, """Rows that differ in one setting, all from the same noise
+        in one batch.
 
         mode says what the rows vary and strengths (text) lists a value per row:
         "classifier" w ("0, 1, 2, 4, 8"); "classifier-free" w_cfg on the conditional UNet;
@@ -183,18 +217,15 @@ class Handlers:
         w_cfg = s alone; "interval" ("full, 0-500, 500-999"); "schedule" and "threshold" (their
         names, or "all"); "class" ("Bag, Sneaker" or "all"). The other arguments are as for
         generate and set what the rows share; num_images is per row.
-        """
-        yield from self.serve(arguments.compare_run, (
-            class_name, strengths, mode, scale, unet, cfg_scale, steps, sampler, eta, num_images, seed, interval,
-            schedule, threshold, threshold_percentile), model, request)
+        """)
 
-    def serve(self, build, values: tuple, model, request: gr.Request | None,
+    def serve(self, build: Build, model, request: gr.Request | None,
               final_only: bool = False) -> Iterator[StreamOutputs]:
-        """Stream the Run of an endpoint's raw values (run_of) on the named model, for the request's
-        session; a bad value raises gr.Error before anything runs."""
+        """Stream the Run that build makes (run_of) on the named model, for the request's session;
+        a bad value raises gr.Error before anything runs."""
         with user_errors():
             model = self.pick(model)
-            run = run_of(build, values, model, self.limits)
+            run = run_of(build, model, self.limits)
         yield from self._stream_on_device(run, _session(request), model.name, final_only)
 
     def stream(self, run: Run, session: str | None = None, model: str | None = None,
@@ -222,8 +253,8 @@ class RunStream:
 
     def frames(self, stops: StopRequests, final_only: bool) -> Iterator[StreamOutputs]:
         """The run's frames (see _steps); a run that fails is marked failed."""
-        with user_errors():  # what this bundle's UNet cannot run (guidance.request.Conditioning)
-            steps = generation.stream(self.bundle, self.run.request)
+        with user_errors():  # what this bundle's UNet cannot run (guidescope.request.Conditioning)
+            steps = generation.stream(self.bundle, self.run.checked)
         recording = runs.start(self.bundle, self.run)
         progress = stops.start(self.session)
         try:
@@ -294,25 +325,23 @@ class LiveMode:
     def __init__(self, serve: Callable[..., Iterator[StreamOutputs]], stops: StopRequests):
         self._serve, self._stops = serve, stops
 
-    def live_generate(self, live, class_name, scale, unet, cfg_scale, steps, sampler, eta, num_images, seed, interval,
-                      schedule, threshold, threshold_percentile, model, request: gr.Request = None) -> tuple:
-        """When live is on: generate's final frame (StreamOutputs). The page calls it as a control
-        moves, after supersede has ended the session's previous run. When live is off, or a newer
-        move superseded this run, every output is left as it is (gr.skip)."""
-        return self._final(live, arguments.generate_run, (
-            class_name, scale, unet, cfg_scale, steps, sampler, eta, num_images, seed, interval, schedule,
-            threshold, threshold_percentile), model, request)
+    def _live_generate(self, settings: Settings, live, model, request: gr.Request | None = None) -> tuple:
+        return self._final(live, partial(arguments.generate_run, settings), model, request)
 
-    def live_compare(self, live, class_name, strengths, mode, scale, unet, cfg_scale, steps, sampler, eta, num_images,
-                     seed, interval, schedule, threshold, threshold_percentile, model, request: gr.Request = None) -> tuple:
-        """As live_generate, for compare with one image per row: the strip of final images across
-        the rows, for one noise."""
-        return self._final(live, arguments.compare_run, (
-            class_name, strengths, mode, scale, unet, cfg_scale, steps, sampler, eta, 1, seed, interval, schedule,
-            threshold, threshold_percentile), model, request)
+    live_generate = endpoint(_live_generate, ("live", *GENERATE_ARGUMENTS), """When live is on: generate's final frame
+        (StreamOutputs). The page calls it as a control moves, after supersede has ended the session's previous
+        run. When live is off, or a newer move superseded this run, every output is left as it is (gr.skip).""")
 
-    def _final(self, live, build, values: tuple, model, request: gr.Request | None) -> tuple:
-        frames = list(self._serve(build, values, model, request, final_only=True)) if live is True else []
+    def _live_compare(self, settings: Settings, live, strengths, mode, model,
+                      request: gr.Request | None = None) -> tuple:
+        settings = replace(settings, num_images=1)
+        return self._final(live, partial(arguments.compare_run, settings, strengths, mode), model, request)
+
+    live_compare = endpoint(_live_compare, ("live", *COMPARE_ARGUMENTS), """As live_generate, for compare with one
+        image per row: the strip of final images across the rows, for one noise.""")
+
+    def _final(self, live, build: Build, model, request: gr.Request | None) -> tuple:
+        frames = list(self._serve(build, model, request, final_only=True)) if live is True else []
         return frames[-1] if frames else tuple(gr.skip() for _ in StreamOutputs._fields)
 
     def after_live(self, live) -> AfterRun:

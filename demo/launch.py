@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from guidance.backend import BACKENDS, BackendError
-from guidance.checkpoints import Bundle, CheckpointError, load_bundle
-from guidance.evaluation.defaults import FIDELITY_GOAL, FIDELITY_MARGIN
-from guidance.runtime import configure
+from guidescope.bundle import Bundle, load_bundle
+from guidescope.checkpoints import CheckpointError
+from guidescope.cli import configure
+from guidescope.evaluation.defaults import FIDELITY_GOAL, FIDELITY_MARGIN
+from guidescope.networks.backend import BACKENDS, BackendError
 
 from .arguments import check_defaults
 from .models import Model, models_of

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
-from guidance.checkpoints import Bundle
+from guidescope.bundle import Bundle
 
 from .settings import AppDefaults, app_defaults
 

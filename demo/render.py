@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
-from guidance.images import grid as tile_grid
-from guidance.samplers import sampler_title
+from guidescope.images import grid as tile_grid
+from guidescope.samplers import sampler_title
 
 from .arguments import Run
 from .runs import Frame, Push, Recording, RowStats

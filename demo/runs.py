@@ -1,8 +1,8 @@
 """One sampling run as the app sees it, recorded step by step so the UI can stream, scrub and
-export it. The sampling itself is guidance.generation.stream(bundle, request): every row of the
+export it. The sampling itself is guidescope.generation.stream(bundle, request): every row of the
 request in one batch, laid out row-major (item r * n + j is image j of row r), image j of every
 row drawing x_T and each step's noise from the seed's stream j, so rows differ only by their
-guidance, and a row is the same images `python -m guidance.sample --seed S` draws.
+guidance, and a row is the same images `python -m guidescope.sample --seed S` draws.
 
 On a latent bundle the sampler's tensors are latents z_t (C, h, w): a frame shows z_t and the
 classifier's push as maps, one per channel (runs.mosaic), and x-hat_0 decoded to pixels. Decoding
@@ -18,11 +18,10 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from guidance.checkpoints import Bundle
-from guidance.codec import Codec
-from guidance.data import to_model_range
-from guidance.images import to_uint8
-from guidance.samplers import Step
+from guidescope.bundle import Bundle
+from guidescope.codec import Codec
+from guidescope.images import to_model_range, to_uint8
+from guidescope.samplers import Step
 
 from .arguments import Run
 

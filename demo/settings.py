@@ -1,16 +1,16 @@
 """Every number the app runs on, each said once: what a fresh page shows, what one request may
 ask for, how frames are drawn and streamed, and how the server is run. The library's own limits
-(guidance.request: MAX_SCALE, MAX_CFG_SCALE, MAX_SEED) are not repeated here."""
+(guidescope.request: MAX_SCALE, MAX_CFG_SCALE, MAX_SEED) are not repeated here."""
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from guidance.guide import Threshold
-from guidance.request import MAX_CFG_SCALE, MAX_SCALE, SAMPLING_DEFAULTS
-from guidance.samplers import SAMPLERS, sampler_title
+from guidescope.guide import Threshold
+from guidescope.request import MAX_CFG_SCALE, MAX_SCALE, SAMPLING_DEFAULTS
+from guidescope.samplers import SAMPLERS, sampler_title
 
 SHIPPED_CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints" / "fashion-mnist"
 SHIPPED_LATENT = SHIPPED_CHECKPOINTS.with_name("fashion-mnist-latent")
@@ -68,7 +68,7 @@ class AppDefaults:
     scale: float = 5.0              # classifier guidance w (Dhariwal & Nichol's CIFAR-size models work near here)
     unet: str = "unconditional"     # the classifier guidance setting of Dhariwal & Nichol
     cfg_scale: float = 0.0          # classifier-free w_cfg (used with the conditional UNet)
-    steps: int = SAMPLING_DEFAULTS.steps  # the library's table (guidance.request.SamplingDefaults)
+    steps: int = SAMPLING_DEFAULTS.steps  # the library's table (guidescope.request.SamplingDefaults)
     sampler: str = SAMPLING_DEFAULTS.sampler  # for what the evaluation has not chosen
     eta: float = SAMPLING_DEFAULTS.eta
     num_images: int = 8             # per row
@@ -83,17 +83,46 @@ class AppDefaults:
     def class_name(self, class_names: tuple[str, ...]) -> str:
         return class_names[self.class_index if self.class_index < len(class_names) else 0]
 
-    def generate_values(self, class_names: tuple[str, ...]) -> tuple:
-        """The left column's values, in /generate's argument order (/compare puts strengths and
-        compare after the first)."""
-        return (self.class_name(class_names), self.scale, self.unet, self.cfg_scale, self.steps, self.sampler,
-                self.eta, self.num_images, self.seed, self.interval, self.schedule, self.threshold,
-                self.threshold_percentile)
+    def settings(self, class_names: tuple[str, ...]) -> Settings:
+        """The settings column's values (the class by name)."""
+        return Settings(class_name=self.class_name(class_names),
+                        **{name: getattr(self, name) for name in SETTING_NAMES if name != "class_name"})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The settings column that Generate and Compare share, by name: the raw values an endpoint
+    receives (JSON, checked later by demo/arguments.py), or the page's components that hold them
+    (demo/ui.py). The field order is the order of the endpoints' arguments (docs/APP.md), written
+    here only; the last four came after the first release, so the API defaults them."""
+    class_name: Any
+    scale: Any
+    unet: Any
+    cfg_scale: Any
+    steps: Any
+    sampler: Any
+    eta: Any
+    num_images: Any
+    seed: Any
+    interval: Any = AppDefaults.interval
+    schedule: Any = AppDefaults.schedule
+    threshold: Any = AppDefaults.threshold
+    threshold_percentile: Any = AppDefaults.threshold_percentile
+
+    def values(self) -> list:
+        """The values (or components) in the endpoints' order."""
+        return [getattr(self, name) for name in SETTING_NAMES]
+
+
+SETTING_NAMES = tuple(f.name for f in fields(Settings))
+COMPARE_ROWS = ("strengths", "mode")  # /compare's own arguments: what the rows vary, after the class
+GENERATE_ARGUMENTS = SETTING_NAMES
+COMPARE_ARGUMENTS = (SETTING_NAMES[0], *COMPARE_ROWS, *SETTING_NAMES[1:])
 
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may ask for beyond the library's own checks (guidance.request.check)."""
+    """What one request may ask for beyond the library's own checks (guidescope.request.check)."""
     max_images_per_row: int = 16
     max_rows: int = 10              # rows compared at once (classifier vs free makes 2 per strength)
     max_images: int = 80            # rows x images per row
@@ -157,7 +186,7 @@ def defaults_record(folder: str | Path | None) -> dict:
 
 
 def app_defaults(folder: str | Path | None) -> AppDefaults:
-    """AppDefaults with the values of folder/defaults.json (which `python -m guidance.evaluate`
+    """AppDefaults with the values of folder/defaults.json (which `python -m guidescope.evaluate`
     writes for its checkpoints, with its reasons) put in by field name. Keys that name no field,
     and values of the wrong type, are ignored; a missing or unreadable file changes nothing.
     Whether the values make a valid request is checked where the app starts (demo/launch.py)."""

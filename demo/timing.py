@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Sequence
 
-from guidance import generation
+from guidescope import generation
 
 from .arguments import Run
 from .models import Model
@@ -28,7 +28,7 @@ class Timings:
         """Time one sampling step of one image at each model's defaults (the second of two steps;
         the first warms up), for the page: a full-size ImageNet model takes seconds per step on a CPU."""
         for name, m in self.models.items():
-            steps = generation.stream(m.bundle, self._defaults_run(m, num_images=1, steps=2).request, diagnostics=False)
+            steps = generation.stream(m.bundle, self._defaults_run(m, num_images=1, steps=2).checked, diagnostics=False)
             next(steps)
             start = time.perf_counter()
             next(steps)
@@ -49,7 +49,7 @@ class Timings:
             run = self._defaults_run(m)
             for _ in range(2):
                 start = time.perf_counter()
-                for _ in generation.stream(m.bundle, run.request, diagnostics=False):
+                for _ in generation.stream(m.bundle, run.checked, diagnostics=False):
                     pass
                 self.run_seconds[name] = time.perf_counter() - start
 

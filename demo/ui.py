@@ -8,14 +8,14 @@ from typing import NamedTuple
 
 import gradio as gr
 
-from guidance.request import MAX_SCALE, MAX_SEED
+from guidescope.request import MAX_SCALE, MAX_SEED
 
 from . import render
 from .examples import EXAMPLES, Example
 from .handlers import AfterRun, FrameView, Handlers, StreamOutputs
 from .models import Model
-from .settings import (COMPARE_CHOICES, DISPLAY, LIMITS, MODEL_LABELS, ROW_VALUES, SAMPLER_CHOICES, SCHEDULE_CHOICES,
-                       SERVER, THRESHOLD_CHOICES, UNET_CHOICES, AppDefaults)
+from .settings import (COMPARE_ARGUMENTS, COMPARE_CHOICES, DISPLAY, GENERATE_ARGUMENTS, LIMITS, MODEL_LABELS, ROW_VALUES,
+                       SAMPLER_CHOICES, SCHEDULE_CHOICES, SERVER, THRESHOLD_CHOICES, UNET_CHOICES, AppDefaults, Settings)
 
 EXPLANATION = Path(__file__).with_name("explain.md")
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
@@ -31,21 +31,7 @@ INTRO = ("A diffusion model draws images of the class you pick, steered by a noi
          "as they form, compare settings from the same noise, and read the formulas under **Understand**.")
 
 
-class Controls(NamedTuple):
-    """The settings column, shared by Generate and Compare, in the endpoints' argument order."""
-    class_name: gr.Dropdown
-    scale: gr.Slider
-    unet: gr.Radio
-    cfg_scale: gr.Slider
-    steps: gr.Slider
-    sampler: gr.Radio
-    eta: gr.Slider
-    num_images: gr.Slider
-    seed: gr.Number
-    interval: gr.Textbox
-    schedule: gr.Radio
-    threshold: gr.Radio
-    threshold_percentile: gr.Slider
+Controls = Settings  # the settings column's components, by name (settings.Settings holds their order)
 
 
 class OutputPanel(NamedTuple):
@@ -117,8 +103,9 @@ def _controls(defaults: AppDefaults, class_names: tuple[str, ...], num_timesteps
     unet.change(partial(_only_when, "conditional", 0.0), unet, cfg_scale, **UNQUEUED)
     sampler.change(partial(_only_when, "ddim", 0.0), sampler, eta, **UNQUEUED)
     threshold.change(partial(_only_when, "dynamic", None), threshold, threshold_percentile, **UNQUEUED)
-    return Controls(class_name, scale, unet, cfg_scale, steps, sampler, eta, num_images, seed, interval, schedule,
-                    threshold, threshold_percentile)
+    return Controls(class_name=class_name, scale=scale, unet=unet, cfg_scale=cfg_scale, steps=steps, sampler=sampler,
+                    eta=eta, num_images=num_images, seed=seed, interval=interval, schedule=schedule,
+                    threshold=threshold, threshold_percentile=threshold_percentile)
 
 
 def _only_when(wanted: str, reset: float | None, chosen: str) -> gr.Slider:
@@ -211,16 +198,11 @@ class Page(NamedTuple):
     strengths: gr.Textbox       # the Compare rows' values
     examples: list              # a gr.Button per EXAMPLES entry, in its order
 
-    @property
-    def generate_inputs(self) -> list:
-        """The inputs of the generate endpoint, in its argument order."""
-        return [*self.controls, self.model]
-
-    @property
-    def compare_inputs(self) -> list:
-        """The inputs of the compare endpoint, in its argument order."""
-        class_name, *rest = self.controls
-        return [class_name, self.strengths, self.mode, *rest, self.model]
+    def inputs(self, names: tuple[str, ...]) -> list:
+        """The components of an endpoint's arguments `names` (settings.GENERATE_ARGUMENTS or
+        COMPARE_ARGUMENTS), then the model."""
+        own = {"strengths": self.strengths, "mode": self.mode}
+        return [own[name] if name in own else getattr(self.controls, name) for name in names] + [self.model]
 
 
 def _settings_column(handlers: Handlers) -> tuple[gr.Radio, Controls, gr.Markdown]:
@@ -308,7 +290,7 @@ def _layout(handlers: Handlers) -> Page:
 def _load_example(example: Example, defaults: AppDefaults, class_names: tuple[str, ...]) -> tuple:
     """The values of Controls, then the Compare text and mode, then the tab."""
     s = example.settings(defaults, class_names)
-    return (*s.generate_values(class_names), s.strengths, s.compare, gr.Tabs(selected=example.tab))
+    return (*s.settings(class_names).values(), s.strengths, s.compare, gr.Tabs(selected=example.tab))
 
 
 def _info(model: Model, step_seconds: float | None = None) -> str:
@@ -338,7 +320,7 @@ def _switch(handlers: Handlers, name: str) -> list:
         threshold_percentile=gr.Slider(value=d.threshold_percentile, interactive=d.threshold == "dynamic"))
     captions = [SAMPLE_CAPTIONS[b.space], XSTART_CAPTIONS[b.space], PUSH_CAPTIONS[b.space]] * 2
     toggles = [gr.Checkbox(interactive=True) if live else gr.Checkbox(value=False, interactive=False)] * 2 + [note]
-    return [*controls, _info(model, handlers.timings.step_seconds.get(model.name)), *captions, *toggles]
+    return [*controls.values(), _info(model, handlers.timings.step_seconds.get(model.name)), *captions, *toggles]
 
 
 def _wire_run(handlers: Handlers, fn, api_name: str, tab: RunTab, inputs: list, concurrency_limit: int) -> None:
@@ -369,21 +351,21 @@ def _wire(handlers: Handlers, page: Page, concurrency_limit: int) -> None:
     """The events: Generate and Compare with their live modes, the model choice, the Compare
     mode and the examples."""
     controls, generate, compare = page.controls, page.generate, page.compare
-    _wire_run(handlers, handlers.generate, "generate", generate, page.generate_inputs, concurrency_limit)
-    _wire_run(handlers, handlers.compare, "compare", compare, page.compare_inputs, concurrency_limit)
+    _wire_run(handlers, handlers.generate, "generate", generate, page.inputs(GENERATE_ARGUMENTS), concurrency_limit)
+    _wire_run(handlers, handlers.compare, "compare", compare, page.inputs(COMPARE_ARGUMENTS), concurrency_limit)
     _wire_live(handlers, generate, [controls.scale, controls.cfg_scale, controls.class_name, controls.seed],
-               handlers.live_mode.live_generate, page.generate_inputs, concurrency_limit)
+               handlers.live_mode.live_generate, page.inputs(GENERATE_ARGUMENTS), concurrency_limit)
     _wire_live(handlers, compare, [controls.cfg_scale, controls.class_name, controls.seed, page.strengths],
-               handlers.live_mode.live_compare, page.compare_inputs, concurrency_limit)
+               handlers.live_mode.live_compare, page.inputs(COMPARE_ARGUMENTS), concurrency_limit)
     page.model.change(partial(_switch, handlers), page.model,
-                      [*controls, page.info, *generate.captions, *compare.captions, generate.live, compare.live,
+                      [*controls.values(), page.info, *generate.captions, *compare.captions, generate.live, compare.live,
                        page.live_note], **UNQUEUED)
     # The label follows the mode however it changes; picking a mode also puts its example in the box.
     page.mode.change(_row_values, page.mode, page.strengths, **UNQUEUED)
     page.mode.input(_row_example, page.mode, page.strengths, **UNQUEUED)
     for example, button in zip(EXAMPLES, page.examples):
         button.click(partial(_load_example, example, handlers.defaults, handlers.bundle.class_names), None,
-                     [*controls, page.strengths, page.mode, page.tabs], queue=False, api_visibility="private")
+                     [*controls.values(), page.strengths, page.mode, page.tabs], queue=False, api_visibility="private")
 
 
 def build(handlers: Handlers, concurrency_limit: int = SERVER.concurrency_limit) -> gr.Blocks:

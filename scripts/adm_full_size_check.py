@@ -1,6 +1,6 @@
 """The full-size ADM 64x64 ImageNet model in the app, on random weights (nothing can be downloaded
 here): build the preset's networks (296 M + 65 M parameters), save them as guided-diffusion's .pt
-files, convert them (`python -m guidance.convert guided-diffusion --preset 64x64`), start
+files, convert them (`python -m guidescope.convert guided-diffusion --preset 64x64`), start
 `python app.py --checkpoints DIR` and ask /generate for 1 image in 2 DDIM steps through
 gradio_client. Prints the seconds per step the page shows (measured at start) and those of the
 request. A check to run by hand, not a test: its numbers depend on the machine and its load.
@@ -26,8 +26,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from guidance import convert  # noqa: E402
-from guidance.adm import ADMClassifier, ADMUNet  # noqa: E402
+from guidescope import convert  # noqa: E402
+from guidescope.networks.adm import ADMClassifier, ADMUNet  # noqa: E402
 from scripts.launcher import running_app  # noqa: E402
 
 PRESET = "64x64"

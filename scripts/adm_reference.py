@@ -12,7 +12,7 @@ It writes, under tests/data/adm/:
     presets.json       per README preset: its flags, the timesteps its respacing keeps, and the
                        sorted (key, shape) list of the reference's model and classifier built from
                        them (on the meta device)
-    tiny.json          tiny configs (in guidance.adm's names), their weight seeds and checksums
+    tiny.json          tiny configs (in guidescope.networks.adm's names), their weight seeds and checksums
     tiny.safetensors   a fixed (x, t, y), each tiny network's output on it, one p_mean_variance
                        of a learned-variance model, and a guided DDIM and a guided DDPM run
                        (p_sample_loop with cond_fn) from a fixed x_T, with the noise DDPM drew
@@ -27,18 +27,17 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
-
 from guided_diffusion import script_util as su
 from guided_diffusion.respace import space_timesteps
 from guided_diffusion.unet import EncoderUNetModel, UNetModel
+from safetensors.torch import save_file
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from adm_fixtures import checksum, random_weights, shapes_of  # noqa: E402
 
 # guided-diffusion's README sampling commands, copied here on purpose rather than imported from
-# guidance.convert: the test then checks the converter's presets against this copy.
+# guidescope.convert: the test then checks the converter's presets against this copy.
 PRESETS = {
     "64x64": ("--attention_resolutions 32,16,8 --class_cond True --diffusion_steps 1000 --dropout 0.1 "
               "--image_size 64 --learn_sigma True --noise_schedule cosine --num_channels 192 --num_head_channels 64 "
@@ -61,7 +60,7 @@ SAMPLE_FLAGS = "--timestep_respacing 250"  # the README's, shared by every prese
 # Tiny networks: widths of 32 (GroupNorm's groups), 8x8 images, two levels. Between them they take
 # each branch of the architecture: new / legacy attention order, heads by count / by width, ResBlock
 # / convolution resampling, scale-shift / additive embedding, class-conditional / not, learn_sigma / not,
-# attention / mean pooling. Configs in guidance.adm's names.
+# attention / mean pooling. Configs in guidescope.networks.adm's names.
 TINY_COMMON = dict(image_size=8, in_channels=3, model_channels=32, num_res_blocks=1, attention_resolutions=[1, 2],
                    dropout=0.0, channel_mult=[1, 2], conv_resample=True)
 TINY = {
@@ -111,7 +110,7 @@ def preset_record(model_flags: str, classifier_flags: str) -> dict:
 
 
 def reference_network(kind: str, config: dict) -> torch.nn.Module:
-    """guided-diffusion's UNetModel / EncoderUNetModel for a config in guidance.adm's names."""
+    """guided-diffusion's UNetModel / EncoderUNetModel for a config in guidescope.networks.adm's names."""
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items()}
     if kind == "adm_unet":
         num_classes = kwargs.pop("num_classes")

@@ -24,11 +24,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from guidance import data  # noqa: E402
-from guidance.checkpoints import load  # noqa: E402
-from guidance.evaluation.measure import judge  # noqa: E402
-from guidance.metrics import RealReference  # noqa: E402
-from guidance.runtime import configure  # noqa: E402
+from guidescope.checkpoints import load  # noqa: E402
+from guidescope.cli import configure  # noqa: E402
+from guidescope.evaluation.measure import judge  # noqa: E402
+from guidescope.metrics import RealReference  # noqa: E402
+from guidescope.training import data  # noqa: E402
 
 
 def _logged_psnr(log: Path, step: int) -> str:

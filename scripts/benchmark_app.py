@@ -32,7 +32,7 @@ from gradio_client import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from demo.settings import AppDefaults, app_defaults  # noqa: E402
-from guidance.checkpoints import load_bundle  # noqa: E402
+from guidescope.bundle import load_bundle  # noqa: E402
 from scripts.launcher import running_app  # noqa: E402
 from scripts.machine import load_average, load_line  # noqa: E402
 

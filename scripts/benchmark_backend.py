@@ -6,9 +6,9 @@ Prints the 1-minute load average first (with a warning above 0.5, when other pro
 figures), then per batch size the median ms per forward pass of each backend, its speed-up over
 torch and the max |eps - eps_torch|. Backends run interleaved within each repeat, so load from
 other processes falls on all of them alike and the ratios stay comparable. ONNX Runtime runs as
-guidance.backend.select_unet sets it up (idle threads sleep), and once more with spinning threads;
+guidescope.networks.backend.select_unet sets it up (idle threads sleep), and once more with spinning threads;
 OpenVINO, when installed, runs the same exported graph in f32. The exported graph goes to the usual
-cache (see guidance.backend.cache_folder).
+cache (see guidescope.networks.backend.cache_folder).
 """
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from guidance.backend import OnnxRuntimeRunner, cached_onnx, onnxruntime_session, select_unet  # noqa: E402
-from guidance.checkpoints import load  # noqa: E402
-from guidance.runtime import configure  # noqa: E402
+from guidescope.checkpoints import load  # noqa: E402
+from guidescope.cli import configure  # noqa: E402
+from guidescope.networks.backend import OnnxRuntimeRunner, cached_onnx, onnxruntime_session, select_unet  # noqa: E402
 from scripts.machine import load_average, load_line  # noqa: E402
 
 
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2, help="CPU threads for every backend (default 2)")
     p.add_argument("--batch-sizes", default="1,8,16,40,80")
     p.add_argument("--repeats", type=int, default=15, help="timed calls per backend and batch size; the median counts")
-    p.add_argument("--cache-dir", help="where the exported graph is cached (default: guidance.backend's cache)")
+    p.add_argument("--cache-dir", help="where the exported graph is cached (default: guidescope.networks.backend's cache)")
     args = p.parse_args(argv)
     print(load_line(load_average(), advice="other processes are running; trust ratios more than ms"))
     configure("cpu", args.threads)

@@ -24,7 +24,7 @@ latent request's budget (0.2 x the pixel request) is the most its sampling, fram
 may take; the request's FLOPs at this machine's sgemm rate are the least its sampling can take.
 
 Columns: the time to the last frame through gradio_client (medians of --repeats after a warm-up);
-the same request sampled in this process by guidance.generation (images decoded, no server, no
+the same request sampled in this process by guidescope.generation (images decoded, no server, no
 frames; the server is idle meanwhile); the request's FLOPs (torch.utils.flop_counter on the torch
 UNet: every UNet pass, classifier gradient and decode) over this machine's sgemm rate measured in
 this run, which is the least time any runtime could take; and the ratios the latent path is held
@@ -37,11 +37,11 @@ The 1-minute load average is printed first; figures taken beside other work are 
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 import os
 import statistics
 import sys
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -50,10 +50,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from demo.arguments import compare_run, generate_run  # noqa: E402
-from demo.settings import SHIPPED_CHECKPOINTS, SHIPPED_LATENT, AppDefaults, app_defaults  # noqa: E402
-from guidance.checkpoints import load_bundle  # noqa: E402
-from guidance.generation import generate  # noqa: E402
-from guidance.runtime import configure  # noqa: E402
+from demo.settings import COMPARE_ROWS, SHIPPED_CHECKPOINTS, SHIPPED_LATENT, AppDefaults, Settings, app_defaults  # noqa: E402,E501
+from guidescope.bundle import load_bundle  # noqa: E402
+from guidescope.cli import configure  # noqa: E402
+from guidescope.generation import generate  # noqa: E402
 from scripts.launcher import running_app, running_server  # noqa: E402
 from scripts.machine import load_average, load_line  # noqa: E402
 
@@ -64,24 +64,28 @@ SHARE = 0.2           # the latent request's last frame against the pixel one's,
 SERVED_OVER = 2       # the latent request's last frame against its in-process sampling, at most
 
 
-def arguments(d: AppDefaults, class_name: str, model: str, name: str) -> tuple[str, tuple]:
-    """(endpoint, positional arguments in the order of demo/handlers.py, model last)."""
-    tail = (d.seed, d.interval, d.schedule, d.threshold, d.threshold_percentile, model)
+def arguments(d: AppDefaults, class_name: str, model: str, name: str) -> tuple[str, dict]:
+    """(endpoint, its arguments by name, model among them)."""
+    settings = replace(d.settings((class_name,)), class_name=class_name)
     if name.startswith("generate") or name == "1 step":
         images, steps = (16 if name == "generate 16" else 8), (1 if name == "1 step" else d.steps)
-        return "/generate", (class_name, d.scale, d.unet, d.cfg_scale, steps, d.sampler, d.eta, images, *tail)
+        return "/generate", {**asdict(replace(settings, num_images=images, steps=steps)), "model": model}
     mode = "classifier" if name == "compare" else "classifier-vs-free"
-    return "/compare", (class_name, STRENGTHS, mode, d.scale, d.unet, 0.0, d.steps, d.sampler, d.eta, 8, *tail)
+    return "/compare", {**asdict(replace(settings, cfg_scale=0.0, num_images=8)), "strengths": STRENGTHS, "mode": mode,
+                        "model": model}
 
 
-def request_of(bundle, endpoint: str, args: tuple):
+def request_of(bundle, endpoint: str, args: dict):
+    args = dict(args)
+    args.pop("model")
+    own = [args.pop(name) for name in COMPARE_ROWS if name in args]
     build = generate_run if endpoint == "/generate" else compare_run
-    return build(*args[:-1], class_names=bundle.class_names, num_timesteps=bundle.num_timesteps).request
+    return build(Settings(**args), *own, class_names=bundle.class_names, num_timesteps=bundle.num_timesteps).request
 
 
-def last_frame(client: Client, endpoint: str, args: tuple) -> float:
+def last_frame(client: Client, endpoint: str, args: dict) -> float:
     start = time.perf_counter()
-    job = client.submit(*args, api_name=endpoint)
+    job = client.submit(**args, api_name=endpoint)
     for _ in job:
         pass
     seconds = time.perf_counter() - start
@@ -202,7 +206,7 @@ def main(argv=None) -> int:
         live = live_update(url, args.repeats)
     with running_server("scripts/gradio_floor.py", []) as floor_url:
         floor_client = Client(floor_url, verbose=False, download_files=False)
-        floor_times = [last_frame(floor_client, "/floor", ()) for _ in range(args.repeats + 1)][1:]
+        floor_times = [last_frame(floor_client, "/floor", {}) for _ in range(args.repeats + 1)][1:]
     floor = statistics.median(floor_times)
     print(f"{'request':<12} {'model':<7} {'last frame':>10} {'in process':>10} {'GFLOP':>7} {'at sgemm':>9} "
           f"{'of limit':>8}  ratios")

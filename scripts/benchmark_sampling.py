@@ -1,4 +1,4 @@
-"""Time sampling steps through the library's entry point (guidance.generation.stream), per guidance
+"""Time sampling steps through the library's entry point (guidescope.generation.stream), per guidance
 mode, batch size and UNet backend.
 
     python scripts/benchmark_sampling.py [--checkpoints checkpoints/fashion-mnist] [--threads 2]
@@ -28,10 +28,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from demo.settings import DEFAULTS  # noqa: E402
-from guidance.checkpoints import Bundle, load_bundle  # noqa: E402
-from guidance.generation import stream  # noqa: E402
-from guidance.request import Request, Row  # noqa: E402
-from guidance.runtime import configure  # noqa: E402
+from guidescope.bundle import Bundle, load_bundle  # noqa: E402
+from guidescope.cli import configure  # noqa: E402
+from guidescope.generation import stream  # noqa: E402
+from guidescope.request import Request, Row  # noqa: E402
 from scripts.machine import load_average, load_line  # noqa: E402
 
 
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoints", default="checkpoints/fashion-mnist")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    p.add_argument("--backends", default="torch,auto", help="UNet backends to compare (guidance.backend)")
+    p.add_argument("--backends", default="torch,auto", help="UNet backends to compare (guidescope.networks.backend)")
     p.add_argument("--batch-sizes", default="8,16,40")
     p.add_argument("--steps", type=int, default=10, help="timed sampling steps per measurement")
     p.add_argument("--repeats", type=int, default=3, help="runs per measurement; the fastest counts")

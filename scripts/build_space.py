@@ -3,7 +3,7 @@
     python scripts/build_space.py OUT_DIR [--checkpoints DIR [--checkpoints DIR]] [--check-only] [--no-start]
 
 Writes app.py, README.md (its YAML front matter is the Space's configuration), requirements.txt,
-the guidance/ and demo/ packages (their Python files and the data files their code names), the
+the guidescope/ and demo/ packages (their Python files and the data files their code names), the
 checkpoint folders (weights, JSON configs, defaults.json, README.md; from --checkpoints, at most two,
 placed where the app looks for the shipped pixel and latent bundles; default the shipped ones) and a .gitattributes that stores every *.safetensors file, and any other binary file
 or file over 10 MB, in Git LFS: a Space repository refuses such files otherwise. OUT_DIR must lie
@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 from demo.launch import DEFAULT_CHECKPOINTS  # noqa: E402  (where app.py looks, relative to its folder)
 
 TOP_FILES = ("app.py", "README.md", "requirements.txt")
-PACKAGES = ("guidance", "demo")
+PACKAGES = ("guidescope", "demo")
 CHECKPOINT_FILES = ("*.safetensors", "*.json", "README.md")  # weights, configs, defaults.json, model card
 NEEDED_CHECKPOINTS = ("unet", "classifier")  # the app refuses to start without these
 NEVER_COPIED = ("tests", "docs", "scripts")

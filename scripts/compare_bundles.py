@@ -22,9 +22,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from guidance.evaluation.defaults import choose_defaults  # noqa: E402
-from guidance.evaluation.measure import Measurement  # noqa: E402
-from guidance.evaluation.sweeps import Results  # noqa: E402
+from guidescope.evaluation.defaults import choose_defaults  # noqa: E402
+from guidescope.evaluation.measure import Measurement  # noqa: E402
+from guidescope.evaluation.sweeps import Results  # noqa: E402
 
 README_START, README_END = "<!-- latent:start -->", "<!-- latent:end -->"
 

@@ -9,7 +9,7 @@ for the same bundle: a latent one on the same autoencoder), with everything else
 shipped:
 - accuracy on noisy held-out images by quarter of the timestep range (every held-out image, with
   the evaluation's noise seed: RESULTS.md's line uses 2000 of them), and in the first row that of the
-  training images' own posterior (guidance.metrics.plug_in_accuracy_by_quarter): about the most a
+  training images' own posterior (guidescope.metrics.plug_in_accuracy_by_quarter): about the most a
   classifier trained on them can reach in the noisy quarters;
 - the fidelity, Frechet distance and per-class fidelity at the bundle's default (defaults.json)
   on images-per-class images of each class, drawn from the evaluation's seed as its decision sweep
@@ -21,7 +21,7 @@ shipped:
 
 A candidate is better when the 95% intervals of its paired differences from the shipped classifier
 put its noisiest-quarter accuracy and its fidelity above the shipped one's (both intervals above 0),
-and it is non-inferior to the shipped one by the evaluation's margins (guidance/evaluation/defaults.py).
+and it is non-inferior to the shipped one by the evaluation's margins (guidescope/evaluation/defaults.py).
 """
 from __future__ import annotations
 
@@ -38,13 +38,14 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from guidance import checkpoints, evaluate  # noqa: E402
-from guidance.evaluation.defaults import FD_MARGIN, FIDELITY_MARGIN, non_inferior, setting_name  # noqa: E402
-from guidance.evaluation.measure import Measurement, Setting, judge, measure, real_reference, request  # noqa: E402
-from guidance.evaluation.sweeps import BUDGETS  # noqa: E402
-from guidance.generation import generate  # noqa: E402
-from guidance.metrics import noisy_correct_by_quarter, paired_difference, plug_in_accuracy_by_quarter  # noqa: E402
-from guidance.runtime import configure  # noqa: E402
+from guidescope import checkpoints
+from guidescope.cli import configure  # noqa: E402
+from guidescope.evaluation import command as evaluate  # noqa: E402
+from guidescope.evaluation.defaults import FD_MARGIN, FIDELITY_MARGIN, non_inferior, setting_name  # noqa: E402
+from guidescope.evaluation.measure import Measurement, Setting, judge, measure, real_reference, request  # noqa: E402
+from guidescope.evaluation.sweeps import BUDGETS  # noqa: E402
+from guidescope.generation import generate  # noqa: E402
+from guidescope.metrics import noisy_correct_by_quarter, paired_difference, plug_in_accuracy_by_quarter  # noqa: E402
 from scripts.machine import load_average, load_line  # noqa: E402
 
 TIMING_IMAGES = 8   # the app's default batch
@@ -101,9 +102,9 @@ def main(argv=None) -> int:
     p.add_argument("--images-per-class", type=int, help="default: the decision sweep's of the budget that chose "
                                                           "the default")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--backend", default="auto", help="what runs the UNet (as guidance.evaluate's --backend)")
+    p.add_argument("--backend", default="auto", help="what runs the UNet (as guidescope.evaluate's --backend)")
     p.add_argument("--batch-size", type=int, default=evaluate.parser().get_default("batch_size"),
-                   help="images sampled at once (guidance.evaluate's default)")
+                   help="images sampled at once (guidescope.evaluate's default)")
     p.add_argument("--repeats", type=int, default=5, help="timing runs of each kind")
     p.add_argument("--out", help="write the table to this Markdown file")
     args = p.parse_args(argv)

@@ -32,7 +32,7 @@ from gradio_client import Client
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from demo.settings import DEFAULTS, SERVER  # noqa: E402
-from guidance.checkpoints import read_config  # noqa: E402
+from guidescope.checkpoints import read_config  # noqa: E402
 from scripts.launcher import running_app  # noqa: E402
 
 DOCS = REPO / "docs" / "LOAD.md"

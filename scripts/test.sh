@@ -9,5 +9,5 @@ $sudo apt-get update -qq
 # The real dataset files and the real browser the UI tests drive.
 $sudo apt-get install -y -qq dataset-fashion-mnist chromium > /dev/null
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/pip install -q -r requirements-dev.txt
+.venv/bin/pip install -q -r requirements-dev.txt -e .
 .venv/bin/python -m pytest "$@"

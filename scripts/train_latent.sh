@@ -15,14 +15,14 @@ common=(--out "$out" --data-dir "$data" --device cpu --threads 1 "${resume[@]}")
 export OMP_NUM_THREADS=1
 mkdir -p "$out"
 if [ -z "${SKIP_AE:-}" ]; then
-  python3 -m guidance.train autoencoder "${common[@]}" --batch-size 64 --steps 9000 --minutes "${AE_MIN:-33}" \
+  python3 -m guidescope.train autoencoder "${common[@]}" --batch-size 64 --steps 9000 --minutes "${AE_MIN:-33}" \
       --save-every 1500 --log-every 300 --seed 3 > "$out/autoencoder.out" 2>&1
 fi
 latent=("${common[@]}" --autoencoder "$out")
-python3 -m guidance.train unet "${latent[@]}" --base-channels 64 --channel-mults 1,2 --attention-levels 1 \
+python3 -m guidescope.train unet "${latent[@]}" --base-channels 64 --channel-mults 1,2 --attention-levels 1 \
     --num-res-blocks 1 --lr 3e-4 --batch-size 64 --steps 200000 --minutes "${UNET_MIN:-105}" --save-every 2000 \
     --log-every 500 --seed 4 > "$out/unet.out" 2>&1 & pids=($!)
-python3 -m guidance.train classifier "${latent[@]}" --base-channels 32 --channel-mults 1,2 --num-res-blocks 1 \
+python3 -m guidescope.train classifier "${latent[@]}" --base-channels 32 --channel-mults 1,2 --num-res-blocks 1 \
     --attention-levels "" --lr 1e-3 --batch-size 128 --steps 30000 --minutes "${CLASSIFIER_MIN:-25}" \
     --save-every 4000 --log-every 1000 --seed 23 > "$out/classifier.out" 2>&1 & pids+=($!)
 for pid in "${pids[@]}"; do wait "$pid"; done

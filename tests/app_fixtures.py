@@ -21,12 +21,12 @@ import torch
 from PIL import Image
 
 from demo.settings import DISPLAY
-from guidance.checkpoints import Bundle, load_bundle, save
-from guidance.generation import generate
-from guidance.images import grid
-from guidance.models import (ClassifierConfig, Evaluator, EvaluatorConfig, NoisyClassifier, UNet,
-                             UNetConfig)
-from guidance.request import Request, Row
+from guidescope.bundle import Bundle, load_bundle
+from guidescope.checkpoints import save
+from guidescope.generation import generate
+from guidescope.images import grid
+from guidescope.networks.small import ClassifierConfig, Evaluator, EvaluatorConfig, NoisyClassifier, UNet, UNetConfig
+from guidescope.request import Request, Row
 
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Sneaker", "Bag")
 NUM_TIMESTEPS = 1000
@@ -64,8 +64,8 @@ def make_latent_checkpoints(folder, evaluator_from=None) -> None:
     """A tiny latent bundle in folder: an autoencoder of 16x16 grey images to 2x8x8 latents, a
     UNet and a classifier on those latents carrying the autoencoder's latent record, and (from
     evaluator_from, a pixel folder) the evaluator, which judges decoded images."""
-    from guidance.codec import file_digest
-    from guidance.models import Autoencoder, AutoencoderConfig
+    from guidescope.checkpoints import file_digest
+    from guidescope.networks.small import Autoencoder, AutoencoderConfig
 
     torch.manual_seed(0)
     folder = Path(folder)
@@ -87,7 +87,7 @@ def make_latent_checkpoints(folder, evaluator_from=None) -> None:
 
 def library_samples(bundle: Bundle, class_index: int, scale: float, steps: int, num_images: int, seed: int,
                     sampler: str = "ddim", eta: float = 0.0, **row) -> np.ndarray:
-    """The images the command line (`python -m guidance.sample`) draws for the same settings, on the
+    """The images the command line (`python -m guidescope.sample`) draws for the same settings, on the
     unconditional UNet unless row says otherwise (Row fields): (n, C, H, W) uint8."""
     request = Request((Row(class_index, scale, **row),), images_per_row=num_images, steps=steps, sampler=sampler,
                       eta=eta, seed=seed)

@@ -1,12 +1,12 @@
 """Bad Compare calls and what the error must say, in one table for the two places that check them:
 the handlers called directly (test_app_handlers.py) and the real server through gradio_client
 (test_hardening_input.py). Each case changes a valid call's arguments; both endpoints translate them
-alike (demo/arguments.py) and the library checks them once (guidance.request.check), so a message holds wherever the call comes from. The tiny checkpoints
+alike (demo/arguments.py) and the library checks them once (guidescope.request.check), so a message holds wherever the call comes from. The tiny checkpoints
 of app_fixtures: four classes, T = 1000."""
 from __future__ import annotations
 
 from demo.settings import LIMITS
-from guidance.request import MAX_CFG_SCALE, MAX_SCALE
+from guidescope.request import MAX_CFG_SCALE, MAX_SCALE
 
 SCHEDULE = "schedule must be one of constant, ramp-up, ramp-down"
 CLASS = "class must be one of T-shirt/top, Trouser, Sneaker, Bag"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from guidance.models import ClassifierConfig, NoisyClassifier, UNet, UNetConfig
+from guidescope.networks.small import ClassifierConfig, NoisyClassifier, UNet, UNetConfig
 
 torch.set_num_threads(1)  # the machine is shared; tiny models gain nothing from more
 

@@ -1,4 +1,4 @@
-"""ADM (guidance.adm) against openai/guided-diffusion's own code, and the converter (guidance.convert).
+"""ADM (guidescope.networks.adm) against openai/guided-diffusion's own code, and the converter (guidescope.convert).
 
 The reference numbers are test data written by scripts/adm_reference.py, which ran guided-diffusion
 in a scratch environment: the sorted (key, shape) lists of the README presets' networks, and the
@@ -14,16 +14,15 @@ import threading
 import pytest
 import torch
 from safetensors.torch import load_file
-
-from guidance import convert
-from guidance.diffusion import GaussianDiffusion, respace_timesteps
-from guidance.adm import ADMClassifier, ADMClassifierConfig, ADMUNet, ADMUNetConfig
-from guidance.checkpoints import load
-from guidance.convert import ConversionError, PRESETS, parse_flags
-from guidance.models import build_model
+from test_checkpoints import Marker
 
 from adm_fixtures import DATA, checksum, random_weights, read_json, shapes_of
-from test_checkpoints import Marker
+from guidescope import convert
+from guidescope.checkpoints import load
+from guidescope.convert import PRESETS, ConversionError, parse_flags
+from guidescope.diffusion import GaussianDiffusion, respace_timesteps
+from guidescope.networks.adm import ADMClassifier, ADMClassifierConfig, ADMUNet, ADMUNetConfig
+from guidescope.networks.registry import build_model
 
 TINY = read_json("tiny.json")
 PRESET_DATA = read_json("presets.json")
@@ -281,7 +280,8 @@ def test_guided_run_follows_the_reference_sample_loop(reference, sampler, run):
     """Every step of guided-diffusion's p_sample_loop (learned variance) / ddim_sample_loop with cond_fn."""
     expected = reference[f"{sampler}/samples"]
     for k, x in enumerate(run(reference)):
-        torch.testing.assert_close(x, expected[k], atol=1e-4, rtol=0, msg=f"{sampler} step {k}")
+        # float32 rounding grows over the steps, differently at each thread count (up to 3e-4 after 10)
+        torch.testing.assert_close(x, expected[k], atol=1e-3, rtol=0, msg=f"{sampler} step {k}")
     # The guidance term is far above the tolerance, so the comparison checks it.
     assert (run(reference, scale=0.0)[-1] - expected[-1]).abs().max() > 1e-2
 

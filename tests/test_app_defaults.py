@@ -13,7 +13,7 @@ import pytest
 from app_fixtures import checkpoint_dir  # noqa: F401
 from demo import launch as launch_module
 from demo.settings import AppDefaults, app_defaults
-from guidance.checkpoints import load_bundle
+from guidescope.bundle import load_bundle
 
 CHOSEN = {"scale": 3, "steps": 10, "sampler": "dpm++2m", "interval": [200, 800], "schedule": "ramp-up",
           "scale_reason": "why", "steps_reason": "why"}  # the last two: notes for people, no field of the page

@@ -18,21 +18,21 @@ import pytest
 import torch
 from PIL import Image
 
-from app_fixtures import (CLASS_NAMES, NUM_TIMESTEPS, bundle, checkpoint_dir, colour_bundle,  # noqa: F401
-                          library_samples, pixels_match)
+from app_fixtures import (CLASS_NAMES, NUM_TIMESTEPS, bundle, checkpoint_dir, colour_bundle, library_samples,  # noqa: F401
+                          pixels_match)
 from bad_arguments import BAD_COMPARE
 from demo import arguments, downloads, render, runs, ui
 from demo import handlers as handlers_module
 from demo.examples import EXAMPLES
 from demo.handlers import Handlers
 from demo.launch import launch, parse_args
-from demo.settings import COMPARE_CHOICES, DEFAULTS, DISPLAY, ROW_VALUES, SAMPLER_CHOICES, AppDefaults, Display
-from guidance import generation
-from guidance.guide import NonFiniteError, Schedule, Threshold
-from guidance.images import grid
-from guidance.noise import ItemNoise
-from guidance.request import Request, Row
-from guidance.samplers import SAMPLERS
+from demo.settings import COMPARE_CHOICES, DEFAULTS, DISPLAY, ROW_VALUES, SAMPLER_CHOICES, AppDefaults, Display, Settings
+from guidescope import generation
+from guidescope.guide import NonFiniteError, Schedule, Threshold
+from guidescope.images import grid
+from guidescope.noise import ItemNoise
+from guidescope.request import Request, Row, check
+from guidescope.samplers import SAMPLERS
 
 REPO = Path(__file__).resolve().parent.parent
 EVERY_STEP = Display(frame_interval_s=0.0)
@@ -59,8 +59,8 @@ def compare_args(**changes) -> dict:
 
 def compare_run(**changes) -> arguments.Run:
     args = compare_args(**changes)
-    args["row_values"] = args.pop("strengths")  # the API's name for the rows' values
-    return arguments.compare_run(**args, class_names=CLASS_NAMES, num_timesteps=NUM_TIMESTEPS)
+    strengths, mode = args.pop("strengths"), args.pop("mode")
+    return arguments.compare_run(Settings(**args), strengths, mode, class_names=CLASS_NAMES, num_timesteps=NUM_TIMESTEPS)
 
 
 def error_message(call) -> str:
@@ -259,7 +259,8 @@ def test_a_class_row_is_what_generate_gives_for_that_class(bundle, tmp_path):
 def test_row_statistics_read_each_row_against_its_own_class(bundle):
     images = torch.rand(6, 1, 16, 16) * 2 - 1
     per_class = runs.row_stats(bundle, compare_run(mode="class", strengths="Bag, Trouser", num_images=3), images)
-    bags = arguments.Run(Request((Row(3), Row(3)), images_per_row=3), ("Bag", "Bag"), ("", ""), CLASS_NAMES)
+    bags = arguments.Run(check(Request((Row(3), Row(3)), images_per_row=3), len(CLASS_NAMES), NUM_TIMESTEPS),
+                         ("Bag", "Bag"), ("", ""), CLASS_NAMES)
     all_bags = runs.row_stats(bundle, bags, images)
     assert per_class.classifier_prob[0] == pytest.approx(all_bags.classifier_prob[0])
     assert per_class.classifier_prob[1] != pytest.approx(all_bags.classifier_prob[1])
@@ -489,13 +490,14 @@ def test_compare_rejects_bad_arguments_naming_the_valid_range(bundle, tmp_path, 
 
 
 def test_classes_are_accepted_by_name_in_any_case_or_by_index():
-    runs_ = [arguments.generate_run(**gen_args(class_name=name), class_names=CLASS_NAMES, num_timesteps=NUM_TIMESTEPS)
+    runs_ = [arguments.generate_run(Settings(**gen_args(class_name=name)), class_names=CLASS_NAMES,
+                                    num_timesteps=NUM_TIMESTEPS)
              for name in ("Bag", "bag", " BAG ", 3, 3.0, "3")]
     assert {run.request.rows[0].class_label for run in runs_} == {3}
 
 
 def test_integral_floats_from_sliders_become_integers():
-    run = arguments.generate_run(**gen_args(steps=6.0, seed=3.0, num_images=4.0), class_names=CLASS_NAMES,
+    run = arguments.generate_run(Settings(**gen_args(steps=6.0, seed=3.0, num_images=4.0)), class_names=CLASS_NAMES,
                                  num_timesteps=NUM_TIMESTEPS)
     assert (run.request.steps, run.request.seed, run.request.images_per_row) == (6, 3, 4)
     assert all(type(v) is int for v in (run.request.steps, run.request.seed, run.request.images_per_row))
@@ -511,11 +513,10 @@ def test_the_defaults_and_every_example_are_valid_requests(defaults):
         assert example.tab in ("generate", "compare")
         assert example.changes.get("class_name", "Bag") in FASHION
         settings = example.settings(defaults, FASHION)
-        values = settings.generate_values(FASHION)
         if example.tab == "generate":
-            arguments.generate_run(*values, class_names=FASHION, num_timesteps=1000)
+            arguments.generate_run(settings.settings(FASHION), class_names=FASHION, num_timesteps=1000)
         else:
-            arguments.compare_run(values[0], settings.strengths, settings.compare, *values[1:], class_names=FASHION,
+            arguments.compare_run(settings.settings(FASHION), settings.strengths, settings.compare, class_names=FASHION,
                                   num_timesteps=1000)
 
 

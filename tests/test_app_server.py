@@ -10,12 +10,12 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from app_fixtures import (CLASS_NAMES, app_server, app_url, checkpoint_dir, fetch_image, library_samples,  # noqa: F401
-                          pixels_match, raw_call_events, served_bundle)
+from app_fixtures import (CLASS_NAMES, app_server, app_url, checkpoint_dir, fetch_image, library_samples, pixels_match,  # noqa: F401
+                          raw_call_events, served_bundle)
 from demo import render
 from demo.settings import DISPLAY
-from guidance.diffusion import respace_timesteps
-from guidance.guide import Schedule, Threshold
+from guidescope.diffusion import respace_timesteps
+from guidescope.guide import Schedule, Threshold
 
 GENERATE = ("Sneaker", 3.0, "unconditional", 0.0, 12, "ddim", 0.0, 2, 11)  # the first release's arguments
 

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from guidance import backend
-from guidance.backend import BACKENDS, BackendError, select_unet
-from guidance.checkpoints import load
-
 from conftest import tiny_unet
+
+from guidescope.checkpoints import load
+from guidescope.networks import backend
+from guidescope.networks.backend import BACKENDS, BackendError, select_unet
 
 SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "fashion-mnist"
 TOLERANCE = 1e-4
@@ -133,7 +132,7 @@ def test_corrupt_cache_file_is_exported_again(tmp_path, count_exports, caplog):
     unet = tiny_unet()
     path = backend.cached_onnx(unet, tmp_path)
     path.write_bytes(b"half a graph")
-    with caplog.at_level(logging.WARNING, logger="guidance.backend"):
+    with caplog.at_level(logging.WARNING, logger="guidescope.networks.backend"):
         runner = select_unet(unet, "onnx", cache_dir=tmp_path)
     assert "exporting it again" in caplog.text and len(count_exports) == 2
     assert max_diff(runner, unet, 2) < TOLERANCE
@@ -142,7 +141,7 @@ def test_corrupt_cache_file_is_exported_again(tmp_path, count_exports, caplog):
 def test_missing_runtime_falls_back_to_torch_under_auto(tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
     unet = tiny_unet()
-    with caplog.at_level(logging.WARNING, logger="guidance.backend"):
+    with caplog.at_level(logging.WARNING, logger="guidescope.networks.backend"):
         runner = select_unet(unet, "auto", cache_dir=tmp_path)
     assert runner.backend == "torch" and runner.unet is unet
     assert "ONNX Runtime is not installed" in caplog.text
@@ -163,7 +162,7 @@ def test_failed_export_falls_back_or_fails(tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "onnx", None)  # the exporter needs the onnx package
     with pytest.raises(BackendError, match=r"exporting the UNet to ONNX failed.*pip install onnxruntime onnx"):
         select_unet(tiny_unet(), "onnx", cache_dir=tmp_path)
-    with caplog.at_level(logging.WARNING, logger="guidance.backend"):
+    with caplog.at_level(logging.WARNING, logger="guidescope.networks.backend"):
         runner = select_unet(tiny_unet(), "auto", cache_dir=tmp_path)
     assert runner.backend == "torch" and "exporting the UNet to ONNX failed" in caplog.text
     assert not list(tmp_path.glob("*.onnx"))

@@ -2,9 +2,9 @@
 handler, passes through validators of which exactly one raises; a good request passes through
 no validator twice for the same value.
 
-The validators are the library's value checks (guidance.messages), the class reference and the
-interval rule of guidance.request, and guidance.request.check itself. Each is wrapped wherever a
-module holds it, so a check added anywhere in guidance/ or demo/ is counted. A rule is the
+The validators are the library's value checks (guidescope.messages), the class reference and the
+interval rule of guidescope.request, and guidescope.request.check itself. Each is wrapped wherever a
+module holds it, so a check added anywhere in guidescope/ or demo/ is counted. A rule is the
 validator with its bounds or choices (not its wording), so a repeat under another name counts too.
 """
 from __future__ import annotations
@@ -18,12 +18,14 @@ import pytest
 
 from app_fixtures import NUM_TIMESTEPS, bundle, checkpoint_dir  # noqa: F401
 from demo.handlers import Handlers
-from guidance import messages, request as library_request
-from guidance.request import MAX_SCALE
+from guidescope import messages, parsing
+from guidescope import request as library_request
+from guidescope.request import MAX_SCALE
 
 VALIDATORS = {
     messages: ("number", "exact_integer", "integer", "choice"),
-    library_request: ("class_index", "check_interval", "check"),
+    library_request: ("check_interval", "check"),
+    parsing: ("class_index",),
 }
 
 
@@ -81,7 +83,7 @@ def recorder(monkeypatch) -> Recorder:
             original = getattr(home, name)
             counted = recorder.wrap(name, original)
             for module in list(sys.modules.values()):  # every module that imported it by name
-                if getattr(module, "__name__", "").startswith(("guidance", "demo")) and \
+                if getattr(module, "__name__", "").startswith(("guidescope", "demo")) and \
                         getattr(module, name, None) is original:
                     monkeypatch.setattr(module, name, counted)
     return recorder
@@ -173,9 +175,10 @@ def test_a_good_request_meets_each_validator_once(handlers, recorder, send, chan
 
 def test_the_count_catches_the_library_checking_the_apps_request_again(handlers, recorder, monkeypatch):
     """The count can fail: were generation to check the app's request again as it samples it..."""
-    from guidance import generation
+    from guidescope import generation
 
-    monkeypatch.setattr(generation, "is_checked", lambda *_: False)
+    checked = generation._checked  # given the plain Request, it checks again
+    monkeypatch.setattr(generation, "_checked", lambda bundle, request: checked(bundle, getattr(request, "request", request)))
     generate(handlers, {})
     assert any(rule == ("check",) for rule, _ in recorder.repeats())
 

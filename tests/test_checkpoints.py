@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from guidance import checkpoints
-from guidance.checkpoints import CheckpointError, load, load_bundle, save
-from guidance.models import Evaluator, EvaluatorConfig
-
 from conftest import tiny_classifier, tiny_unet
+
+from guidescope import checkpoints
+from guidescope.bundle import load_bundle
+from guidescope.checkpoints import CheckpointError, load, save
+from guidescope.networks.small import Evaluator, EvaluatorConfig
 
 CLASS_NAMES = ["ant", "bee", "cat"]
 DIFFUSION = {"schedule": "linear", "num_timesteps": 50}
@@ -82,7 +82,7 @@ def test_missing_file_is_named(tmp_path, name):
     with pytest.raises(CheckpointError, match=name.replace(".", r"\.")) as err:
         load_bundle(folder)
     kind = name.split(".")[0]
-    assert f"python -m guidance.train {kind} --out" in str(err.value)  # a command that exists
+    assert f"python -m guidescope.train {kind} --out" in str(err.value)  # a command that exists
 
 
 @pytest.mark.parametrize("keep", [0, 7, 100, 0.5, -1])

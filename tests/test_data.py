@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from guidance import data
-from guidance.data import DEFAULT_FASHION_DIR, FASHION_CLASSES, DataError, DataSource, load
+from guidescope.training import data
+from guidescope.training.data import DEFAULT_FASHION_DIR, FASHION_CLASSES, DataError, DataSource, load
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 needs_debian = pytest.mark.skipif(not (DEFAULT_FASHION_DIR / "t10k-labels-idx1-ubyte.gz").is_file(),

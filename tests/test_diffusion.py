@@ -1,11 +1,11 @@
-"""Diffusion math against closed forms computed here, independently of guidance/diffusion.py."""
+"""Diffusion math against closed forms computed here, independently of guidescope/diffusion.py."""
 import math
 
 import pytest
 import torch
 
-from guidance.diffusion import GaussianDiffusion, make_betas, respace_timesteps
-from guidance.request import Request, Row, check
+from guidescope.diffusion import GaussianDiffusion, make_betas, respace_timesteps
+from guidescope.request import Request, Row, check
 
 T = 1000
 

@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from guidance import train
-from guidance.models import build_model
+from guidescope.networks.registry import build_model
+from guidescope.training import command as train
 
 REPO = Path(__file__).resolve().parent.parent
 # Output agreement between the two runs. DistributedDataParallel averages the two ranks' gradients,
@@ -51,7 +51,7 @@ def options(folder: Path, out: Path, steps: int, *extra: str) -> list[str]:
 
 def torchrun(argv: list[str]) -> None:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "guidance.train", *argv]
+               "-m", "guidescope.train", *argv]
     result = subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
                             capture_output=True, text=True, timeout=280)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]

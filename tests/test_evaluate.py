@@ -13,15 +13,17 @@ import pytest
 import torch
 from PIL import Image
 
-from guidance import checkpoints, data, evaluate
-from guidance.evaluation import card, sweeps
-from guidance.evaluation.compare import difference, matched_difference, not_worse, verdict
-from guidance.evaluation.defaults import (DECISION, choose_decided_scale, choose_defaults, choose_sampler, choose_scale,
-                                         choose_schedule, choose_steps, decide, non_inferior)
-from guidance.evaluation.measure import Measurement, Setting
-from guidance.evaluation.sweeps import BUDGETS, SWEEPS, Results
-from guidance.metrics import Scores
-from guidance.models import ClassifierConfig, Evaluator, EvaluatorConfig, NoisyClassifier, UNet, UNetConfig
+from guidescope import checkpoints
+from guidescope.evaluation import card, sweeps
+from guidescope.evaluation import command as evaluate
+from guidescope.evaluation.compare import difference, matched_difference, not_worse, verdict
+from guidescope.evaluation.defaults import (DECISION, choose_decided_scale, choose_defaults, choose_sampler,
+                                            choose_scale, choose_schedule, choose_steps, decide, non_inferior)
+from guidescope.evaluation.measure import Measurement, Setting
+from guidescope.evaluation.sweeps import BUDGETS, SWEEPS, Results
+from guidescope.metrics import Scores
+from guidescope.networks.small import ClassifierConfig, Evaluator, EvaluatorConfig, NoisyClassifier, UNet, UNetConfig
+from guidescope.training import data
 
 RESAMPLES = 400
 

@@ -1,4 +1,4 @@
-"""From a folder of images to a running app: `python -m guidance.train all` on a tiny generated
+"""From a folder of images to a running app: `python -m guidescope.train all` on a tiny generated
 RGB folder (three classes, PNGs of assorted sizes) trains the three networks on one held-out
 split and evaluates them; `python app.py --checkpoints OUT` then serves the folder's classes in
 colour through gradio_client."""
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from guidance import data, train
+from guidescope.training import command as train
+from guidescope.training import data
 
 CLASSES = ("blue", "green", "red")  # sorted, as the folder's subfolders are read
 

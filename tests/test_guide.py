@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from guidance import GaussianDiffusion, GuidedDenoiser, Guidance, ItemNoise, Schedule, Threshold, final, sample_loop
-from guidance.request import Request, Row, check
+from guidescope import GaussianDiffusion, Guidance, GuidedDenoiser, ItemNoise, Schedule, Threshold, final, sample_loop
+from guidescope.request import Request, Row, check
 
 UNCLIPPED = Threshold("none")
 

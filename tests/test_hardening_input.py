@@ -18,15 +18,14 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from app_fixtures import (CLASS_NAMES, NUM_TIMESTEPS, app_server, app_url, checkpoint_dir, fetch_image,  # noqa: F401
-                          raw_call_events)
+from app_fixtures import CLASS_NAMES, NUM_TIMESTEPS, app_server, app_url, checkpoint_dir, fetch_image, raw_call_events  # noqa: F401
 from bad_arguments import BAD_COMPARE
 from demo import arguments
 from demo.handlers import Handlers
-from demo.settings import DISPLAY, LIMITS
-from guidance.checkpoints import load_bundle
-from guidance.messages import choice
-from guidance.request import MAX_CFG_SCALE, MAX_SCALE, MAX_SEED
+from demo.settings import COMPARE_ROWS, DISPLAY, LIMITS, Settings
+from guidescope.bundle import load_bundle
+from guidescope.messages import choice
+from guidescope.request import MAX_CFG_SCALE, MAX_SCALE, MAX_SEED
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "checkpoints" / "fashion-mnist"
@@ -193,7 +192,8 @@ def expected_error(api_name: str, args: dict) -> str | None:
     try:
         if model is not None:  # the handler picks the model first (demo/handlers.py Handlers.pick)
             choice(model, "model", ("pixel",))
-        check(*args.values(), class_names=CLASS_NAMES, num_timesteps=NUM_TIMESTEPS)
+        own = [args.pop(name) for name in COMPARE_ROWS if name in args]
+        check(Settings(**args), *own, class_names=CLASS_NAMES, num_timesteps=NUM_TIMESTEPS)
     except ValueError as err:
         return str(err)
     return None

@@ -24,12 +24,12 @@ from app_fixtures import bundle, checkpoint_dir, served_bundle  # noqa: F401
 from demo import launch as launch_module
 from demo.handlers import Handlers
 from demo.settings import DISPLAY, SERVER
-from guidance.backend import BackendError
+from guidescope.networks.backend import BackendError
 from scripts.launcher import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 FIXED_GRADIO = Version("6.20")  # releases before it carry known file-access and SSRF advisories
-TRAIN_HINT = "python -m guidance.train"
+TRAIN_HINT = "python -m guidescope.train"
 
 
 class Unpickled:

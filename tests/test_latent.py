@@ -5,27 +5,27 @@ from __future__ import annotations
 import json
 import shutil
 
+import gradio as gr
 import numpy as np
 import pytest
 import torch
+from test_train import read_log, write_stripes_folder
 
 from app_fixtures import CLASS_NAMES, LATENT_SCALE, checkpoint_dir, make_latent_checkpoints  # noqa: F401
 from demo import runs
-import gradio as gr
-
 from demo.handlers import Handlers, StreamOutputs
-from demo.models import models_of
 from demo.launch import opening_order
-from guidance import train
-from guidance.checkpoints import CheckpointError, load, load_bundle, save
-from guidance.codec import LatentCodec, PixelCodec, latent_scale_factor
-from guidance.generation import generate, stream
-from guidance.guide import Guidance, Threshold
-from guidance.images import to_uint8
-from guidance.models import Autoencoder, AutoencoderConfig
-from guidance.request import Request, Row
-
-from test_train import read_log, write_stripes_folder
+from demo.models import models_of
+from guidescope.bundle import load_bundle
+from guidescope.checkpoints import CheckpointError, load, save
+from guidescope.codec import LatentCodec, PixelCodec
+from guidescope.generation import generate, stream
+from guidescope.guide import Guidance, Threshold
+from guidescope.images import to_uint8
+from guidescope.networks.small import Autoencoder, AutoencoderConfig
+from guidescope.request import Request, Row
+from guidescope.training import command as train
+from guidescope.training.latents import latent_scale_factor
 
 
 @pytest.fixture(scope="module")

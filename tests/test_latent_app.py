@@ -13,16 +13,16 @@ import time
 
 import pytest
 from gradio_client import Client
+from test_app_browser import COUNT_FRAMES, browser  # noqa: F401
 
-from app_fixtures import (CLASS_NAMES, RUN_LINE, Server, checkpoint_dir, fetch_image,  # noqa: F401
-                          make_latent_checkpoints, pixels_match)
+from app_fixtures import (CLASS_NAMES, RUN_LINE, Server, checkpoint_dir, fetch_image, make_latent_checkpoints,  # noqa: F401
+                          pixels_match)
 from demo import render, runs
 from demo.launch import parse_args
-from guidance.checkpoints import load_bundle
-from guidance.generation import generate, stream
-from guidance.images import to_uint8
-from guidance.request import Request, Row
-from test_app_browser import COUNT_FRAMES, browser  # noqa: F401
+from guidescope.bundle import load_bundle
+from guidescope.generation import generate, stream
+from guidescope.images import to_uint8
+from guidescope.request import Request, Row
 
 GENERATE = ("Sneaker", 3.0, "unconditional", 0.0, 6, "unipc", 0.0, 2, 11, "full", "constant", "clip", 0.995)
 

@@ -1,9 +1,9 @@
 """Evaluation metrics on cases with known answers."""
-import torch
-
 import math
 
-from guidance.metrics import RealReference, bootstrap_scores, frechet_distance, precision_recall
+import torch
+
+from guidescope.metrics import RealReference, bootstrap_scores, frechet_distance, precision_recall
 
 
 def test_identical_sets_have_zero_distance_and_full_recall():
@@ -80,8 +80,8 @@ def test_the_plug_in_posterior_is_the_mixture_posterior_of_the_training_images()
     """Against the posterior written out with torch.distributions: one Gaussian
     N(sqrt(a) x_0^i, (1 - a) I) per training image, summed by class. With T = 8 each quarter holds
     two timesteps; the noisy images are the ones noised_by_quarter draws."""
-    from guidance.diffusion import GaussianDiffusion
-    from guidance.metrics import noised_by_quarter, plug_in_accuracy_by_quarter
+    from guidescope.diffusion import GaussianDiffusion
+    from guidescope.metrics import noised_by_quarter, plug_in_accuracy_by_quarter
 
     g = torch.Generator().manual_seed(0)
     train, train_labels = torch.randn(12, 1, 2, 3, generator=g), torch.arange(12) % 3
@@ -99,8 +99,8 @@ def test_the_plug_in_posterior_is_the_mixture_posterior_of_the_training_images()
 
 
 def test_the_plug_in_posterior_reads_clean_images_as_their_nearest_training_image():
-    from guidance.diffusion import GaussianDiffusion
-    from guidance.metrics import plug_in_accuracy_by_quarter
+    from guidescope.diffusion import GaussianDiffusion
+    from guidescope.metrics import plug_in_accuracy_by_quarter
 
     train, labels = torch.tensor([[-1.0] * 4, [1.0] * 4]).reshape(2, 1, 2, 2), torch.tensor([0, 1])
     test = (train * 0.5).repeat(10, 1, 1, 1)
@@ -113,7 +113,7 @@ def test_a_paired_difference_sees_what_unpaired_noise_would_hide():
     """Two scorers that agree on 990 of 1000 items and differ on 10, all in a's favour: +1 point,
     and the interval excludes 0 (pairing cancels the items' own spread); with no difference the
     interval holds 0."""
-    from guidance.metrics import paired_difference
+    from guidescope.metrics import paired_difference
 
     g = torch.Generator().manual_seed(1)
     b = (torch.rand(1000, generator=g) < 0.5).float()
@@ -126,8 +126,8 @@ def test_a_paired_difference_sees_what_unpaired_noise_would_hide():
 
 
 def test_noisy_accuracy_runs_the_classifier_without_gradients():
-    from guidance.diffusion import GaussianDiffusion
-    from guidance.metrics import noisy_accuracy_by_quarter
+    from guidescope.diffusion import GaussianDiffusion
+    from guidescope.metrics import noisy_accuracy_by_quarter
 
     class Recorder(torch.nn.Module):
         def __init__(self):

@@ -1,5 +1,5 @@
 """One seeding rule through every door: for the same seed and settings, class 0's images from the
-evaluation (guidance/evaluation/measure.py), the command line (`python -m guidance.sample`, in a
+evaluation (guidescope/evaluation/measure.py), the command line (`python -m guidescope.sample`, in a
 child process) and the real app's /generate endpoint (through gradio_client) are the same bytes,
 when each samples the same batch: the n images of one class."""
 from __future__ import annotations
@@ -17,8 +17,8 @@ from PIL import Image
 
 from app_fixtures import CLASS_NAMES, app_server, app_url, bundle, checkpoint_dir  # noqa: F401
 from demo.settings import DISPLAY
-from guidance.evaluation.measure import Setting, draw
-from guidance.images import grid
+from guidescope.evaluation.measure import Setting, draw
+from guidescope.images import grid
 
 REPO = Path(__file__).resolve().parent.parent
 N, SEED, STEPS, SCALE = 4, 7, 6, 2.0   # guided, so the classifier's gradient is part of what must agree
@@ -41,7 +41,7 @@ def test_classes_start_from_different_images(bundle):  # noqa: F811
 
 def test_the_command_line_draws_the_evaluations_images(checkpoint_dir, evaluation_images, tmp_path):  # noqa: F811
     out = tmp_path / "x.npz"
-    command = [sys.executable, "-m", "guidance.sample", "--checkpoints", str(checkpoint_dir), "--class", "0",
+    command = [sys.executable, "-m", "guidescope.sample", "--checkpoints", str(checkpoint_dir), "--class", "0",
                "--n", str(N), "--batch-size", str(N), "--seed", str(SEED), "--scale", str(SCALE), "--steps",
                str(STEPS), "--out", str(out), "--backend", "torch", "--device", "cpu", "--threads", "1"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)

@@ -1,5 +1,5 @@
 """The sampling command line (run as a subprocess and in-process through runpy) and the library
-entry point behind it, guidance.generation, on tiny checkpoints."""
+entry point behind it, guidescope.generation, on tiny checkpoints."""
 import importlib
 import re
 import runpy
@@ -10,16 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_classifier, tiny_unet
 from PIL import Image
 
-import guidance
-from guidance.checkpoints import load_bundle, save
-from guidance.generation import generate, stream
-from guidance.guide import Schedule
-from guidance.noise import ItemNoise
-from guidance.request import Request, Row, class_index
-
-from conftest import tiny_classifier, tiny_unet
+import guidescope
+from guidescope.bundle import load_bundle
+from guidescope.checkpoints import save
+from guidescope.generation import generate, stream
+from guidescope.guide import Schedule
+from guidescope.noise import ItemNoise
+from guidescope.parsing import class_index
+from guidescope.request import Request, Row
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASS_NAMES = ["Ant", "Bee", "Cat"]
@@ -46,7 +47,7 @@ def subprocess_runs(checkpoints, tmp_path_factory) -> dict:
     runs = {"npz": ["--class", "bee", "--scale", "2", "--steps", "4", "--sampler", "ddpm", "--n", "5",
                     "--batch-size", "2", "--seed", "3", "--out", str(out / "bees.npz")],
             "bad": ["--class", "zebra", "--out", str(out / "zebras.npz")]}
-    procs = {name: subprocess.Popen([sys.executable, "-m", "guidance.sample", "--threads", "1", "--device", "cpu", "--backend", "torch",
+    procs = {name: subprocess.Popen([sys.executable, "-m", "guidescope.sample", "--threads", "1", "--device", "cpu", "--backend", "torch",
                                      "--checkpoints", str(checkpoints), *args],
                                     cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for name, args in runs.items()}
@@ -58,9 +59,9 @@ def subprocess_runs(checkpoints, tmp_path_factory) -> dict:
 
 
 def cli_in_process(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["guidance.sample", "--threads", "1", "--device", "cpu", "--backend", "torch", *args])
+    monkeypatch.setattr(sys, "argv", ["guidescope.sample", "--threads", "1", "--device", "cpu", "--backend", "torch", *args])
     with pytest.raises(SystemExit) as exit_:
-        runpy.run_module("guidance.sample", run_name="__main__")
+        runpy.run_module("guidescope.sample", run_name="__main__")
     return exit_.value.code, capsys.readouterr().err
 
 
@@ -126,7 +127,7 @@ def test_bad_arguments(checkpoints, tmp_path, monkeypatch, capsys, args, message
     flags.update(zip(pairs[::2], pairs[1::2]))
     code, err = cli_in_process(monkeypatch, capsys, *[item for pair in flags.items() for item in pair], *interval)
     assert code == 2
-    assert "usage: python -m guidance.sample" in err
+    assert "usage: python -m guidescope.sample" in err
     assert re.search(message, err), err
     assert not list(tmp_path.iterdir())
 
@@ -154,7 +155,7 @@ def test_interval_schedule_and_threshold_reach_the_library(checkpoints, bundle, 
                                "--steps", "4", "--n", "2", "--interval", "10", "40", "--schedule", "ramp-up",
                                "--threshold", "dynamic", "--threshold-percentile", "0.9", "--out", str(out))
     assert code == 0, err
-    from guidance.guide import Threshold
+    from guidescope.guide import Threshold
     row = Row(1, 4.0, schedule=Schedule("ramp-up", (10, 40)), threshold=Threshold("dynamic", 0.9))
     expected = generate(bundle, Request((row,), images_per_row=2, steps=4))
     with np.load(out) as data:
@@ -166,14 +167,12 @@ def test_every_module_imports_and_no_module_hides_a_function():
     import pkgutil
 
     import demo
-    import guidance.evaluation
 
-    names = [f"{pkg.__name__}.{m.name}" for pkg in (guidance, guidance.evaluation, demo)
-             for m in pkgutil.iter_modules(pkg.__path__)]
-    assert "guidance.sample" in names and "demo.arguments" in names
+    names = [m.name for pkg in (guidescope, demo) for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + ".")]
+    assert {"guidescope.sample", "guidescope.training.loop", "guidescope.networks.adm", "demo.arguments"} <= set(names)
     for name in names:
         importlib.import_module(name)
-    assert callable(guidance.sample_loop) and callable(guidance.generation.stream)
+    assert callable(guidescope.sample_loop) and callable(guidescope.generation.stream)
 
 
 def _rows(labels, scale=3.0, cfg_scale=1.0):

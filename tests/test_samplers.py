@@ -6,8 +6,9 @@ import copy
 import pytest
 import torch
 
-from guidance import GaussianDiffusion, GuidedDenoiser, Guidance, ItemNoise, NonFiniteError, Threshold, final, sample_loop
-from guidance.request import Request, Row, check
+from guidescope import (GaussianDiffusion, Guidance, GuidedDenoiser, ItemNoise, NonFiniteError, Threshold, final,
+                        sample_loop)
+from guidescope.request import Request, Row, check
 
 SAMPLERS = ["ddim", "ddpm", "dpm++2m", "unipc"]
 UNCLIPPED = Threshold("none")
@@ -120,7 +121,7 @@ def test_ddim_with_eta_uses_fresh_noise(model, diffusion):
 
 
 # eta's range, the sampler's name and "eta is DDIM's" are the request's rules, checked once where it
-# enters the library (guidance.request.check), not again by the samplers.
+# enters the library (guidescope.request.check), not again by the samplers.
 @pytest.mark.parametrize("eta", [-0.1, 1.5, float("nan")])
 def test_a_request_with_eta_outside_0_1_is_refused(eta):
     with pytest.raises(ValueError, match="eta must be a number from 0 to 1"):

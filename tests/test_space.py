@@ -124,7 +124,7 @@ def tiny_space(tmp_path_factory, checkpoint_dir):
 def test_the_space_holds_the_app_and_nothing_of_tests_docs_or_scripts(tiny_space):
     files = space_files(tiny_space)
     for needed in ("app.py", "README.md", "requirements.txt", ".gitattributes", "demo/explain.md",
-                   "demo/handlers.py", "demo/zerogpu.py", "guidance/__init__.py",
+                   "demo/handlers.py", "demo/zerogpu.py", "guidescope/__init__.py",
                    "checkpoints/fashion-mnist/unet.safetensors", "checkpoints/fashion-mnist/classifier.json"):
         assert needed in files
     assert not [f for f in files if f.split("/")[0] in ("tests", "docs", "scripts") or "__pycache__" in f]

@@ -11,14 +11,15 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from guidance import train
-from guidance.checkpoints import load, load_bundle
-from guidance.data import Dataset
-from guidance.distributed import Context
-from guidance.evaluation import card
-from guidance.models import MODELS
-from guidance.tasks import TASKS, roll_each
-from guidance.trainer import Trainer
+from guidescope.bundle import load_bundle
+from guidescope.checkpoints import load
+from guidescope.evaluation import card
+from guidescope.networks.registry import MODELS
+from guidescope.training import command as train
+from guidescope.training.data import Dataset
+from guidescope.training.distributed import Context
+from guidescope.training.loop import Trainer
+from guidescope.training.tasks import TASKS, roll_each
 
 CLASSES = ("horizontal", "vertical")
 SINGLE = Context(0, 1, torch.device("cpu"))

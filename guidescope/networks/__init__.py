@@ -1,0 +1,9 @@
+"""The networks, each an nn.Module built from a frozen config that its checkpoint's JSON carries:
+
+    layers    what the networks share: the timestep embedding, attention, attention pooling
+    small     sized for 28x28 images on a CPU: the eps-predicting UNet, the noise-conditioned
+              classifier that guides it, the clean-image evaluator that judges, the autoencoder
+    adm       guided-diffusion's ADM UNet and classifier (Dhariwal & Nichol 2021)
+    registry  a checkpoint's "kind" -> its network and config (build_model, config_dict)
+    backend   where the UNet's forward pass runs on a CPU: eager torch or ONNX Runtime
+"""
