@@ -29,7 +29,8 @@ class Downloads:
         gif = render.save_gif(recording, self.folder / f"{stem}.gif", self.display, frames)
         png = None
         if recording.state == "finished":
-            samples = render.grid(recording.images(frames[-1]), recording.run, self.display, self.display.png_upscale)
+            samples = render.grid(recording.images(frames[-1]), recording.run, self.display, self.display.png_upscale,
+                                  labels=True)
             png = render.save_png(samples, recording.run.parameters(), self.folder / f"{stem}.png")
         self._prune()
         return gif, png

@@ -7,7 +7,8 @@
                is a StreamOutputs tuple), sent at most once per Display.frame_interval_s from the
                start, and always the last (0 sends x_T and every step), ended within a step by
                Stop (stops.py)
-    LiveMode   the live events: the final frame of each slider move, superseding the last run
+    LiveMode   the live events: the final frame of a run at the slider's latest position (one run
+               in flight, the latest position pending: the images follow a drag)
     Playback   after a run: the scrubber over its frames and its downloads (downloads.py)
 
 A ValueError (a bad argument) or a NonFiniteError (a run that diverged) reaches the caller as
@@ -24,6 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple, Sequence
 
+import altair as alt
 import gradio as gr
 import pandas as pd
 from PIL import Image
@@ -55,28 +57,24 @@ class StreamOutputs(NamedTuple):
     x_t: Image.Image                 # the current x_t grid (x_T first, the samples last)
     pred_xstart: Image.Image | None  # the current x-hat_0 grid (None before the first step)
     status: str                      # Markdown: step, state, time
-    chart: pd.DataFrame | gr.LinePlot  # mean p(c | x_t) per row and step so far (see `of`)
+    chart: alt.Chart                 # mean p(c | x_t) per row and step so far (render.line_chart; .data)
     table: pd.DataFrame              # per-row confidence and diversity
     push: Image.Image | None         # the guidance term k_t w(t) g, diverging colours (None before step 1)
     push_note: str                   # what the push colours mean at this step, with its scale s
-    norm_chart: pd.DataFrame | gr.LinePlot  # mean ||k_t w(t) g|| per row and step so far
+    norm_chart: alt.Chart            # mean ||k_t w(t) g|| per row and step so far
     recording: Recording             # kept in the session for scrubbing and downloads
+    row_labels: str                  # HTML: the rows' labels as text beside the x_t grid ("" for one row)
 
     @classmethod
-    def of(cls, recording: Recording, frame: Frame | None, with_evaluator: bool, first: bool) -> StreamOutputs:
-        """The outputs after frame (None: x_T, before the first step); first: the run's first sent."""
+    def of(cls, recording: Recording, frame: Frame | None, with_evaluator: bool) -> StreamOutputs:
+        """The outputs after frame (None: x_T, before the first step)."""
         images = render.frame_images(recording, frame)
-        chart, norm_chart = render.chart(recording), render.norm_chart(recording)
-        if first:
-            # The browser builds a chart (axis range, row colours) from the first value it gets
-            # after these settings change, and only swaps the data afterwards.
-            run = recording.run
-            x_lim, colors = [0, run.request.steps], render.chart_colors(run)
-            chart = gr.LinePlot(value=chart, x_lim=x_lim, color_map=colors)
-            norm_chart = gr.LinePlot(value=norm_chart, x_lim=x_lim, color_map=colors)
+        chart = render.line_chart(recording, render.chart(recording), render.CHART_Y, "p(c | x_t)", [0, 1])
+        norm_chart = render.line_chart(recording, render.norm_chart(recording), render.NORM_Y, "‖k_t w(t) g‖")
         return cls(x_t=images.x_t, pred_xstart=images.pred_xstart, status=render.status(recording, frame),
                    chart=chart, table=render.table(recording, with_evaluator), push=images.push,
-                   push_note=render.push_note(frame), norm_chart=norm_chart, recording=recording)
+                   push_note=render.push_note(frame), norm_chart=norm_chart, recording=recording,
+                   row_labels=render.row_labels(recording.run, images.x_t.height))
 
 
 class AfterRun(NamedTuple):
@@ -180,7 +178,7 @@ class Handlers:
         self.stops = StopRequests()
         self.opening = ""               # Markdown: why the page opens on the first model (demo/launch.py)
         self.timings = Timings(models, display, partial(defaults_run, limits=limits))
-        self.live_mode = LiveMode(self.serve, self.stops)
+        self.live_mode = LiveMode(self.serve)
         self.playback = Playback(Downloads(downloads, display))
         self._stream_on_device = on_gpu(self.stream)
 
@@ -226,14 +224,14 @@ class Handlers:
         with user_errors():
             model = self.pick(model)
             run = run_of(build, model, self.limits)
+            self.timings.check_bound(model.name, run, self.limits.max_seconds)
         yield from self._stream_on_device(run, _session(request), model.name, final_only)
 
     def stream(self, run: Run, session: str | None = None, model: str | None = None,
                final_only: bool = False) -> Iterator[StreamOutputs]:
         """Sample the run on the named model, yielding a frame whenever frame_interval_s has passed
         (x_T first when it is 0), then the final frame (or the frame where Stop was seen);
-        final_only sends the final frame alone, and nothing once a newer live run superseded this
-        one. Logs one line when the run ends, however it ends."""
+        final_only sends the final frame alone. Logs one line when the run ends, however it ends."""
         stream = RunStream(self.pick(model).bundle, run, session, self.display.frame_interval_s, self.with_evaluator)
         yield from stream.frames(self.stops, final_only)
 
@@ -268,18 +266,17 @@ class RunStream:
 
     def _steps(self, steps: Iterator[Step], recording: Recording, progress: RunProgress,
                final_only: bool) -> Iterator[StreamOutputs]:
-        """Record every step; send the last, the one where Stop was seen (none when superseded)
-        and, unless final_only, x_T or a step whenever frame_interval_s has passed since the start
+        """Record every step; send the last, the one where Stop was seen and, unless final_only, x_T or a step whenever frame_interval_s has passed since the start
         or the frame sent before: with 0, x_T and every step; a run shorter than the interval sends
         its last frame alone, one frame the server and the page need not handle."""
-        bundle, run, sent, first = self.bundle, self.run, time.monotonic(), True
+        bundle, run, sent = self.bundle, self.run, time.monotonic()
 
         def due() -> bool:
             return not final_only and time.monotonic() - sent >= self.frame_interval_s
 
         def send(frame: Frame | None) -> StreamOutputs:
-            nonlocal sent, first
-            outputs, sent, first = StreamOutputs.of(recording, frame, self.with_evaluator, first), time.monotonic(), False
+            nonlocal sent
+            outputs, sent = StreamOutputs.of(recording, frame, self.with_evaluator), time.monotonic()
             return outputs
 
         if due():
@@ -295,8 +292,7 @@ class RunStream:
                     yield send(frame)
                 elif progress.stop_came is not None:
                     recording.end("stopped", runs.live_stats(recording, frame, step))
-                    if not progress.superseded:
-                        yield send(frame)
+                    yield send(frame)
                     return
                 elif due():
                     recording.stats = runs.live_stats(recording, frame, step)
@@ -311,26 +307,24 @@ class RunStream:
         state = recording.state
         if state == "running":
             state = "closed" if progress.stop_came is None else "stopped"
-        if progress.superseded:
-            state = "superseded"
         stop = "" if progress.stop_came is None else f"; Stop came after step {progress.stop_came}"
         log.info("run %s: %s after step %d of %d%s", (self.session or "-")[:8], state, len(recording.frames),
                  self.run.request.steps, stop)
 
 
 class LiveMode:
-    """The live events, wired to the sliders when a live box is ticked. serve is Handlers.serve;
-    stops the StopRequests through which a newer move ends the session's running sample."""
+    """The live events, wired to the sliders when a live box is ticked. serve is Handlers.serve."""
 
-    def __init__(self, serve: Callable[..., Iterator[StreamOutputs]], stops: StopRequests):
-        self._serve, self._stops = serve, stops
+    def __init__(self, serve: Callable[..., Iterator[StreamOutputs]]):
+        self._serve = serve
 
     def _live_generate(self, settings: Settings, live, model, request: gr.Request | None = None) -> tuple:
         return self._final(live, partial(arguments.generate_run, settings), model, request)
 
     live_generate = endpoint(_live_generate, ("live", *GENERATE_ARGUMENTS), """When live is on: generate's final frame
-        (StreamOutputs). The page calls it as a control moves, after supersede has ended the session's previous
-        run. When live is off, or a newer move superseded this run, every output is left as it is (gr.skip).""")
+        (StreamOutputs). The page calls it as a control moves; a run in flight goes to its end, and of the
+        moves made meanwhile only the latest runs next (ui._wire_live). When live is off, every output is left as
+        it is (gr.skip).""")
 
     def _live_compare(self, settings: Settings, live, strengths, mode, model,
                       request: gr.Request | None = None) -> tuple:
@@ -351,12 +345,6 @@ class LiveMode:
             return AfterRun(*(gr.skip() for _ in AfterRun._fields))
         hidden = gr.update(visible=False)
         return AfterRun(hidden, hidden, hidden, gr.skip())
-
-    def supersede(self, live, request: gr.Request = None) -> None:
-        """When live is on, end this session's running sample after its current step without
-        another frame: a newer live request takes its place (the last position wins)."""
-        if live is True:
-            self._stops.request(_session(request), superseded=True)
 
 
 class Playback:

@@ -120,7 +120,9 @@ def _handlers(models: list[Model], args: argparse.Namespace, device: str) -> Han
     handlers = Handlers(models, display=display_of(args))
     handlers.opening = opening
     if torch.device(device).type == "cpu":
-        handlers.timings.time_steps()  # the page shows what one step takes here: seconds for a full-size ImageNet model
+        # what one step takes here: the page shows it (seconds for a full-size ImageNet model), and it
+        # bounds what one request may ask for
+        handlers.timings.time_steps(handlers.limits.max_images_per_row)
     if args.live == "auto":
         handlers.timings.time_runs()  # for live mode: what one run at each model's defaults takes on this machine
     return handlers

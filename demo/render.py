@@ -4,11 +4,13 @@ denoising, the final PNG with its generation parameters in a text chunk)."""
 from __future__ import annotations
 
 import functools
+import html
 import math
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import altair as alt
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
@@ -23,6 +25,7 @@ PARAMETERS_KEY = "parameters"   # the PNG text chunk that holds Run.parameters()
 CHART_X, CHART_Y, CHART_COLOR = "step", "probability", "row"  # plain names: Vega-Lite reads fields
 NORM_Y = "norm"                 # the guidance norm chart's value field
 CHART_MAX_STEPS = 200           # chart points per row; longer runs are thinned evenly
+CHART_WIDTH = 340               # CSS px of the plotting area: two charts side by side fit a 1400 px page
 CHART_RAMPS = {"w": ((0x8e, 0xc0, 0xe4), (0x08, 0x30, 0x6b)),      # light to dark blue
                "w_cfg": ((0xfd, 0xae, 0x6b), (0x7f, 0x27, 0x04))}  # light to dark orange
 CATEGORY_COLORS = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f",  # Tableau 10, for rows that
@@ -53,17 +56,25 @@ def _font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 
 
+def upscale_of(run: Run, display: Display = DISPLAY) -> int:
+    """The page's nearest-neighbour factor for a run: one row large, several rows smaller."""
+    return display.upscale if len(run.labels) == 1 else display.compare_upscale
+
+
 def grid(images: np.ndarray, run: Run, display: Display = DISPLAY, upscale: int | None = None,
-         background: int = 255) -> Image.Image:
+         background: int = 255, labels: bool = False) -> Image.Image:
     """(B, C, H, W) uint8, one or three channels, as tiles upscaled with nearest-neighbour (by
-    display.upscale unless given) on `background`: one block for a single row, else rows x
-    images_per_row with each row's label written on its left."""
-    up, pad, n = upscale or display.upscale, display.pad, run.request.images_per_row
+    upscale_of(run) unless given) on `background`: one block for a single row, else rows x
+    images_per_row, with each row's label written on its left when `labels` (the downloaded PNG;
+    the page lays the labels out as text, row_labels)."""
+    up, pad, n = upscale or upscale_of(run, display), display.pad, run.request.images_per_row
     if len(run.labels) == 1:  # one row reads better as a near-square block
         return tile_grid(images, ncols=math.ceil(n / math.isqrt(n)), pad=pad, upscale=up, background=background)
     image = tile_grid(images, ncols=n, pad=pad, upscale=up, background=background)
+    if not labels:
+        return image
     tile = images.shape[-2] * up
-    font = _font(max(12, tile * 2 // 5))  # legible when the grid is shown scaled down
+    font = _font(max(12, tile * 2 // 5))
     width = max(int(font.getlength(label)) for label in run.labels) + tile // 4
     canvas = Image.new(image.mode, (width + image.width, image.height), "white")
     canvas.paste(image, (width, 0))
@@ -72,6 +83,18 @@ def grid(images: np.ndarray, run: Run, display: Display = DISPLAY, upscale: int 
         middle = (pad + r * (images.shape[-2] + pad)) * up + tile // 2
         draw.text((tile // 8, middle), label, fill="black", font=font, anchor="lm")
     return canvas
+
+
+def row_labels(run: Run, grid_height: int, display: Display = DISPLAY) -> str:
+    """The rows' labels as HTML text, one line per row of a grid `grid_height` px tall (shown at
+    its own size), each beside its row; empty for a single row."""
+    if len(run.labels) == 1:
+        return ""
+    top = display.pad * upscale_of(run, display)
+    row = (grid_height - top) / len(run.labels)
+    lines = "".join(f'<div class="row-label" style="height:{row:g}px;line-height:{row - top:g}px">{html.escape(label)}</div>'
+                    for label in run.labels)
+    return f'<div class="row-labels" style="padding-top:{top}px">{lines}</div>'
 
 
 def push_colors(push: Push) -> np.ndarray:
@@ -104,9 +127,8 @@ def frame_images(recording: Recording, frame: Frame | None) -> FrameImages:
 
 
 def _per_step(recording: Recording, values, y: str, upto: int | None) -> pd.DataFrame:
-    """values(frame) -> (rows,) over frames[:upto] in long format (step 1..N, y, row label) for
-    gr.LinePlot. Before the first step it holds one empty point per row, so the chart learns
-    every row label from its first value."""
+    """values(frame) -> (rows,) over frames[:upto] in long format (step 1..N, y, row label); before
+    the first step, one empty point per row."""
     frames = recording.frames[:upto]
     if len(frames) > CHART_MAX_STEPS:  # evenly thinned, keeping the last
         keep = np.unique(np.linspace(0, len(frames) - 1, CHART_MAX_STEPS).round().astype(int))
@@ -119,6 +141,21 @@ def _per_step(recording: Recording, values, y: str, upto: int | None) -> pd.Data
         found, count = np.concatenate([values(f) for f in frames]), len(frames)
     # A string dtype, so the row column stays nominal even when empty (pandas makes [] float).
     return pd.DataFrame({CHART_X: steps, y: found, CHART_COLOR: pd.Series(labels * count, dtype="string")})
+
+
+def line_chart(recording: Recording, data: pd.DataFrame, y: str, title: str, y_domain: list | None = None) -> alt.Chart:
+    """A line per row of the run over its steps, as a whole Vega-Lite spec: the axis range, each
+    row's colour (chart_colors) and the legend travel with every frame, so every run draws its own
+    lines and legend however many frames it sends. (gr.LinePlot keeps the spec it built from an
+    earlier value and swaps only the data, so a new run's rows were drawn under the last run's
+    legend, or not at all.)"""
+    colors, rows = chart_colors(recording.run), list(recording.run.labels)  # the legend in row order
+    return alt.Chart(data).mark_line(point=len(recording.frames) <= 1).encode(
+        x=alt.X(f"{CHART_X}:Q", title="step", scale=alt.Scale(domain=[0, recording.run.request.steps])),
+        y=alt.Y(f"{y}:Q", title=title, scale=alt.Scale(domain=y_domain) if y_domain else alt.Undefined),
+        color=alt.Color(f"{CHART_COLOR}:N", title="row", sort=rows,
+                        scale=alt.Scale(domain=rows, range=[colors[row] for row in rows])),
+    ).properties(width=CHART_WIDTH, height=200, usermeta={"embedOptions": {"renderer": "svg"}})  # lines a test can read
 
 
 def chart(recording: Recording, upto: int | None = None) -> pd.DataFrame:

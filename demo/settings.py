@@ -3,11 +3,11 @@ ask for, how frames are drawn and streamed, and how the server is run. The libra
 (guidescope.request: MAX_SCALE, MAX_CFG_SCALE, MAX_SEED) are not repeated here."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from guidescope.bundle import default_value, read_defaults
 from guidescope.guide import Threshold
 from guidescope.request import MAX_CFG_SCALE, MAX_SCALE, SAMPLING_DEFAULTS
 from guidescope.samplers import SAMPLERS, sampler_title
@@ -126,16 +126,19 @@ class Limits:
     max_images_per_row: int = 16
     max_rows: int = 10              # rows compared at once (classifier vs free makes 2 per strength)
     max_images: int = 80            # rows x images per row
-    max_image_steps: int = 4000     # images x steps: about two minutes of a 2-core CPU at full size
+    max_image_steps: int = 4000     # images x steps, whatever the machine (the API's hard cap)
+    max_seconds: float = 10.0       # the longest one request may hold the server here, by the measured
+                                    # cost of a step (timing.Timings.check_bound): others wait no longer
     max_text_chars: int = 200       # the Compare rows' text and the interval text
 
 
 @dataclass(frozen=True)
 class Display:
     """How frames look and how often they go out."""
-    upscale: int = 2                # nearest-neighbour factor of streamed frames and the GIF; the page
-                                    # enlarges them further without smoothing (CSS pixelated), so a
-                                    # small factor keeps PNG encoding cheap
+    upscale: int = 4                # nearest-neighbour factor of a one-row run's frames (Generate) and
+                                    # the GIF: the page shows them at this size, 28 px tiles at 112 CSS px
+    compare_upscale: int = 2        # ... of a run of several rows (Compare): 56 CSS px tiles, 8 a row
+                                    # beside two other panels at 1400 px
     png_upscale: int = 4            # the downloadable PNG of the samples
     pad: int = 2                    # pixels between tiles, before upscaling
     frame_interval_s: float = 0.5   # at most two frames a second from the start, and the last: encoding
@@ -161,28 +164,10 @@ class ServerSettings:
     cache_cleanup_s: int = 3600     # Gradio deletes its copies of frames and downloads after an hour
 
 
-def _default_value(name: str, value):
-    """value as the type of AppDefaults.name, or None when it does not fit. An interval may also
-    be written [LO, HI] or null."""
-    kind = type(getattr(AppDefaults, name))
-    if name == "interval" and value is None:
-        return "full"
-    if name == "interval" and isinstance(value, list) and len(value) == 2 and all(type(v) is int for v in value):
-        return f"{value[0]}-{value[1]}"
-    if kind is float and type(value) in (int, float):
-        return float(value)
-    return value if type(value) is kind else None
-
-
 def defaults_record(folder: str | Path | None) -> dict:
-    """folder/defaults.json as a dict; {} when there is none, or it is unreadable or not an object."""
-    if folder is None:
-        return {}
-    try:
-        chosen = json.loads((Path(folder) / "defaults.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return chosen if isinstance(chosen, dict) else {}
+    """folder/defaults.json as a dict; {} when there is none, or it is unreadable or not an object
+    (the library's one reader of it, guidescope.bundle.read_defaults)."""
+    return read_defaults(folder)
 
 
 def app_defaults(folder: str | Path | None) -> AppDefaults:
@@ -192,7 +177,8 @@ def app_defaults(folder: str | Path | None) -> AppDefaults:
     Whether the values make a valid request is checked where the app starts (demo/launch.py)."""
     chosen = defaults_record(folder)
     names = {f.name for f in fields(AppDefaults)}
-    values = {name: _default_value(name, value) for name, value in chosen.items() if name in names}
+    values = {name: default_value(name, value, type(getattr(AppDefaults, name)))
+              for name, value in chosen.items() if name in names}
     return replace(AppDefaults(), **{name: value for name, value in values.items() if value is not None})
 
 

@@ -1,5 +1,5 @@
 """Stop requests: the run in progress of each session, and what ends it within one step (the Stop
-button, the client going away, a newer live run of the same session)."""
+button, the client going away)."""
 from __future__ import annotations
 
 import threading
@@ -11,7 +11,6 @@ class RunProgress:
     """Where a run in progress is; written by the run after every step, read by Stop."""
     steps_done: int = 0
     stop_came: int | None = None  # steps_done when Stop came; None while it has not
-    superseded: bool = False      # a newer live run of the session took over: send nothing more
 
 
 class StopRequests:
@@ -33,13 +32,12 @@ class StopRequests:
                 self._runs[session] = progress
         return progress
 
-    def request(self, session: str | None, superseded: bool = False) -> None:
-        """Stop the session's run after its current step; superseded: a newer run replaces it, so
-        it ends without another frame."""
+    def request(self, session: str | None) -> None:
+        """Stop the session's run after its current step."""
         with self._lock:
             progress = self._runs.get(session)
             if progress is not None and progress.stop_came is None:
-                progress.stop_came, progress.superseded = progress.steps_done, superseded
+                progress.stop_came = progress.steps_done
 
     def end(self, session: str | None, progress: RunProgress) -> None:
         with self._lock:

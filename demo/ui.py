@@ -3,7 +3,6 @@ on the right. Only generate and compare are public API endpoints."""
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 from typing import NamedTuple
 
 import gradio as gr
@@ -12,15 +11,26 @@ from guidescope.request import MAX_SCALE, MAX_SEED
 
 from . import render
 from .examples import EXAMPLES, Example
+from .explain import explanation
 from .handlers import AfterRun, FrameView, Handlers, StreamOutputs
 from .models import Model
 from .settings import (COMPARE_ARGUMENTS, COMPARE_CHOICES, DISPLAY, GENERATE_ARGUMENTS, LIMITS, MODEL_LABELS, ROW_VALUES,
                        SAMPLER_CHOICES, SCHEDULE_CHOICES, SERVER, THRESHOLD_CHOICES, UNET_CHOICES, AppDefaults, Settings)
 
-EXPLANATION = Path(__file__).with_name("explain.md")
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
 CSS = """
 .pixelated img { image-rendering: pixelated; }
+/* Frames at their own size: tiles come upscaled by whole factors (Display.upscale), which a scaled
+   <img> would blur or stretch unevenly; a grid wider than its panel scrolls. */
+.pixelated .image-container, .pixelated .image-frame { overflow-x: auto; height: auto !important; }
+.pixelated .image-frame { display: block !important; }  /* scroll from the first column, not centred */
+.pixelated img { width: auto !important; height: auto !important; max-width: none !important;
+                 max-height: none !important; object-fit: none !important; }
+.labelled-grid { flex-wrap: nowrap !important; gap: 4px !important; }
+.row-label-column { flex: 0 0 auto !important; min-width: 0 !important; width: auto !important; }
+.row-labels { font-size: 13px; white-space: nowrap; text-align: right; }
+/* A narrow screen puts the tabs (the run button and the images) above the settings. */
+@media (max-width: 760px) { .main-row { flex-direction: column-reverse !important; } }
 """
 PRIVATE = dict(show_progress="hidden", api_visibility="private")  # the page's own events: no endpoint, no spinner
 UNQUEUED = dict(queue=False, **PRIVATE)  # ... that run at once, outside the queue
@@ -40,13 +50,14 @@ class OutputPanel(NamedTuple):
     push: gr.Image
     push_note: gr.Markdown
     status: gr.Markdown
-    chart: gr.LinePlot
-    norm_chart: gr.LinePlot
+    chart: gr.Plot
+    norm_chart: gr.Plot
     table: gr.Dataframe
     scrub: gr.Slider
     gif: gr.DownloadButton
     png: gr.DownloadButton
     recording: gr.State
+    row_labels: gr.HTML
 
     def outputs(self, record: type[tuple]) -> list:
         """The components a handler's typed result fills, named by the fields of its NamedTuple
@@ -147,33 +158,34 @@ def _output_panel(prefix: str, with_evaluator: bool, space: str = "pixel") -> tu
     images = dict(format="png", type="pil", interactive=False, show_label=False, elem_classes="pixelated",
                   buttons=["download", "fullscreen"])
     with gr.Row(equal_height=True):
-        with gr.Column(min_width=200):
+        with gr.Column(scale=11, min_width=200):  # a little wider: the row labels sit beside its grid
             sample_caption = gr.Markdown(SAMPLE_CAPTIONS[space], latex_delimiters=LATEX)
-            x_t = gr.Image(label="x_t", elem_id=f"{prefix}-xt", **images)
-        with gr.Column(min_width=200):
+            with gr.Row(equal_height=False, elem_classes="labelled-grid"):
+                row_labels = gr.HTML(elem_id=f"{prefix}-row-labels", elem_classes="row-label-column", padding=False)
+                x_t = gr.Image(label="x_t", elem_id=f"{prefix}-xt", **images)
+        with gr.Column(scale=10, min_width=200):
             xstart_caption = gr.Markdown(XSTART_CAPTIONS[space], latex_delimiters=LATEX)
             pred_xstart = gr.Image(label="x̂_0 (predicted from x_t)", elem_id=f"{prefix}-x0", **images)
+    with gr.Row():
         with gr.Column(min_width=200):
             push_caption = gr.Markdown(PUSH_CAPTIONS[space], latex_delimiters=LATEX)
             push = gr.Image(label="push k_t w(t) g", elem_id=f"{prefix}-push", **images)
             push_note = gr.Markdown(elem_id=f"{prefix}-push-scale")
-    status = gr.Markdown(label="status", elem_id=f"{prefix}-status")
+        with gr.Column(min_width=200):
+            status = gr.Markdown(label="status", elem_id=f"{prefix}-status")
+            table = gr.Dataframe(headers=render.table_columns(with_evaluator), interactive=False, wrap=True,
+                                 label="per row: mean p(c | x) under each network, and diversity",
+                                 elem_id=f"{prefix}-table")
     with gr.Row():
-        chart = gr.LinePlot(x=render.CHART_X, y=render.CHART_Y, color=render.CHART_COLOR, y_lim=[0, 1],
-                            x_title="step", y_title="p(c | x_t)", color_title="row",
-                            label="guidance classifier's belief in the class", elem_id=f"{prefix}-chart")
-        norm_chart = gr.LinePlot(x=render.CHART_X, y=render.NORM_Y, color=render.CHART_COLOR,
-                                 x_title="step", y_title="‖k_t w(t) g‖", color_title="row",
-                                 label="size of the classifier's push, per image", elem_id=f"{prefix}-norm-chart")
-    table = gr.Dataframe(headers=render.table_columns(with_evaluator), interactive=False, wrap=True,
-                         label="per row: mean p(c | x) under each network, and diversity", elem_id=f"{prefix}-table")
+        chart = gr.Plot(label="guidance classifier's belief in the class", elem_id=f"{prefix}-chart")
+        norm_chart = gr.Plot(label="size of the classifier's push, per image", elem_id=f"{prefix}-norm-chart")
     scrub = gr.Slider(0, 1, value=0, step=1, label="scrub the recorded steps (0 = x_T)", visible=False,
                       elem_id=f"{prefix}-scrub")
     with gr.Row():
         gif = gr.DownloadButton("Download denoising (GIF)", visible=False, size="sm")
         png = gr.DownloadButton("Download samples (PNG with parameters)", visible=False, size="sm")
     return (OutputPanel(x_t, pred_xstart, push, push_note, status, chart, norm_chart, table, scrub, gif, png,
-                        gr.State()), Captions(sample_caption, xstart_caption, push_caption))
+                        gr.State(), row_labels), Captions(sample_caption, xstart_caption, push_caption))
 
 
 class RunTab(NamedTuple):
@@ -197,6 +209,7 @@ class Page(NamedTuple):
     mode: gr.Radio              # what the Compare rows vary
     strengths: gr.Textbox       # the Compare rows' values
     examples: list              # a gr.Button per EXAMPLES entry, in its order
+    explanation: gr.Markdown    # the Understand tab's text, for the model shown
 
     def inputs(self, names: tuple[str, ...]) -> list:
         """The components of an endpoint's arguments `names` (settings.GENERATE_ARGUMENTS or
@@ -254,8 +267,9 @@ def _compare_tab(handlers: Handlers, live_on: bool) -> tuple[RunTab, gr.Radio, g
     return RunTab(button, stop, live, panel, captions), mode, strengths
 
 
-def _understand_tab() -> list:
-    """The examples, a button and a note each, then the explanation; returns the buttons."""
+def _understand_tab(handlers: Handlers) -> tuple[list, gr.Markdown]:
+    """The examples, a button and a note each, then the explanation of the model shown; returns
+    the buttons and the explanation (the model choice rewrites it)."""
     gr.Markdown("### Examples\nEach button loads its settings and opens its tab; "
                 "then press Generate or Compare.")
     buttons = []
@@ -264,8 +278,8 @@ def _understand_tab() -> list:
             buttons.append(gr.Button(example.title, size="sm", scale=1, min_width=180))
             with gr.Column(scale=3):
                 gr.Markdown(example.note)
-    gr.Markdown(EXPLANATION.read_text(), latex_delimiters=LATEX)
-    return buttons
+    text = gr.Markdown(explanation(handlers.bundle.space, handlers.bundle.variance), latex_delimiters=LATEX)
+    return buttons, text
 
 
 def _layout(handlers: Handlers) -> Page:
@@ -273,24 +287,27 @@ def _layout(handlers: Handlers) -> Page:
     the right, opening on handlers.model with its defaults."""
     live_on, live_note = handlers.timings.live(handlers.model.name)
     gr.Markdown(f"# {TITLE}\n{INTRO}", latex_delimiters=LATEX)
-    with gr.Row():
-        with gr.Column(scale=1, min_width=300):
+    with gr.Row(elem_classes="main-row"):
+        with gr.Column(scale=1, min_width=260):
             model, controls, info = _settings_column(handlers)
-        with gr.Column(scale=3):
+        with gr.Column(scale=4):
             with gr.Tabs() as tabs:
                 with gr.Tab("Generate", id="generate"):
                     generate, live_text = _generate_tab(handlers, live_on, live_note)
                 with gr.Tab("Compare", id="compare"):
                     compare, mode, strengths = _compare_tab(handlers, live_on)
                 with gr.Tab("Understand", id="understand"):
-                    examples = _understand_tab()
-    return Page(model, controls, info, tabs, generate, live_text, compare, mode, strengths, examples)
+                    examples, explained = _understand_tab(handlers)
+    return Page(model, controls, info, tabs, generate, live_text, compare, mode, strengths, examples, explained)
 
 
-def _load_example(example: Example, defaults: AppDefaults, class_names: tuple[str, ...]) -> tuple:
-    """The values of Controls, then the Compare text and mode, then the tab."""
-    s = example.settings(defaults, class_names)
-    return (*s.settings(class_names).values(), s.strengths, s.compare, gr.Tabs(selected=example.tab))
+def _load_example(handlers: Handlers, example: Example, name: str) -> tuple:
+    """The values of the settings column, then the Compare text and mode, then the tab: the example
+    on the model shown (`name`), from that model's defaults."""
+    model = handlers.pick(name)
+    names = model.bundle.class_names
+    s = example.settings(model.defaults, names, model.bundle.space)
+    return (*s.settings(names).values(), s.strengths, s.compare, gr.Tabs(selected=example.tab))
 
 
 def _info(model: Model, step_seconds: float | None = None) -> str:
@@ -320,7 +337,8 @@ def _switch(handlers: Handlers, name: str) -> list:
         threshold_percentile=gr.Slider(value=d.threshold_percentile, interactive=d.threshold == "dynamic"))
     captions = [SAMPLE_CAPTIONS[b.space], XSTART_CAPTIONS[b.space], PUSH_CAPTIONS[b.space]] * 2
     toggles = [gr.Checkbox(interactive=True) if live else gr.Checkbox(value=False, interactive=False)] * 2 + [note]
-    return [*controls.values(), _info(model, handlers.timings.step_seconds.get(model.name)), *captions, *toggles]
+    return [*controls.values(), _info(model, handlers.timings.step_seconds.get(model.name)), *captions, *toggles,
+            explanation(b.space, b.variance)]
 
 
 def _wire_run(handlers: Handlers, fn, api_name: str, tab: RunTab, inputs: list, concurrency_limit: int) -> None:
@@ -337,11 +355,12 @@ def _wire_run(handlers: Handlers, fn, api_name: str, tab: RunTab, inputs: list, 
 
 
 def _wire_live(handlers: Handlers, tab: RunTab, triggers: list, fn, inputs: list, concurrency_limit: int) -> None:
-    """Live mode: each move of a trigger ends the session's run at once (supersede, unqueued) and
-    queues a run at the new values; of the moves that come while one runs, only the last is run
-    (trigger_mode="always_last"), so the last position always wins."""
+    """Live mode: each move of a trigger queues a run at the new values; a run in flight goes to its
+    end, and of the moves that come meanwhile only the last is run next (trigger_mode="always_last").
+    So while a hand drags, a finished frame comes every run's length and the last position always
+    wins; ending the run in flight at every move (as this once did) let none finish until the hand
+    stopped."""
     for component in triggers:
-        component.input(handlers.live_mode.supersede, tab.live, None, **UNQUEUED)
         run = component.input(fn, [tab.live, *inputs], tab.panel.stream, preprocess=False, trigger_mode="always_last",
                               concurrency_id="sampling", concurrency_limit=concurrency_limit, **PRIVATE)
         run.then(handlers.live_mode.after_live, tab.live, tab.panel.after_run, **PRIVATE)
@@ -359,12 +378,12 @@ def _wire(handlers: Handlers, page: Page, concurrency_limit: int) -> None:
                handlers.live_mode.live_compare, page.inputs(COMPARE_ARGUMENTS), concurrency_limit)
     page.model.change(partial(_switch, handlers), page.model,
                       [*controls.values(), page.info, *generate.captions, *compare.captions, generate.live, compare.live,
-                       page.live_note], **UNQUEUED)
+                       page.live_note, page.explanation], **UNQUEUED)
     # The label follows the mode however it changes; picking a mode also puts its example in the box.
     page.mode.change(_row_values, page.mode, page.strengths, **UNQUEUED)
     page.mode.input(_row_example, page.mode, page.strengths, **UNQUEUED)
     for example, button in zip(EXAMPLES, page.examples):
-        button.click(partial(_load_example, example, handlers.defaults, handlers.bundle.class_names), None,
+        button.click(partial(_load_example, handlers, example), page.model,
                      [*controls.values(), page.strengths, page.mode, page.tabs], queue=False, api_visibility="private")
 
 
@@ -372,7 +391,7 @@ def build(handlers: Handlers, concurrency_limit: int = SERVER.concurrency_limit)
     """The whole page for the loaded checkpoint bundles, opening on handlers.model with its
     defaults; at most concurrency_limit sampling runs (generate and compare together) at once.
     Launch it with css=CSS."""
-    with gr.Blocks(title=TITLE, analytics_enabled=False,
+    with gr.Blocks(title=TITLE, analytics_enabled=False, fill_width=True,
                    delete_cache=(SERVER.cache_cleanup_s, SERVER.cache_cleanup_s)) as demo:
         page = _layout(handlers)
         _wire(handlers, page, concurrency_limit)

@@ -1,9 +1,12 @@
 """The loaded pipeline every caller uses: a Bundle of the networks of one checkpoint folder (the
 UNet, the guidance classifier, the evaluator and, for a latent model, the codec), and
 load_bundle, which reads them through guidescope.checkpoints and refuses networks that disagree on
-the classes, the image size, the noise schedule or the latent space."""
+the classes, the image size, the noise schedule or the latent space; and read_defaults, the one
+reader of a folder's defaults.json (the settings the evaluation chose), which the app and the
+command line both start from."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +17,7 @@ from .checkpoints import CheckpointError, file_digest, load, rebuild_hint
 from .codec import Codec, LatentCodec, PixelCodec
 from .diffusion import GaussianDiffusion
 from .guide import GuidedDenoiser
+from .parsing import interval_text
 from .request import Conditioning
 from .samplers import ORDERS
 
@@ -69,6 +73,32 @@ class Bundle:
     def backend(self) -> str:
         """What runs the UNet forward pass: "torch" or the runtime's name."""
         return getattr(self.unet, "backend", "torch")
+
+
+def read_defaults(folder: str | Path | None) -> dict:
+    """folder/defaults.json (what `python -m guidescope.evaluate` chose for the folder's checkpoints,
+    with its reasons) as a dict; {} for no folder, or when the file is missing, unreadable or not a
+    JSON object. Its values are read by default_value."""
+    if folder is None:
+        return {}
+    try:
+        chosen = json.loads((Path(folder) / "defaults.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return chosen if isinstance(chosen, dict) else {}
+
+
+def default_value(name: str, value, kind: type):
+    """A defaults.json value as the type kind (int, float or str) of the setting `name`, or None
+    when it does not fit: a float setting takes any JSON number, an int or str one only its own type,
+    and "interval" also [LO, HI] or null, as its text ('LO-HI' or 'full', guidescope.parsing)."""
+    if name == "interval" and value is None:
+        return interval_text(None)
+    if name == "interval" and isinstance(value, list) and len(value) == 2 and all(type(v) is int for v in value):
+        return interval_text(tuple(value))
+    if kind is float and type(value) in (int, float):
+        return float(value)
+    return value if type(value) is kind else None
 
 
 def _diffusion_record(meta: dict, path: Path) -> tuple[str, int]:

@@ -8,6 +8,7 @@ Layout of a checkpoint folder:
                                                and "guidance_order" (guidescope.samplers.ORDERS)
     classifier.safetensors  + classifier.json
     evaluator.safetensors   + evaluator.json
+    guide_classifier.safetensors + guide_classifier.json   a clean-image classifier to guide through x̂₀
     autoencoder.safetensors + autoencoder.json   latent bundles only: the unet and the classifier
                                                then carry {"latent": {"autoencoder", "sha256",
                                                "scale_factor", "shape", "clip_bound"}} (guidescope.codec)

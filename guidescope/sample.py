@@ -1,14 +1,18 @@
 """Sample images of one class from a checkpoint folder.
 
-    python -m guidescope.sample --checkpoints checkpoints/fashion-mnist --class Bag --scale 4 --out bags.png
+    python -m guidescope.sample --checkpoints checkpoints/fashion-mnist --class Bag --out bags.png
 
-Without --cfg-scale the UNet gets the null label (the unconditional model): --scale 0 gives
-unconditional samples, --scale W pure classifier guidance. --cfg-scale 0 is the plain
-conditional model, --cfg-scale W2 the classifier-free combination (both can be on at once).
---interval, --schedule and --threshold shape the guidance per step and the x-hat_0 clipping.
-OUT ending .npz holds `images` (uint8, (N, H, W) for one channel, else (N, C, H, W)) and
-`labels` (int64, (N,)); OUT ending .png is a grid. Image i depends on --seed and i only, not
-on --batch-size (guidescope/noise.py); the app and the evaluation draw the same images.
+A sampling flag left unset takes the value of the folder's defaults.json (what the evaluation
+chose, which the app's page starts from too), else the library's (UNSET_FLAGS, the --help
+epilog); the line printed at the end says the setting that ran and where it came from.
+--unet unconditional gives the UNet the null label: --scale 0 gives unconditional samples, --scale
+W pure classifier guidance. --unet conditional (which --cfg-scale alone implies) is the
+class-conditional model, --cfg-scale W2 its classifier-free combination (0: plain); both kinds of
+guidance can be on at once. --interval, --schedule and --threshold shape the guidance per step and
+the x-hat_0 clipping. OUT ending .npz holds `images` (uint8, (N, H, W) for one channel, else
+(N, C, H, W), at their own size) and `labels` (int64, (N,)); OUT ending .png is a grid, enlarged
+--upscale times. Image i depends on --seed and i only, not on --batch-size (guidescope/noise.py);
+the app and the evaluation draw the same images.
 """
 from __future__ import annotations
 
@@ -21,55 +25,125 @@ import torch
 from tqdm import tqdm
 
 from . import cli
-from .bundle import load_bundle
+from .bundle import default_value, load_bundle, read_defaults
 from .checkpoints import CheckpointError
 from .cli import configure
 from .generation import Samples, generate
-from .guide import SCHEDULE_SHAPES, THRESHOLDS, NonFiniteError, Threshold
+from .guide import SCHEDULE_SHAPES, THRESHOLDS, NonFiniteError, Schedule, Threshold
 from .images import grid
+from .messages import choice
 from .networks.backend import BACKENDS, BackendError
-from .parsing import class_index
+from .parsing import class_index, interval_text, parse_interval
 from .request import SAMPLING_DEFAULTS, Request, Row, check, make_schedule
-from .samplers import SAMPLERS
+from .samplers import SAMPLERS, sampler_title
 
 FORMATS = (".npz", ".png")
+UNETS = ("unconditional", "conditional")  # eps(x_t, null), or eps(x_t, c) with classifier-free w_cfg
+# Each sampling flag by its destination, which is also its name in defaults.json (as the app's
+# AppDefaults names it), with the library's value where defaults.json names none; that value's
+# type is the one defaults.json must give (guidescope.bundle.default_value).
+LIBRARY_DEFAULTS = {
+    "scale": Row.scale, "unet": UNETS[0], "cfg_scale": 0.0,  # w_cfg 0: the plain conditional model
+    "steps": SAMPLING_DEFAULTS.steps, "sampler": SAMPLING_DEFAULTS.sampler, "eta": SAMPLING_DEFAULTS.eta,
+    "seed": SAMPLING_DEFAULTS.seed, "interval": interval_text(Schedule.interval), "schedule": Schedule.shape,
+    "threshold": Threshold.mode, "threshold_percentile": Threshold.percentile}
+UNSET_FLAGS = ("An unset sampling flag takes the value the bundle's defaults.json names (CHECKPOINTS/defaults.json: "
+               "what the evaluation chose, which the app starts from too), else the library's default shown with "
+               "it; a flag given on the command line wins. The last line printed says the setting that ran.")
+FLAG, BUNDLE, LIBRARY = "flag", "defaults.json", "library"  # where a setting came from
+
+
+def _unset(name: str) -> str:
+    """The help's note on an unset flag: defaults.json, else the library's value."""
+    value = LIBRARY_DEFAULTS[name]
+    return f"unset: defaults.json, else {f'{value:g}' if isinstance(value, float) else value}"
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m guidescope.sample", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m guidescope.sample", description=__doc__.split("\n\n")[0],
+                                epilog=UNSET_FLAGS)
     p.add_argument("--checkpoints", required=True, help="folder with unet and classifier checkpoints")
     p.add_argument("--class", dest="class_label", required=True, help="class index or name (any case)")
-    p.add_argument("--scale", type=float, default=0.0, help="classifier guidance w (default 0: off)")
-    p.add_argument("--cfg-scale", type=float, default=None,
-                   help="classifier-free w_cfg (default: none, the unconditional model)")
-    p.add_argument("--steps", type=int, default=SAMPLING_DEFAULTS.steps, help=f"sampling steps, 1 to T (default {SAMPLING_DEFAULTS.steps})")
-    p.add_argument("--sampler", choices=SAMPLERS, default=SAMPLING_DEFAULTS.sampler)
-    p.add_argument("--eta", type=float, default=SAMPLING_DEFAULTS.eta, help=f"DDIM noise, 0 to 1 (default {SAMPLING_DEFAULTS.eta:g})")
-    p.add_argument("--interval", type=int, nargs=2, metavar=("LO", "HI"), default=None,
-                   help="guide only at original timesteps LO..HI (default: every step)")
-    p.add_argument("--schedule", choices=SCHEDULE_SHAPES, default="constant",
-                   help="guidance strength over the interval (ramps go linearly from 0 to w)")
-    p.add_argument("--threshold", choices=THRESHOLDS, default="clip", help="what happens to x-hat_0")
-    p.add_argument("--threshold-percentile", type=float, default=Threshold.percentile,
-                   help="percentile of |x-hat_0| for --threshold dynamic")
+    p.add_argument("--scale", type=float, help=f"classifier guidance w ({_unset('scale')}: off)")
+    p.add_argument("--unet", choices=UNETS, help="the null label or the class as the UNet's input "
+                                                 f"({_unset('unet')}; --cfg-scale implies conditional)")
+    p.add_argument("--cfg-scale", type=float,
+                   help=f"classifier-free w_cfg of the conditional UNet ({_unset('cfg_scale')})")
+    p.add_argument("--steps", type=int, help=f"sampling steps, 1 to T ({_unset('steps')})")
+    p.add_argument("--sampler", choices=SAMPLERS, help=f"({_unset('sampler')})")
+    p.add_argument("--eta", type=float, help=f"DDIM noise, 0 to 1 ({_unset('eta')})")
+    p.add_argument("--interval", type=int, nargs=2, metavar=("LO", "HI"),
+                   help=f"guide only at original timesteps LO..HI ({_unset('interval')}: every step)")
+    p.add_argument("--schedule", choices=SCHEDULE_SHAPES,
+                   help=f"guidance strength over the interval, ramps linear from 0 to w ({_unset('schedule')})")
+    p.add_argument("--threshold", choices=THRESHOLDS, help=f"what happens to x-hat_0 ({_unset('threshold')})")
+    p.add_argument("--threshold-percentile", type=float,
+                   help=f"percentile of |x-hat_0| for --threshold dynamic ({_unset('threshold_percentile')})")
     p.add_argument("--max-guidance-norm", type=float, default=None, help="clip the guidance term's L2 norm")
     p.add_argument("--n", type=int, default=16, help="number of images")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=SAMPLING_DEFAULTS.seed)
+    p.add_argument("--seed", type=int, help=f"({_unset('seed')})")
     p.add_argument("--out", required=True, help="FILE.npz or FILE.png")
+    p.add_argument("--upscale", type=int, default=1, metavar="K",
+                   help="PNG output: enlarge the grid K times, nearest neighbour (default 1); .npz keeps the "
+                        "images' own size")
     cli.add_device_arguments(p)
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="what runs the UNet forward pass (auto: the CPU runtime when it loads, else torch)")
     return p
 
 
+def fill_unset(args: argparse.Namespace, chosen: dict) -> dict[str, str]:
+    """Set each sampling flag of args left unset (None) to the value chosen names (a bundle's
+    defaults.json, read by guidescope.bundle.default_value), else to LIBRARY_DEFAULTS'; an interval
+    as (LO, HI) or None. --cfg-scale without --unet means the conditional UNet. Returns where each
+    setting came from: FLAG, BUNDLE or LIBRARY."""
+    if args.unet is None and args.cfg_scale is not None:
+        args.unet = "conditional"
+    sources = {}
+    for name, library in LIBRARY_DEFAULTS.items():
+        if getattr(args, name) is not None:
+            sources[name] = FLAG
+            continue
+        value = default_value(name, chosen[name], type(library)) if name in chosen else None
+        sources[name] = LIBRARY if value is None else BUNDLE
+        value = library if value is None else value
+        setattr(args, name, parse_interval(value) if name == "interval" else value)
+    return sources
+
+
 def request_from_args(args, class_names, num_timesteps: int) -> Request:
-    """The Request for the parsed arguments; ValueError names what is wrong."""
+    """The Request for the parsed arguments, their unset flags filled (fill_unset); ValueError names
+    what is wrong."""
     schedule = make_schedule(args.schedule, None if args.interval is None else tuple(args.interval), num_timesteps)
-    row = Row(class_index(args.class_label, class_names), args.scale, args.cfg_scale, schedule,
+    cfg_scale = None if choice(args.unet, "unet", UNETS) == "unconditional" else args.cfg_scale
+    row = Row(class_index(args.class_label, class_names), args.scale, cfg_scale, schedule,
               Threshold(args.threshold, args.threshold_percentile))
     return Request((row,), images_per_row=args.n, steps=args.steps, sampler=args.sampler, eta=args.eta,
                    seed=args.seed, max_guidance_norm=args.max_guidance_norm)
+
+
+def describe(request: Request) -> str:
+    """The setting of a one-row request in words, e.g. "UniPC 8 steps, w 8 on the unconditional
+    UNet, guidance constant at every step, dynamic threshold at 0.995, seed 0"."""
+    row = request.rows[0]
+    eta = f" (eta {request.eta:g})" if request.sampler == "ddim" else ""
+    unet = "unconditional UNet" if row.cfg_scale is None else f"conditional UNet with w_cfg {row.cfg_scale:g}"
+    where = "at every step" if row.schedule.interval is None else f"over t {interval_text(row.schedule.interval)}"
+    percentile = f" at {row.threshold.percentile:g}" if row.threshold.mode == "dynamic" else ""
+    norm = "" if request.max_guidance_norm is None else f", guidance norm clipped at {request.max_guidance_norm:g}"
+    return (f"{sampler_title(request.sampler)} {request.steps} steps{eta}, w {row.scale:g} on the {unet}, guidance "
+            f"{row.schedule.shape} {where}, {row.threshold.mode} threshold{percentile}{norm}, seed {request.seed}")
+
+
+def provenance(sources: dict[str, str], folder: Path) -> str:
+    """Where the unset flags' values came from (sources as fill_unset returns them)."""
+    chosen = ", ".join(f"--{name.replace('_', '-')}" for name, source in sources.items() if source == BUNDLE)
+    if chosen:
+        return f"{chosen} from {folder / 'defaults.json'}, other unset flags from the library's defaults"
+    if LIBRARY in sources.values():
+        return f"unset flags from the library's defaults: {folder / 'defaults.json'} names none"
+    return "as flagged"
 
 
 def main(argv=None) -> int:
@@ -78,7 +152,9 @@ def main(argv=None) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in FORMATS:
         p.error(f"--out must end in one of {', '.join(FORMATS)}, got {args.out!r}")
-    cli.require_positive(p, args, "threads", "batch_size")
+    if args.unet == "unconditional" and args.cfg_scale is not None:
+        p.error("--cfg-scale needs the class-conditional UNet: leave out --unet unconditional")
+    cli.require_positive(p, args, "threads", "batch_size", "upscale")
     try:
         device = torch.device(args.device)
     except RuntimeError as err:
@@ -88,16 +164,21 @@ def main(argv=None) -> int:
     configure(device, args.threads)
     try:
         bundle = load_bundle(args.checkpoints, device, backend=args.backend)
+    except (CheckpointError, BackendError) as err:
+        p.error(str(err))
+    sources = fill_unset(args, read_defaults(bundle.folder))
+    try:
         request = request_from_args(args, bundle.class_names, bundle.num_timesteps)
         check(request, len(bundle.class_names), bundle.num_timesteps, bundle.conditioning)  # before the bar
-    except (CheckpointError, BackendError, ValueError) as err:
-        p.error(str(err))
+    except ValueError as err:  # a value defaults.json gave is named as such
+        p.error(f"{err} ({provenance(sources, bundle.folder)})" if BUNDLE in sources.values() else str(err))
     samples = _sample(p, bundle, request, args.batch_size)
     if samples is None:
         return 1
-    write(samples, out)
+    write(samples, out, args.upscale)
     label = request.rows[0].class_label
-    print(f"wrote {args.n} images of class {label} ({bundle.class_names[label]}) to {out}")
+    print(f"wrote {args.n} images of class {label} ({bundle.class_names[label]}) to {out}: {describe(request)} "
+          f"({provenance(sources, bundle.folder)})")
     return 0
 
 
@@ -118,8 +199,9 @@ def _sample(p: argparse.ArgumentParser, bundle, request: Request, batch_size: in
             return None
 
 
-def write(samples: Samples, out: Path) -> None:
-    """OUT.npz: images (N, H, W) for one channel, else (N, C, H, W), and labels; OUT.png: a grid."""
+def write(samples: Samples, out: Path, upscale: int = 1) -> None:
+    """OUT.npz: images (N, H, W) for one channel, else (N, C, H, W), and labels, at their own size;
+    OUT.png: a grid, enlarged upscale times with nearest neighbour."""
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".npz":
         images = samples.images.numpy()
@@ -127,7 +209,7 @@ def write(samples: Samples, out: Path) -> None:
             np.savez_compressed(f, images=images[:, 0] if images.shape[1] == 1 else images,
                                 labels=samples.labels.numpy())
     else:
-        grid(samples.images.numpy()).save(out)
+        grid(samples.images.numpy(), upscale=upscale).save(out)
 
 
 if __name__ == "__main__":

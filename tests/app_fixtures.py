@@ -200,3 +200,10 @@ def app_server(checkpoint_dir, tmp_path_factory) -> Server:
 @pytest.fixture(scope="module")
 def app_url(app_server) -> str:
     return app_server.url
+
+
+def chart_points(value: dict) -> list[dict]:
+    """The points of a chart output as the API sends it (gr.Plot's Vega-Lite spec, a JSON string
+    under "plot"): one dict per point, {"step", "probability" or "norm", "row"}."""
+    spec = json.loads(value["plot"])
+    return [point for points in spec["datasets"].values() for point in points]

@@ -170,7 +170,7 @@ def test_the_app_runs_a_converted_bundle_at_the_converters_defaults(tmp_path):
     handlers = Handlers(models_of([load_bundle(folder)]), downloads=tmp_path / "downloads")
     d = handlers.defaults
     assert (d.steps, d.sampler, d.scale, d.unet, d.cfg_scale, d.num_images) == (25, "ddim", 0.5, "conditional", 0.0, 1)
-    handlers.timings.time_steps()
+    handlers.timings.time_steps(2)
     seconds = handlers.timings.step_seconds[handlers.model.name]
     assert seconds > 0 and "one step of one image takes " in _info(handlers.model, seconds)
     # Seconds for a full-size model, milliseconds where a step is quick (set values: no machine's speed).

@@ -71,14 +71,15 @@ def error_message(call) -> str:
 
 
 def tile_rows(image: Image.Image, rows: int, cols: int, size: int = 16) -> np.ndarray:
-    """(rows, cols, H, W[, 3]) tiles cut back out of a grid drawn with the default pad and upscale
-    (its row labels, if any, sit on the left and are dropped)."""
-    pitch = (size + DISPLAY.pad) * DISPLAY.upscale
+    """(rows, cols, H, W[, 3]) tiles at their own size, cut back out of a grid drawn with the
+    default pad at the upscale its height shows (a labelled grid's labels, on the left, are dropped)."""
+    up = image.height // (rows * (size + DISPLAY.pad) + DISPLAY.pad)
+    pitch = (size + DISPLAY.pad) * up
     array = np.asarray(image)
-    array = array[:, array.shape[1] - (cols * pitch + DISPLAY.pad * DISPLAY.upscale):]
-    start, tile = DISPLAY.pad * DISPLAY.upscale, size * DISPLAY.upscale
+    array = array[:, array.shape[1] - (cols * pitch + DISPLAY.pad * up):]
+    start, tile = DISPLAY.pad * up, size * up
     corners = [[(start + r * pitch, start + c * pitch) for c in range(cols)] for r in range(rows)]
-    return np.array([[array[y:y + tile, x:x + tile] for y, x in line] for line in corners])
+    return np.array([[array[y:y + tile:up, x:x + tile:up] for y, x in line] for line in corners])
 
 
 class CountingUNet:
@@ -130,7 +131,7 @@ def test_every_sampler_gives_the_command_lines_images(bundle, tmp_path, sampler)
 def test_a_run_quicker_than_the_frame_interval_sends_its_samples_alone(bundle, tmp_path):
     frames = list(make_handlers(bundle, tmp_path, FINAL_ONLY).generate(**gen_args(steps=8)))
     assert len(frames) == 1 and "done" in frames[0].status
-    assert isinstance(frames[0].chart, gr.LinePlot)  # the run's first frame sets the chart's range and colours
+    assert list(frames[0].chart.data[render.CHART_X]) == list(range(1, 9))  # its chart holds every step
     assert len(frames[0].recording.frames) == 8  # every step is still recorded for scrubbing
 
 
@@ -143,15 +144,16 @@ def test_frames_go_out_once_per_interval_from_the_start_and_the_last_always(bund
     frames = list(make_handlers(bundle, tmp_path, Display(frame_interval_s=0.5)).generate(**gen_args(steps=8)))
     assert [f.status.split(" (")[0] for f in frames][:2] == ["**step 2 / 8", "**step 5 / 8"] and len(frames) == 3
     assert "done" in frames[-1].status
-    assert isinstance(frames[0].chart, gr.LinePlot) and not isinstance(frames[1].chart, gr.LinePlot)
+    assert [f.chart.data[render.CHART_X].max() for f in frames] == [2, 5, 8]  # each frame's chart: its steps so far
 
 
 def test_charts_and_table_follow_the_run(bundle, tmp_path):
     frames = list(make_handlers(bundle, tmp_path).compare(**compare_args(strengths="0, 1, 4")))
-    for first in (frames[0].chart, frames[0].norm_chart):
-        assert isinstance(first, gr.LinePlot)  # the first value of a run also sets axis range and colours
-    chart, norms = frames[-1].chart, frames[-1].norm_chart
-    assert isinstance(chart, pd.DataFrame) and isinstance(norms, pd.DataFrame)
+    for figure in (frames[0].chart, frames[-1].norm_chart):  # every frame carries its run's axis, colours, legend
+        spec = figure.to_dict()
+        assert spec["encoding"]["x"]["scale"]["domain"] == [0, 5]
+        assert spec["encoding"]["color"]["scale"]["domain"] == ["w=0", "w=1", "w=4"]  # the rows, in order
+    chart, norms = frames[-1].chart.data, frames[-1].norm_chart.data
     assert len(chart) == len(norms) == 5 * 3 and sorted(set(chart[render.CHART_X])) == [1, 2, 3, 4, 5]
     assert chart[render.CHART_Y].between(0, 1).all()
     by_row = norms.groupby(render.CHART_COLOR)[render.NORM_Y]
@@ -296,7 +298,7 @@ def test_the_push_column_shows_each_steps_guidance_term_in_diverging_colours(bun
         s = float(term.abs().max())
         assert f"s = {s:.3g}" in frame.push_note
         assert frame.push.mode == "RGB" and frame.push.size == frame.x_t.size
-        tiles = tile_rows(frame.push, rows=2, cols=3)[:, :, ::DISPLAY.upscale, ::DISPLAY.upscale]  # (2, 3, H, W, 3)
+        tiles = tile_rows(frame.push, rows=2, cols=3)  # (2, 3, H, W, 3)
         colours = render.PUSH_COLORS[(128 + 127 * term / s).round().to(torch.uint8).numpy()]  # (B, H, W, 3)
         assert (tiles.reshape(6, 16, 16, 3) == colours).all()
         assert (tiles[0] == 255).all()  # the unguided row w=0: white, a push of 0
@@ -309,7 +311,7 @@ def test_an_unguided_step_shows_no_push(bundle, tmp_path):
     for frame in frames[1:]:
         assert "the push is 0" in frame.push_note
         assert (tile_rows(frame.push, rows=2, cols=2) == 255).all()  # 4 images in a 2 x 2 block, all white
-        assert (frame.norm_chart[render.NORM_Y] == 0).all()
+        assert (frame.norm_chart.data[render.NORM_Y] == 0).all()
 
 
 def test_colour_checkpoints_give_colour_images_in_every_column(colour_bundle, tmp_path):
@@ -529,15 +531,24 @@ def test_every_compare_mode_and_sampler_is_on_the_page_with_a_valid_example():
 
 # -- rendering -------------------------------------------------------------------------------------
 
-def test_grids_are_nearest_neighbour_upscaled_and_label_their_rows():
+def test_grids_are_nearest_neighbour_upscaled_and_their_labels_are_text_beside_them():
     run = compare_run(strengths="0, 1")
     images = np.random.default_rng(0).integers(0, 256, (6, 1, 16, 16), dtype=np.uint8)
-    image = render.grid(images, run)
-    plain = grid(images, ncols=3, pad=DISPLAY.pad, upscale=DISPLAY.upscale)
-    assert image.height == plain.height and image.width > plain.width  # a label strip on the left
-    assert np.array_equal(np.asarray(image)[:, image.width - plain.width:], np.asarray(plain))
-    tiles = tile_rows(image, rows=2, cols=3)
-    assert np.array_equal(tiles[0, 0][::DISPLAY.upscale, ::DISPLAY.upscale], images[0, 0])
+    image = render.grid(images, run)  # the page's: no label in the bitmap
+    up = DISPLAY.compare_upscale
+    assert np.array_equal(np.asarray(image), np.asarray(grid(images, ncols=3, pad=DISPLAY.pad, upscale=up)))
+    assert np.array_equal(tile_rows(image, rows=2, cols=3)[0, 0], images[0, 0])
+    labels = render.row_labels(run, image.height)  # one line of text per row, each a row's height
+    row = (16 + DISPLAY.pad) * up
+    assert labels.count("height:%dpx" % row) == 2 and ">w=0<" in labels and ">w=1<" in labels
+    assert render.row_labels(arguments.generate_run(Settings(**gen_args()), class_names=CLASS_NAMES,
+                                                    num_timesteps=NUM_TIMESTEPS), image.height) == ""
+    labelled = render.grid(images, run, labels=True)  # the downloaded PNG keeps them in the picture
+    assert labelled.height == image.height and labelled.width > image.width
+    assert np.array_equal(np.asarray(labelled)[:, labelled.width - image.width:], np.asarray(image))
+    one_row = render.grid(images[:4], arguments.generate_run(Settings(**gen_args()), class_names=CLASS_NAMES,
+                                                           num_timesteps=NUM_TIMESTEPS))
+    assert one_row.width == 2 * (16 + DISPLAY.pad) * DISPLAY.upscale + DISPLAY.pad * DISPLAY.upscale  # 2 x 2 at 4x
 
 
 def test_chart_colours_shade_strengths_and_tell_other_rows_apart():
@@ -596,3 +607,21 @@ def test_importing_app_loads_nothing_heavy():
     code = "import sys, app; print(sorted(m for m in ('torch', 'gradio', 'demo.launch') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_request_over_the_time_bound_is_refused_naming_it_and_one_within_runs(bundle, tmp_path):
+    handlers = make_handlers(bundle, tmp_path, FINAL_ONLY)
+    handlers.timings.batch_step_seconds[handlers.model.name] = 0.01  # as if measured: 10 ms per image-step
+    bound = handlers.limits.max_seconds  # 10 s: 1000 image-steps at that cost
+    within = list(handlers.generate(**gen_args(num_images=10, steps=100)))  # 1000 image-steps: 10 s
+    assert "done" in within[-1].status
+    message = error_message(lambda: next(handlers.generate(**gen_args(num_images=10, steps=101))))
+    assert message.startswith("this request would take about 10 s here (10 images x 101 steps)")
+    assert f"at most {bound:g} s" in message and "use at most 100 steps" in message
+    # A classifier-free row runs the UNet twice: 5 images x 101 steps is over the bound too.
+    message = error_message(lambda: next(handlers.generate(**gen_args(num_images=5, steps=101, unet="conditional",
+                                                                      cfg_scale=1.0))))
+    assert "(5 images x 101 steps)" in message
+    assert handlers.timings.seconds(handlers.model.name, arguments.generate_run(
+        Settings(**gen_args(num_images=4, steps=10)), class_names=CLASS_NAMES, num_timesteps=NUM_TIMESTEPS)) == \
+        pytest.approx(0.4)

@@ -10,8 +10,8 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from app_fixtures import (CLASS_NAMES, app_server, app_url, checkpoint_dir, fetch_image, library_samples, pixels_match,  # noqa: F401
-                          raw_call_events, served_bundle)
+from app_fixtures import (CLASS_NAMES, app_server, app_url, chart_points, checkpoint_dir, fetch_image, library_samples,  # noqa: F401
+                          pixels_match, raw_call_events, served_bundle)
 from demo import render
 from demo.settings import DISPLAY
 from guidescope.diffusion import respace_timesteps
@@ -72,13 +72,13 @@ def test_generate_streams_x_T_and_every_step_and_ends_on_the_seeded_samples(clie
     assert parameters["seed"] == 11 and parameters["steps"] == 12
     assert parameters["rows"][0]["schedule"] == {"shape": "ramp-down", "interval": [200, 900]}
     chart, table, norms = last[3], last[4], last[7]
-    assert len(chart["data"]) == len(norms["data"]) == 12
+    assert len(chart_points(chart)) == len(chart_points(norms)) == 12
     assert table["data"][0][0] == "w=3 (unconditional)"
     # The push and its size, step by step: none where the ramp is 0 (outside 200-900, and at 200).
     guided = [Schedule("ramp-down", (200, 900)).factor(t) > 0 for t in timesteps]
     assert 0 < sum(guided) < len(guided)
     assert [not out[6].startswith("no classifier guidance") for out in outputs[1:]] == guided
-    assert [row[1] > 0 for row in norms["data"]] == guided
+    assert [point["norm"] > 0 for point in chart_points(norms)] == guided
     with fetch_image(last[5]) as push:
         assert push.mode == "RGB" and push.size == size
 
@@ -102,7 +102,7 @@ def test_compare_streams_one_row_per_strength(client):
     assert [line[0] for line in table["data"]] == ["w=0", "w=2", "w=8"]
     assert table["headers"] == list(render.TABLE_COLUMNS)
     with fetch_image(outputs[-1][0]) as image:
-        assert image.height == (3 * (16 + DISPLAY.pad) + DISPLAY.pad) * DISPLAY.upscale  # three rows of tiles
+        assert image.height == (3 * (16 + DISPLAY.pad) + DISPLAY.pad) * DISPLAY.compare_upscale  # three rows of tiles
 
 
 @pytest.mark.parametrize("mode, rows, labels", [
@@ -117,7 +117,7 @@ def test_compare_rows_vary_through_the_api(client, mode, rows, labels):
                                 "constant", "clip", 0.995, api_name="/compare"))
     assert len(outputs) == 1 + 3
     assert [line[0] for line in outputs[-1][4]["data"]] == labels
-    assert sorted({point[2] for point in outputs[-1][7]["data"]}) == sorted(labels)
+    assert sorted({point["row"] for point in chart_points(outputs[-1][7])}) == sorted(labels)
 
 
 @pytest.mark.parametrize("args, message", [

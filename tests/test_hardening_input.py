@@ -253,9 +253,10 @@ def test_uploads_are_capped(app_url):
 # -- extreme but allowed strengths ----------------------------------------------------------------
 
 def tiles(image: Image.Image, n: int, ncols: int, size: int = 16) -> np.ndarray:
-    """The n tiles of a grid drawn with Display's pad and upscale, (n, size, size) at 1x; row
-    labels, if any, sit on the left and are dropped."""
-    pad, up = DISPLAY.pad, DISPLAY.upscale
+    """The n tiles of a grid drawn with Display's pad, at the upscale its height shows, (n, size,
+    size) at 1x."""
+    pad = DISPLAY.pad
+    up = image.height // (-(-n // ncols) * (size + pad) + pad)
     array = np.asarray(image.convert("L"))[::up, ::up]
     array = array[:, array.shape[1] - (ncols * (size + pad) + pad):]
     return np.stack([array[pad + r * (size + pad):pad + r * (size + pad) + size,

@@ -1,10 +1,13 @@
 """The sampling command line (run as a subprocess and in-process through runpy) and the library
 entry point behind it, guidescope.generation, on tiny checkpoints."""
 import importlib
+import json
 import re
 import runpy
+import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,7 @@ import guidescope
 from guidescope.bundle import load_bundle
 from guidescope.checkpoints import save
 from guidescope.generation import generate, stream
-from guidescope.guide import Schedule
+from guidescope.guide import Schedule, Threshold
 from guidescope.noise import ItemNoise
 from guidescope.parsing import class_index
 from guidescope.request import Request, Row
@@ -58,11 +61,18 @@ def subprocess_runs(checkpoints, tmp_path_factory) -> dict:
     return results
 
 
-def cli_in_process(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+def cli_with_output(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of the command line run in-process with args."""
     monkeypatch.setattr(sys, "argv", ["guidescope.sample", "--threads", "1", "--device", "cpu", "--backend", "torch", *args])
     with pytest.raises(SystemExit) as exit_:
         runpy.run_module("guidescope.sample", run_name="__main__")
-    return exit_.value.code, capsys.readouterr().err
+    captured = capsys.readouterr()
+    return exit_.value.code, captured.out, captured.err
+
+
+def cli_in_process(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    code, _, err = cli_with_output(monkeypatch, capsys, *args)
+    return code, err
 
 
 def test_npz_output_matches_the_library(subprocess_runs, bundle):
@@ -161,6 +171,114 @@ def test_interval_schedule_and_threshold_reach_the_library(checkpoints, bundle, 
     with np.load(out) as data:
         np.testing.assert_array_equal(data["images"], expected.images[:, 0].numpy())
     assert not torch.equal(expected.images, generate(bundle, Request((Row(1, 4.0),), images_per_row=2, steps=4)).images)
+
+
+CHOSEN = {"scale": 3, "unet": "conditional", "cfg_scale": 1.5, "steps": 4, "sampler": "dpm++2m", "interval": [10, 40],
+          "schedule": "ramp-up", "threshold": "dynamic", "threshold_percentile": 0.9, "seed": 2,
+          "scale_reason": "why", "fidelity": [0.9, 0.8, 0.95]}  # the last two: notes, no flag's
+
+
+def chosen_row(**changes) -> Row:
+    """CHOSEN's row for class 1 (Bee), with changes."""
+    return replace(Row(1, 3.0, 1.5, Schedule("ramp-up", (10, 40)), Threshold("dynamic", 0.9)), **changes)
+
+
+@pytest.fixture()
+def chosen_checkpoints(checkpoints, tmp_path) -> Path:
+    """A copy of the tiny checkpoints whose defaults.json holds CHOSEN."""
+    folder = tmp_path / "chosen"
+    shutil.copytree(checkpoints, folder)
+    (folder / "defaults.json").write_text(json.dumps(CHOSEN))
+    return folder
+
+
+def sampled(monkeypatch, capsys, folder: Path, out: Path, *flags: str) -> tuple[np.ndarray, str]:
+    """The images (N, H, W) and the last line of a run on class Bee, 3 images, with flags."""
+    code, stdout, err = cli_with_output(monkeypatch, capsys, "--checkpoints", str(folder), "--class", "Bee", "--n", "3",
+                                        "--out", str(out), *flags)
+    assert code == 0, err
+    with np.load(out) as data:
+        return data["images"], stdout.strip().splitlines()[-1]
+
+
+def test_unset_flags_take_the_bundles_defaults_json(chosen_checkpoints, bundle, tmp_path, monkeypatch, capsys):
+    images, line = sampled(monkeypatch, capsys, chosen_checkpoints, tmp_path / "x.npz")
+    expected = generate(bundle, Request((chosen_row(),), images_per_row=3, steps=4, sampler="dpm++2m", seed=2))
+    np.testing.assert_array_equal(images, expected.images[:, 0].numpy())
+    assert line == (f"wrote 3 images of class 1 (Bee) to {tmp_path / 'x.npz'}: DPM-Solver++(2M) 4 steps, w 3 on the "
+                    "conditional UNet with w_cfg 1.5, guidance ramp-up over t 10-40, dynamic threshold at 0.9, seed 2 "
+                    "(--scale, --unet, --cfg-scale, --steps, --sampler, --seed, --interval, --schedule, --threshold, "
+                    f"--threshold-percentile from {chosen_checkpoints / 'defaults.json'}, other unset flags from the "
+                    "library's defaults)")
+
+
+@pytest.mark.parametrize("flags, row, request_changes", [
+    (["--scale", "0", "--steps", "3"], {"scale": 0.0}, {"steps": 3}),
+    (["--unet", "unconditional", "--sampler", "ddim", "--eta", "0.5"], {"cfg_scale": None},
+     {"sampler": "ddim", "eta": 0.5}),
+    (["--cfg-scale", "2", "--interval", "0", "49", "--schedule", "constant", "--threshold", "clip", "--seed", "5"],
+     {"cfg_scale": 2.0, "schedule": Schedule("constant", (0, 49)), "threshold": Threshold("clip", 0.9)}, {"seed": 5}),
+])
+def test_a_flag_given_overrides_defaults_json(chosen_checkpoints, bundle, tmp_path, monkeypatch, capsys, flags, row,
+                                              request_changes):
+    images, line = sampled(monkeypatch, capsys, chosen_checkpoints, tmp_path / "x.npz", *flags)
+    request = Request((chosen_row(**row),), images_per_row=3, **{"steps": 4, "sampler": "dpm++2m", "seed": 2,
+                                                                 **request_changes})
+    np.testing.assert_array_equal(images, generate(bundle, request).images[:, 0].numpy())
+    credited = re.search(r"\((.*) from \S*defaults\.json", line)[1].split(", ")
+    assert credited and not set(credited) & {f for f in flags if f.startswith("--")}  # only unset flags are credited
+
+
+def test_without_defaults_json_the_library_defaults_apply(checkpoints, bundle, tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "plain"
+    shutil.copytree(checkpoints, folder)
+    (folder / "defaults.json").write_text("[1, 2]")  # not an object: as if there were none
+    images, line = sampled(monkeypatch, capsys, folder, tmp_path / "x.npz")
+    np.testing.assert_array_equal(images, generate(bundle, Request((Row(1),), images_per_row=3)).images[:, 0].numpy())
+    assert line.endswith(": DDIM 50 steps (eta 0), w 0 on the unconditional UNet, guidance constant at every step, "
+                         "clip threshold, seed 0 (unset flags from the library's defaults: "
+                         f"{folder / 'defaults.json'} names none)")
+
+
+def test_a_bad_value_in_defaults_json_is_a_usage_error_that_says_so(chosen_checkpoints, tmp_path, monkeypatch, capsys):
+    (chosen_checkpoints / "defaults.json").write_text(json.dumps({**CHOSEN, "sampler": "euler"}))
+    code, err = cli_in_process(monkeypatch, capsys, "--checkpoints", str(chosen_checkpoints), "--class", "Bee",
+                               "--out", str(tmp_path / "x.npz"))
+    assert code == 2
+    assert "sampler must be one of ddim, ddpm, dpm++2m, unipc; got 'euler'" in err and "defaults.json" in err
+    code, err = cli_in_process(monkeypatch, capsys, "--checkpoints", str(chosen_checkpoints), "--class", "Bee",
+                               "--unet", "unconditional", "--cfg-scale", "1", "--out", str(tmp_path / "x.npz"))
+    assert code == 2 and "--cfg-scale needs the class-conditional UNet" in err
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_upscale_enlarges_the_png_grid_only(checkpoints, tmp_path, monkeypatch, capsys):
+    sizes = {}
+    for k in (1, 4):
+        out = tmp_path / f"grid{k}.png"
+        code, err = cli_in_process(monkeypatch, capsys, "--checkpoints", str(checkpoints), "--class", "0",
+                                   "--steps", "1", "--n", "5", "--upscale", str(k), "--out", str(out))
+        assert code == 0, err
+        with Image.open(out) as image:
+            sizes[k] = image.size
+    assert sizes[1] == (3 * 10 + 2, 2 * 10 + 2) and sizes[4] == (4 * sizes[1][0], 4 * sizes[1][1])
+    code, err = cli_in_process(monkeypatch, capsys, "--checkpoints", str(checkpoints), "--class", "0", "--steps", "1",
+                               "--n", "2", "--upscale", "4", "--out", str(tmp_path / "x.npz"))
+    assert code == 0, err
+    with np.load(tmp_path / "x.npz") as data:
+        assert data["images"].shape == (2, 8, 8)  # an .npz keeps the native size
+    code, err = cli_in_process(monkeypatch, capsys, "--checkpoints", str(checkpoints), "--class", "0",
+                               "--upscale", "0", "--out", str(tmp_path / "y.png"))
+    assert code == 2 and "--upscale must be positive" in err
+
+
+def test_help_says_unset_flags_take_defaults_json(monkeypatch, capsys):
+    code, stdout, _ = cli_with_output(monkeypatch, capsys, "--help")
+    assert code == 0
+    text = " ".join(stdout.split())
+    assert "An unset sampling flag takes the value the bundle's defaults.json names" in text
+    assert "--scale SCALE classifier guidance w (unset: defaults.json, else 0: off)" in text
+    assert "--upscale K PNG output: enlarge the grid K times" in text
 
 
 def test_every_module_imports_and_no_module_hides_a_function():

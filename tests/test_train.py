@@ -71,7 +71,8 @@ def losses(log: list[dict]) -> list[float]:
 
 
 def test_the_trainer_names_kinds_as_their_checkpoints():
-    assert set(TASKS) == {"unet", "classifier", "evaluator", "autoencoder"} and set(TASKS) <= set(MODELS)  # ADM ones are converted
+    assert set(TASKS) == {"unet", "classifier", "evaluator", "autoencoder", "guide_classifier"}
+    assert set(TASKS) <= set(MODELS)  # ADM ones are converted
 
 
 @pytest.mark.parametrize("kind, steps, batch", [("unet", 30, 8), ("classifier", 40, 16)])

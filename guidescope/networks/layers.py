@@ -1,5 +1,6 @@
 """Layers the networks share: the sinusoidal timestep embedding, multi-head attention over a
-sequence of positions, and attention pooling (CLIP's, as guided-diffusion's classifiers use it)."""
+sequence of positions, attention pooling (CLIP's, as guided-diffusion's classifiers use it), and the
+resize in front of the clean-image classifiers."""
 from __future__ import annotations
 
 import math
@@ -15,6 +16,11 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: int = 10000) -> to
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
     args = t.float()[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, size, size), bilinear (differentiable, so guidance gradients pass)."""
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 def qkv_attention(qkv: torch.Tensor, num_heads: int, legacy: bool) -> torch.Tensor:

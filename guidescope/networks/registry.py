@@ -6,12 +6,14 @@ from dataclasses import asdict
 from torch import nn
 
 from .adm import ADMClassifier, ADMClassifierConfig, ADMUNet, ADMUNetConfig
+from .guide_classifier import GuideClassifier, GuideClassifierConfig
 from .small import (Autoencoder, AutoencoderConfig, ClassifierConfig, Evaluator, EvaluatorConfig, NoisyClassifier, UNet,
                     UNetConfig)
 
 MODELS = {"unet": (UNet, UNetConfig), "classifier": (NoisyClassifier, ClassifierConfig),
           "evaluator": (Evaluator, EvaluatorConfig), "autoencoder": (Autoencoder, AutoencoderConfig),
-          "adm_unet": (ADMUNet, ADMUNetConfig), "adm_classifier": (ADMClassifier, ADMClassifierConfig)}
+          "adm_unet": (ADMUNet, ADMUNetConfig), "adm_classifier": (ADMClassifier, ADMClassifierConfig),
+          "guide_classifier": (GuideClassifier, GuideClassifierConfig)}
 
 
 def build_model(kind: str, config: dict) -> nn.Module:

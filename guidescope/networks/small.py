@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import AttentionPool2d, timestep_embedding
+from .layers import AttentionPool2d, resize, timestep_embedding
 
 
 def _norm(channels: int, min_group_size: int = 1) -> nn.GroupNorm:
@@ -252,7 +252,7 @@ class Evaluator(nn.Module):
             in_chans=cfg.in_channels, num_classes=cfg.num_classes, stem_width=cfg.channels[0])
 
     def _resize(self, x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(x, size=self.config.input_size, mode="bilinear", align_corners=False)
+        return resize(x, self.config.input_size)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.forward_head(self.net.forward_features(self._resize(x)), pre_logits=True)

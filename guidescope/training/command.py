@@ -1,8 +1,10 @@
-"""Training the diffusion UNet, the noise-conditioned classifier and the clean-image evaluator.
+"""Training the diffusion UNet, the noise-conditioned classifier, the clean-image evaluator, the
+autoencoder and the clean-image guide classifier.
 
     python -m guidescope.train unet       --out checkpoints/fashion-mnist --minutes 150
     python -m guidescope.train classifier --out checkpoints/fashion-mnist --minutes 20
     python -m guidescope.train evaluator  --out checkpoints/fashion-mnist --minutes 10
+    python -m guidescope.train guide_classifier --out DIR --minutes 35 [--architecture NAME --model-args JSON]
     python -m guidescope.train all --image-folder FOLDER --out DIR --minutes 10    (then: python app.py --checkpoints DIR)
     torchrun --standalone --nproc_per_node 8 -m guidescope.train unet --out DIR --amp --channels-last --compile
 
@@ -16,6 +18,7 @@ Under torchrun, --batch-size is the global batch, split evenly over the processe
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from dataclasses import fields
@@ -45,6 +48,17 @@ def _levels(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _json_object(text: str) -> dict:
+    """'{"depths": [2, 2]}' -> {"depths": [2, 2]}."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"depths\": [2, 2]}}', got {text!r}")
+    return value
+
+
 # The help of each field of the Task classes, which the command line sets, in the order --help lists
 # them; each option's type and defaults come from the fields. Unset, each kind keeps its own default.
 NETWORK_OPTIONS = {
@@ -64,6 +78,11 @@ NETWORK_OPTIONS = {
     "kl_weight": "weight of the autoencoder's KL term",
     "noise_power": "classifier timesteps drawn with density (t/T)^a toward the noisy end (0: uniform)",
     "pool": "how the classifier pools its last feature map: mean, or attention (guided-diffusion's)",
+    "architecture": "the guide classifier's timm model name (without --model-args: timm's own arguments)",
+    "model_args": "more keyword arguments of timm.create_model, as a JSON object",
+    "input_size": "the side the guide classifier's timm network sees (images are resized to it)",
+    "crop_padding": "guide classifier augmentation: random crops of the image padded by this many pixels",
+    "label_smoothing": "label smoothing of the guide classifier's cross-entropy",
 }
 
 
@@ -75,10 +94,10 @@ def _defaults(name: str) -> str:
 
 def _option_type(name: str) -> Callable[[str], object]:
     """What reads the field's value from the command line: its annotation without None, where a
-    tuple is written '1,2,2'."""
+    tuple is written '1,2,2' and a dict as a JSON object."""
     annotation = next(get_type_hints(cls)[name] for cls in TASKS.values() if name in _field_names(cls))
     kind = next(a for a in get_args(annotation) or (annotation,) if a is not type(None))
-    return _levels if kind is tuple else kind
+    return {tuple: _levels, dict: _json_object}.get(kind, kind)
 
 
 def _field_names(cls: type[Task]) -> set[str]:

@@ -7,7 +7,7 @@ one generator seeded alike on every rank); rank r trains on rows r, r + W, ... o
 DistributedDataParallel averages the gradients, so W processes take the same steps as one
 process would, up to the order of float additions. Rank 0 alone writes files.
 
-Files under OUT (KIND is unet, classifier, evaluator or autoencoder):
+Files under OUT (KIND is unet, classifier, evaluator, autoencoder or guide_classifier):
     KIND.safetensors + KIND.json   the model (EMA weights where kept) and its config
     train-KIND/                    the resumable state (guidescope.training.state)
     train-KIND.log                 one JSON record per log interval and per save

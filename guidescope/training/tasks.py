@@ -1,4 +1,4 @@
-"""What differs between training the three networks, one small object per kind: the network, the
+"""What differs between training the networks, one small object per kind: the network, the
 loss, the optimizer defaults, EMA or not, held-out metrics and what the checkpoint records. The
 shared loop (guidescope.training.loop) calls only the methods of Task.
 
@@ -20,6 +20,7 @@ from torch import nn
 
 from ..diffusion import SCHEDULES, GaussianDiffusion
 from ..metrics import noisy_accuracy_by_quarter
+from ..networks.guide_classifier import GuideClassifier, GuideClassifierConfig
 from ..networks.small import (Autoencoder, AutoencoderConfig, ClassifierConfig, Evaluator, EvaluatorConfig,
                               NoisyClassifier, UNet, UNetConfig)
 from .data import Dataset
@@ -174,7 +175,20 @@ MAX_SHIFT = 2  # evaluator augmentation: circular shifts of up to this many pixe
 
 
 @dataclass(frozen=True)
-class EvaluatorTask(Task):
+class _CleanClassifierTask(Task):
+    """A classifier of clean images, scored by its accuracy on the held-out images."""
+
+    @torch.no_grad()
+    def held_out(self, model, test, n):
+        device = next(model.parameters()).device
+        images, labels = test.images[:n], test.labels[:n]
+        correct = sum(int((model(x.to(device)).argmax(1).cpu() == y).sum())
+                      for x, y in zip(images.split(500), labels.split(500)))
+        return {"test_acc": correct / len(images)}
+
+
+@dataclass(frozen=True)
+class EvaluatorTask(_CleanClassifierTask):
     """Clean-image classifier (timm ResNet of widths base_channels x (1, 2, 4, 8)) that judges samples."""
     name: ClassVar[str] = "evaluator"
     loss_name: ClassVar[str] = f"cross-entropy on clean images shifted by up to {MAX_SHIFT} pixels"
@@ -191,13 +205,46 @@ class EvaluatorTask(Task):
     def loss(self, net, x0, y, draws, num_classes):
         return F.cross_entropy(net(roll_each(x0, draws[0])), y)
 
-    @torch.no_grad()
-    def held_out(self, model, test, n):
-        device = next(model.parameters()).device
-        images, labels = test.images[:n], test.labels[:n]
-        correct = sum(int((model(x.to(device)).argmax(1).cpu() == y).sum())
-                      for x, y in zip(images.split(500), labels.split(500)))
-        return {"test_acc": correct / len(images)}
+
+@dataclass(frozen=True)
+class GuideClassifierTask(_CleanClassifierTask):
+    """p(c | x_0) on clean images, to guide through x̂₀ (guidescope.networks.guide_classifier): a
+    random crop of the image padded by crop_padding black pixels and a horizontal flip with
+    probability 1/2, cross-entropy with label smoothing, AdamW with the cosine schedule. The
+    network fields left at None keep GuideClassifierConfig's defaults; an architecture given
+    without model_args gets timm's own defaults (the shipped arguments are the shipped ConvNeXt's)."""
+    name: ClassVar[str] = "guide_classifier"
+    loss_name: ClassVar[str] = "cross-entropy with label smoothing on clean images, randomly cropped and flipped"
+    lr: float = 2e-3
+    architecture: str | None = None  # a timm model name
+    model_args: dict | None = None  # more keyword arguments of timm.create_model
+    input_size: int | None = None   # the side the timm network sees (None: the images')
+    crop_padding: int = 2           # random crops of the image padded by this many pixels each side
+    label_smoothing: float = 0.1
+
+    def __post_init__(self):
+        if self.crop_padding < 0:
+            raise ValueError(f"crop_padding must not be negative, got {self.crop_padding}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+    def build(self, num_classes, image_size, channels):
+        network = {"architecture": self.architecture, "model_args": {}} if self.architecture else {}
+        if self.model_args is not None:
+            network["model_args"] = self.model_args
+        return GuideClassifier(GuideClassifierConfig(num_classes=num_classes, in_channels=channels,
+                                                     image_size=image_size, input_size=self.input_size, **network))
+
+    def draw(self, n, shape, generator):
+        device, pad = generator.device, self.crop_padding
+        shifts = torch.randint(-pad, pad + 1, (n, 2), device=device, generator=generator)
+        return shifts, torch.rand(n, device=device, generator=generator) < 0.5
+
+    def loss(self, net, x0, y, draws, num_classes):
+        shifts, flips = draws
+        x = translate_each(x0, shifts, self.crop_padding, fill=-1.0)  # -1: black, Fashion-MNIST's background
+        x = torch.where(flips[:, None, None, None], x.flip(-1), x)
+        return F.cross_entropy(net(x), y, label_smoothing=self.label_smoothing)
 
 
 @dataclass(frozen=True)
@@ -247,4 +294,14 @@ def roll_each(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     return rolled.permute(0, 3, 1, 2)
 
 
-TASKS: dict[str, type[Task]] = {task.name: task for task in (UNetTask, ClassifierTask, EvaluatorTask, AutoencoderTask)}
+def translate_each(x: torch.Tensor, shifts: torch.Tensor, pad: int, fill: float) -> torch.Tensor:
+    """Image i of x (B, C, H, W) moved by shifts[i] = (rows, columns), each in [-pad, pad], the
+    uncovered border set to fill: a random crop of the image padded by pad (torchvision's
+    RandomCrop(H, padding=pad, fill=fill)). The roll never wraps: |shift| <= pad keeps it inside the padding."""
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (pad, pad, pad, pad), value=fill)
+    return roll_each(padded, shifts)[..., pad:pad + h, pad:pad + w]
+
+
+TASKS: dict[str, type[Task]] = {task.name: task for task in (UNetTask, ClassifierTask, EvaluatorTask, AutoencoderTask,
+                                                              GuideClassifierTask)}

@@ -1,0 +1,188 @@
+"""The page as a person uses it, in Debian's Chromium (Playwright) against the real server with a
+pixel and a latent bundle (tiny random networks, `--live on`, the default frame interval): what
+the person sees is read from the page (the charts' lines and legends, the tiles' size on screen,
+the row labels' text and place, the images changing during a drag, the controls an example sets,
+the order of the page on a narrow screen). No assertion depends on the machine's speed: a count
+is compared with what the server says it ran, never with a clock.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from test_app_browser import COUNT_FRAMES, browser  # noqa: F401
+
+from app_fixtures import CLASS_NAMES, NUM_TIMESTEPS, RUN_LINE, Server, checkpoint_dir, make_latent_checkpoints  # noqa: F401
+from demo import arguments
+from demo.settings import COMPARE_CHOICES, DISPLAY, ROW_VALUES, AppDefaults, Settings
+
+LATENT_DEFAULTS = {"sampler": "unipc", "steps": 5, "scale": 3.0}  # the tiny latent bundle's defaults.json
+PIXEL = AppDefaults()  # the tiny pixel bundle has none: the app's own
+SIZE = 16  # the tiny bundles' images
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint_dir, tmp_path_factory):  # noqa: F811
+    from scripts.launcher import running_app
+
+    latent = tmp_path_factory.mktemp("journey-latent")
+    make_latent_checkpoints(latent, evaluator_from=checkpoint_dir)
+    (latent / "defaults.json").write_text(json.dumps(LATENT_DEFAULTS))
+    log = tmp_path_factory.mktemp("journey-server") / "app.log"
+    with running_app([latent, checkpoint_dir], threads=1, extra_args=("--live", "on"), log_path=log) as url:
+        yield Server(url, log)
+
+
+@pytest.fixture
+def page(browser, server):  # noqa: F811
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.add_init_script(COUNT_FRAMES)
+    page.goto(server.url)
+    page.locator("#generate-button").wait_for()
+    yield page
+    page.close()
+
+
+def set_number(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def run(page, tab: str) -> str:
+    """Press the tab's button and wait for the run to end (the status says done); its status."""
+    ends = page.evaluate("window.__ends")
+    page.locator(f"#{tab}-button").click()
+    deadline = time.monotonic() + 120  # bounds a broken page only
+    while page.evaluate("window.__ends") == ends or "done" not in page.locator(f"#{tab}-status").inner_text():
+        assert time.monotonic() < deadline, page.locator(f"#{tab}-status").inner_text()
+        time.sleep(0.05)
+    return page.locator(f"#{tab}-status").inner_text()
+
+
+def drawn(page, elem_id: str, rows: list[str]) -> tuple[list[str], list[str]]:
+    """(the row of each line drawn, sorted; the legend's labels) of a chart, read from its SVG: as
+    soon as they show `rows`, or what they show after 30 s (the chart redraws a moment after its
+    frame arrives; the wait only bounds a broken page)."""
+    script = f"""() => {{
+      const root = document.querySelector('#{elem_id}');
+      const lines = [...root.querySelectorAll("[aria-roledescription='line mark']")]
+        .map(l => ((l.getAttribute('aria-label') || '').match(/row: ([^;]*)/) || [])[1]).sort();
+      const legend = [...root.querySelectorAll('.role-legend-label text')].map(t => t.textContent);
+      return [lines, legend];
+    }}"""
+    deadline = time.monotonic() + 30
+    while True:
+        lines, legend = page.evaluate(script)
+        if (lines, legend) == (sorted(rows), rows) or time.monotonic() > deadline:
+            return lines, legend
+        time.sleep(0.1)
+
+
+def expected_rows(mode: str, strengths: str, **changes) -> list[str]:
+    """The row labels the app gives a Compare (demo/arguments.py, on the pixel bundle's classes)."""
+    values = {**vars(PIXEL.settings(CLASS_NAMES)), "class_name": "Sneaker", **changes}
+    return list(arguments.compare_run(Settings(**values), strengths, mode, class_names=CLASS_NAMES,
+                                      num_timesteps=NUM_TIMESTEPS).labels)
+
+
+def test_five_runs_in_a_row_each_draw_their_own_lines_and_legend(page):
+    for w in (8, 4, 2, 6, 3):
+        set_number(page, "scale", w)
+        set_number(page, "steps", 3)
+        run(page, "generate")
+        label = f"w={w} (unconditional)"
+        for chart in ("generate-chart", "generate-norm-chart"):
+            assert drawn(page, chart, [label]) == ([label], [label]), (w, chart)
+
+
+@pytest.mark.parametrize("mode", ["classifier", "classifier-vs-free", "interval", "schedule", "threshold", "class"])
+def test_every_compare_mode_draws_a_line_and_a_legend_entry_per_row(page, mode):
+    page.get_by_role("tab", name="Compare").click()
+    set_number(page, "steps", 2)
+    set_number(page, "images", 1)
+    page.locator("#compare-mode").get_by_label({value: label for label, value in COMPARE_CHOICES}[mode],
+                                               exact=True).check()
+    rows = expected_rows(mode, ROW_VALUES[mode].example, steps=2, num_images=1)
+    for _ in range(2):  # twice in a row: the second run draws its own too
+        run(page, "compare")
+        for chart in ("compare-chart", "compare-norm-chart"):
+            assert drawn(page, chart, rows) == (sorted(rows), rows), (mode, chart)
+
+
+def test_tiles_show_at_four_times_their_pixels_and_row_labels_are_text_beside_their_rows(page):
+    set_number(page, "images", 4)
+    set_number(page, "steps", 2)
+    run(page, "generate")
+    shown = page.evaluate("""() => { const i = document.querySelector('#generate-xt img');
+        return [i.getBoundingClientRect().width, i.naturalWidth]; }""")
+    assert shown[0] == shown[1] == 2 * (SIZE + DISPLAY.pad) * DISPLAY.upscale + DISPLAY.pad * DISPLAY.upscale  # 2 x 2
+    assert DISPLAY.upscale >= 4  # a 28 px Fashion-MNIST image: 112 CSS px or more
+    page.get_by_role("tab", name="Compare").click()
+    run(page, "compare")
+    rows = expected_rows("classifier", ROW_VALUES["classifier"].example, steps=2, num_images=4)
+    image = page.evaluate("""() => { const r = document.querySelector('#compare-xt img').getBoundingClientRect();
+        const i = document.querySelector('#compare-xt img'); return [r.top, r.height, r.width, i.naturalWidth]; }""")
+    top, height, width, natural = image
+    assert width == natural == 4 * (SIZE + DISPLAY.pad) * DISPLAY.compare_upscale + DISPLAY.pad * DISPLAY.compare_upscale
+    assert DISPLAY.compare_upscale >= 2  # 56 CSS px or more for 28 px images
+    labels = page.evaluate("""() => [...document.querySelectorAll('#compare-row-labels .row-label')].map(l => {
+        const r = l.getBoundingClientRect(); return [l.innerText, r.top + r.height / 2]; })""")
+    assert [text for text, _ in labels] == rows
+    band = height / len(rows)
+    for k, (_, middle) in enumerate(labels):  # each label beside its own row of tiles
+        assert top + k * band <= middle <= top + (k + 1) * band
+
+
+def test_a_drag_in_live_mode_shows_every_run_it_finishes_and_ends_on_the_last_value(page, server):
+    page.locator("#model").get_by_label("latent space: z_t").check()
+    page.locator("#info", has_text="samples latent z_t").wait_for()
+    page.locator("#generate-live input[type=checkbox]").check()
+    page.evaluate("""() => { window.__updates = 0; const box = document.querySelector('#generate-xt');
+        new MutationObserver(() => { const i = box.querySelector('img'); const s = i && i.getAttribute('src');
+          if (s && s !== window.__src) { window.__src = s; window.__updates += 1; } })
+        .observe(box, {subtree: true, childList: true, attributes: true}); }""")
+    runs_before = len(RUN_LINE.findall(server.log.read_text()))
+    track = page.locator("#scale input[type=range]").bounding_box()
+    y = track["y"] + track["height"] / 2
+    page.mouse.move(track["x"] + 0.1 * track["width"], y)
+    page.mouse.down()
+    for k in range(1, 13):  # a hand dragging: a move each 150 ms
+        page.mouse.move(track["x"] + (0.1 + 0.03 * k) * track["width"], y)
+        page.wait_for_timeout(150)
+    page.mouse.up()
+    last = float(page.locator("#scale input[type=number]").input_value())
+    deadline = time.monotonic() + 60
+    while f"w={last:g} (" not in page.locator("#generate-status").inner_text() or \
+            "done" not in page.locator("#generate-status").inner_text():
+        assert time.monotonic() < deadline, page.locator("#generate-status").inner_text()
+        time.sleep(0.05)
+    time.sleep(1.0)  # nothing else is on its way now
+    ran = RUN_LINE.findall(server.log.read_text())[runs_before:]
+    assert ran and all(state == "finished" for _, state, *_ in ran)  # no move ended a run in flight
+    assert page.evaluate("window.__updates") == len(ran)  # the page showed every run the server finished
+    assert f"w={last:g} (" in page.locator("#generate-status").inner_text()
+
+
+def test_an_example_loads_the_settings_of_the_model_shown(page):
+    for model, steps, sampler in (("latent space: z_t", LATENT_DEFAULTS["steps"], "UniPC"),
+                                  ("pixel space: x_t", PIXEL.steps, "DDIM")):
+        page.locator("#model").get_by_label(model).check()
+        page.locator("#info", has_text="samples latent" if "latent" in model else "samples pixels").wait_for()
+        page.get_by_role("tab", name="Understand").click()
+        page.get_by_role("button", name="Strength sweep").click()
+        page.locator("#compare-button").wait_for(state="visible")  # the example opened its tab
+        assert page.locator("#steps input[type=number]").input_value() == str(steps), model
+        assert page.locator("#sampler").get_by_label(sampler, exact=True).is_checked(), model
+
+
+def test_on_a_narrow_screen_the_run_button_and_the_images_come_before_the_settings(browser, server):  # noqa: F811
+    page = browser.new_page(viewport={"width": 420, "height": 900})
+    page.goto(server.url)
+    button = page.locator("#generate-button").bounding_box()
+    images = page.locator("#generate-xt").bounding_box()
+    settings = page.locator("#class").bounding_box()
+    assert button["y"] < settings["y"] and images["y"] < settings["y"]
+    assert button["y"] < 900  # on the first screen
+    page.close()
