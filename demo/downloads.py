@@ -2,7 +2,9 @@
 denoising and, for a finished run, the PNG of the samples with the parameters in a text chunk."""
 from __future__ import annotations
 
+import atexit
 import hashlib
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -14,13 +16,22 @@ KEPT_DOWNLOADS = 64  # files kept in the downloads folder; older ones are delete
 
 
 class Downloads:
-    """The downloads folder (a new temporary one unless given), holding the newest KEPT_DOWNLOADS
-    files; a file's name says the class and the seed, and a digest of the run's parameters."""
+    """The downloads folder, holding the newest KEPT_DOWNLOADS files; a file's name says the class
+    and the seed, and a digest of the run's parameters. Unless a folder is given, a temporary one
+    is made at the first download and removed when the process ends, so an app (or a test) that
+    offers no download leaves nothing behind."""
 
     def __init__(self, folder: str | Path | None = None, display: Display = DISPLAY):
-        self.folder = Path(folder or tempfile.mkdtemp(prefix="guidance-demo-"))
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self._folder = None if folder is None else Path(folder)
         self.display = display
+
+    @property
+    def folder(self) -> Path:
+        if self._folder is None:
+            self._folder = Path(tempfile.mkdtemp(prefix="guidescope-downloads-"))
+            atexit.register(shutil.rmtree, self._folder, ignore_errors=True)
+        self._folder.mkdir(parents=True, exist_ok=True)
+        return self._folder
 
     def save(self, recording: Recording, frames: list[Frame]) -> tuple[Path, Path | None]:
         """The GIF of frames and, when the run finished, the PNG of its samples (else None); then

@@ -48,6 +48,7 @@ from .timing import Timings
 from .zerogpu import on_gpu
 
 log = logging.getLogger(__name__)
+ERROR_SECONDS = 10  # an error's message leaves the page after this, so messages do not pile up
 
 
 class StreamOutputs(NamedTuple):
@@ -67,14 +68,24 @@ class StreamOutputs(NamedTuple):
 
     @classmethod
     def of(cls, recording: Recording, frame: Frame | None, with_evaluator: bool) -> StreamOutputs:
-        """The outputs after frame (None: x_T, before the first step)."""
-        images = render.frame_images(recording, frame)
+        """The outputs after frame (None: x_T, before the first step). A finished run's last frame
+        shows the run's largest push (the last steps push next to nothing) and says which step."""
+        final = frame is not None and recording.state == "finished"
+        push_frame = render.shown_push(recording, frame, final)
+        images = render.frame_images(recording, frame, push_frame)
         chart = render.line_chart(recording, render.chart(recording), render.CHART_Y, "p(c | x_t)", [0, 1])
         norm_chart = render.line_chart(recording, render.norm_chart(recording), render.NORM_Y, "‖k_t w(t) g‖")
         return cls(x_t=images.x_t, pred_xstart=images.pred_xstart, status=render.status(recording, frame),
                    chart=chart, table=render.table(recording, with_evaluator), push=images.push,
-                   push_note=render.push_note(frame), norm_chart=norm_chart, recording=recording,
+                   push_note=render.push_note(push_frame, recording.run.request.steps if final else None),
+                   norm_chart=norm_chart, recording=recording,
                    row_labels=render.row_labels(recording.run, images.x_t.height))
+
+
+class Detail(NamedTuple):
+    """One image shown large (Playback.detail): an update of the image, and what it is."""
+    detail: dict
+    detail_note: str
 
 
 class AfterRun(NamedTuple):
@@ -86,28 +97,32 @@ class AfterRun(NamedTuple):
 
 
 class FrameView(NamedTuple):
-    """A recorded frame as the scrubber shows it: StreamOutputs' images and lines."""
+    """A recorded frame as the scrubber shows it: StreamOutputs' images, lines and table, at that step."""
     x_t: Image.Image
     pred_xstart: Image.Image | None
     status: str
     push: Image.Image | None
     push_note: str
+    table: pd.DataFrame
 
     @classmethod
-    def of(cls, recording: Recording, frame: Frame | None) -> FrameView:
+    def of(cls, recording: Recording, frame: Frame | None, with_evaluator: bool) -> FrameView:
         images = render.frame_images(recording, frame)
         return cls(x_t=images.x_t, pred_xstart=images.pred_xstart, status=render.status(recording, frame),
-                   push=images.push, push_note=render.push_note(frame))
+                   push=images.push, push_note=render.push_note(frame),
+                   table=render.table(recording, with_evaluator, runs.frame_stats(recording, frame)))
 
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """A bad argument (ValueError, from the library's checks or the app's limits) or a diverged
-    run (NonFiniteError) becomes gr.Error with the same message, which Gradio shows the caller."""
+    run (NonFiniteError) becomes gr.Error with the same message, which Gradio shows the caller; the
+    server logs it as one line, not a traceback (nothing went wrong in the server)."""
     try:
         yield
     except (ValueError, NonFiniteError) as err:
-        raise gr.Error(str(err)) from None
+        log.info("refused: %s", err)
+        raise gr.Error(str(err), duration=ERROR_SECONDS, print_exception=False) from None
 
 
 def _session(request: gr.Request | None) -> str | None:
@@ -179,7 +194,7 @@ class Handlers:
         self.opening = ""               # Markdown: why the page opens on the first model (demo/launch.py)
         self.timings = Timings(models, display, partial(defaults_run, limits=limits))
         self.live_mode = LiveMode(self.serve)
-        self.playback = Playback(Downloads(downloads, display))
+        self.playback = Playback(Downloads(downloads, display), self.with_evaluator)
         self._stream_on_device = on_gpu(self.stream)
 
     def pick(self, model) -> Model:
@@ -232,7 +247,8 @@ class Handlers:
         """Sample the run on the named model, yielding a frame whenever frame_interval_s has passed
         (x_T first when it is 0), then the final frame (or the frame where Stop was seen);
         final_only sends the final frame alone. Logs one line when the run ends, however it ends."""
-        stream = RunStream(self.pick(model).bundle, run, session, self.display.frame_interval_s, self.with_evaluator)
+        stream = RunStream(self.pick(model).bundle, run, session, self.display.frame_interval_s, self.with_evaluator,
+                           self.limits.max_seconds)
         yield from stream.frames(self.stops, final_only)
 
     def stop(self, request: gr.Request = None) -> None:
@@ -245,9 +261,10 @@ class RunStream:
     RunProgress (registered with StopRequests for the session) read after every step."""
 
     def __init__(self, bundle: Bundle, run: Run, session: str | None, frame_interval_s: float,
-                 with_evaluator: bool):
+                 with_evaluator: bool, max_seconds: float):
         self.bundle, self.run, self.session = bundle, run, session
         self.frame_interval_s, self.with_evaluator = frame_interval_s, with_evaluator
+        self.max_seconds = max_seconds  # a run still going after this ends (Limits.max_seconds)
 
     def frames(self, stops: StopRequests, final_only: bool) -> Iterator[StreamOutputs]:
         """The run's frames (see _steps); a run that fails is marked failed."""
@@ -270,16 +287,17 @@ class RunStream:
         or the frame sent before: with 0, x_T and every step; a run shorter than the interval sends
         its last frame alone, one frame the server and the page need not handle."""
         bundle, run, sent = self.bundle, self.run, time.monotonic()
+        deadline = sent + self.max_seconds  # the estimate refused what looked longer; this holds the bound
 
-        def due() -> bool:
-            return not final_only and time.monotonic() - sent >= self.frame_interval_s
+        def due(now: float) -> bool:
+            return not final_only and now - sent >= self.frame_interval_s
 
         def send(frame: Frame | None) -> StreamOutputs:
             nonlocal sent
             outputs, sent = StreamOutputs.of(recording, frame, self.with_evaluator), time.monotonic()
             return outputs
 
-        if due():
+        if due(time.monotonic()):
             yield send(None)
         with user_errors():
             for step in steps:
@@ -287,15 +305,17 @@ class RunStream:
                 images = bundle.codec.decode(step.sample) if last else None  # decoded once, for both
                 frame = recording.add(step, images)
                 progress.steps_done = frame.index + 1
+                now = time.monotonic()  # one reading a step, for the bound and the frame interval
                 if last:
                     recording.end("finished", runs.row_stats(bundle, run, step.sample, images=images))
                     yield send(frame)
-                elif progress.stop_came is not None:
-                    recording.end("stopped", runs.live_stats(recording, frame, step))
+                elif progress.stop_came is not None or now > deadline:
+                    state = "stopped" if progress.stop_came is not None else "cut"
+                    recording.end(state, runs.frame_stats(recording, frame))
                     yield send(frame)
                     return
-                elif due():
-                    recording.stats = runs.live_stats(recording, frame, step)
+                elif due(now):
+                    recording.stats = runs.frame_stats(recording, frame)
                     yield send(frame)
 
     def _log_end(self, recording: Recording, progress: RunProgress) -> None:
@@ -348,18 +368,42 @@ class LiveMode:
 
 
 class Playback:
-    """After a run: the scrubber over its recorded frames, and its files to download."""
+    """After a run: the scrubber over its recorded frames, one image shown large on a click, and
+    the run's files to download."""
 
-    def __init__(self, downloads: Downloads):
-        self.downloads = downloads
+    def __init__(self, downloads: Downloads, with_evaluator: bool):
+        self.downloads, self.with_evaluator = downloads, with_evaluator
 
     def show_frame(self, position, recording: Recording | None) -> FrameView:
         """The recorded frame at a scrubber position: 0 is x_T, k is after step k."""
         if recording is None or not recording.frames:
-            raise gr.Error("nothing recorded yet: run a generation first")
+            raise gr.Error("nothing recorded yet: run a generation first", duration=ERROR_SECONDS)
         with user_errors():
             k = integer(position, "frame", 0, len(recording.frames))
-        return FrameView.of(recording, recording.frames[k - 1] if k else None)
+        return FrameView.of(recording, recording.frames[k - 1] if k else None, self.with_evaluator)
+
+    def detail(self, position, recording: Recording | None, evt: gr.SelectData) -> Detail:
+        """The image under a click on any of the three grids, large, with its x_t, x-hat_0 and push
+        at the frame shown: the scrubber's, or the latest while a run streams (the final frame
+        shows the push of the run's largest step, as the panel does)."""
+        if recording is None or not recording.frames:
+            return Detail(gr.update(visible=False), "")
+        frames, run = list(recording.frames), recording.run
+        try:
+            k = len(frames) if recording.state == "running" else integer(position, "frame", 0, len(frames))
+        except ValueError:  # the scrubber still holds an earlier run's position
+            k = len(frames)
+        frame = frames[k - 1] if k else None
+        item = render.item_at(run, tuple(evt.index), recording.x_T.shape[-1])
+        if item is None:
+            return Detail(gr.update(visible=False), "")
+        final = frame is frames[-1] and recording.state == "finished"
+        push_frame = render.shown_push(recording, frame, final)
+        row, j = divmod(item, run.request.images_per_row)
+        where = "x_T, before step 1" if frame is None else f"step {frame.index + 1} of {run.request.steps}"
+        pushed = "" if push_frame in (None, frame) else f" (push of step {push_frame.index + 1}, the largest)"
+        return Detail(gr.update(value=render.detail(recording, frame, item, push_frame), visible=True),
+                      f"**image {j + 1} of row {run.labels[row]}**, {where}{pushed}: x_t · x̂_0 · push")
 
     def finish(self, recording: Recording | None) -> AfterRun:
         """After a run: the scrubber over its frames, the GIF of the denoising and, for a finished

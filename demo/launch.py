@@ -69,6 +69,9 @@ def display_of(args: argparse.Namespace) -> Display:
     return replace(DISPLAY, frame_interval_s=args.frame_interval, **live)
 
 
+log = logging.getLogger(__name__)
+
+
 class Refused(Exception):
     """The app cannot start; the message says why (launch prints it after "error: ", exit code 2)."""
 
@@ -134,6 +137,10 @@ def _serve(handlers: Handlers, args: argparse.Namespace) -> None:
 
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("demo").setLevel(logging.INFO)  # one line per run (demo.handlers)
+    for model in handlers.models.values():  # what the start decided, per model
+        live = handlers.timings.live(model.name)[1].replace("`", "")
+        log.info("model %s: %s, UNet on %s (--backend %s) · %s", model.name, model.bundle.folder, model.bundle.backend,
+                 args.backend, live)
     demo = ui.build(handlers, concurrency_limit=args.concurrency)
     demo.queue(max_size=SERVER.max_queue)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=ui.CSS, run_history=False,
@@ -166,5 +173,6 @@ def opening_order(models: list) -> tuple[list, str]:
     parts = [f"{m.name} {recorded[m.name][0][0]:.1%} [{recorded[m.name][0][1]:.1%}, {recorded[m.name][0][2]:.1%}] "
              f"at {1e3 * recorded[m.name][1]:.1f} ms per image" for m in reaching]
     return [first] + [m for m in models if m is not first], (
-        f"Opens on **{first.name}**: of the models whose default reaches the fidelity target (interval from "
+        f"Opens on **{first.name}**: of the models whose default reaches the fidelity target (the share of "
+        f"samples the evaluator calls the requested class, with its 95% interval from "
         f"{FIDELITY_FLOOR:.1%}; {'; '.join(parts)}, as their evaluations measured), it samples fastest.")

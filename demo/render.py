@@ -102,28 +102,71 @@ def push_colors(push: Push) -> np.ndarray:
     return PUSH_COLORS[push.levels].transpose(0, 3, 1, 2)
 
 
-def push_note(frame: Frame | None) -> str:
-    """What the push column's colours mean at this frame: s, the largest |k_t w(t) g|."""
+def shown_push(recording: Recording, frame: Frame | None, final: bool = False) -> Frame | None:
+    """The frame whose push is shown: frame's own, or for the final frame of a run the step with the
+    largest push (the last steps' pushes are near 0, a white panel)."""
+    if not final or frame is None or not recording.frames:
+        return frame
+    return max(recording.frames, key=lambda f: f.push.scale)
+
+
+def push_note(frame: Frame | None, steps: int | None = None) -> str:
+    """What the push column's colours mean at this frame: s, the largest |k_t w(t) g|; with steps,
+    which step it is (the run's largest push, shown after a run)."""
     if frame is None:
         return "the push appears with the first step"
     if frame.push.scale == 0:
         return "no classifier guidance at this step: the push is 0"
-    return f"blue −s … white 0 … red +s, with s = {frame.push.scale:.3g} (the largest |k_t w(t) g| in the batch)"
+    which = "" if steps is None else f"step {frame.index + 1} of {steps}, the run's largest push: "
+    return f"{which}blue −s … white 0 … red +s, with s = {frame.push.scale:.3g} (the largest |k_t w(t) g| in the batch)"
 
 
-def frame_images(recording: Recording, frame: Frame | None) -> FrameImages:
-    """The three grids after `frame`; before the first step, x_T alone. The grid of the last
-    step's samples carries the parameters text chunk. On a latent run the x_t grid shows z_t's
-    channels as maps until the last step, which shows the decoded samples."""
-    run = recording.run
+def frame_arrays(recording: Recording, frame: Frame | None, push_frame: Frame | None = None) -> tuple:
+    """(x_t, x-hat_0, push) of `frame` as uint8 (B, C, H, W) arrays (None where there is none yet):
+    before the first step x_T alone; a latent run shows z_t's channels as maps until the last
+    step, which shows the decoded samples. push_frame: whose push (default frame's own)."""
     if frame is None:
-        return FrameImages(grid(recording.x_T, run), None, None)
-    last = frame.index == run.request.steps - 1
-    x_t = grid(recording.images(frame) if last else frame.sample, run)  # a latent run ends on its decoded samples
-    if last:
-        x_t.info[PARAMETERS_KEY] = run.parameters()
-    return FrameImages(x_t, grid(recording.pred_xstart(frame), run),
-                       grid(push_colors(frame.push), run, background=PUSH_BACKGROUND))
+        return recording.x_T, None, None
+    last = frame.index == recording.run.request.steps - 1
+    push_frame = push_frame or frame
+    return (recording.images(frame) if last else frame.sample, recording.pred_xstart(frame),
+            push_colors(push_frame.push))
+
+
+def frame_images(recording: Recording, frame: Frame | None, push_frame: Frame | None = None) -> FrameImages:
+    """The three grids of frame_arrays; the grid of the last step's samples carries the
+    parameters text chunk."""
+    run = recording.run
+    x_t, pred_xstart, push = frame_arrays(recording, frame, push_frame)
+    image = grid(x_t, run)
+    if frame is not None and frame.index == run.request.steps - 1:
+        image.info[PARAMETERS_KEY] = run.parameters()
+    return FrameImages(image, None if pred_xstart is None else grid(pred_xstart, run),
+                       None if push is None else grid(push, run, background=PUSH_BACKGROUND))
+
+
+def item_at(run: Run, point: tuple[int, int], size: int, display: Display = DISPLAY) -> int | None:
+    """The batch item under a point (x, y) in a grid's pixels (grid: images of `size` px), or None
+    on the padding or past the last image."""
+    up, pad, n = upscale_of(run, display), display.pad, run.request.images_per_row
+    ncols = math.ceil(n / math.isqrt(n)) if len(run.labels) == 1 else n
+    pitch = (size + pad) * up
+    (col, dx), (row, dy) = (divmod(v - pad * up, pitch) for v in point)
+    if min(col, row) < 0 or dx >= size * up or dy >= size * up or col >= ncols:
+        return None
+    item = row * ncols + col
+    return item if item < len(run.labels) * n else None
+
+
+def detail(recording: Recording, frame: Frame | None, item: int, push_frame: Frame | None = None,
+           scale: int = 6) -> Image.Image:
+    """One image large: its x_t, x-hat_0 and push side by side (what exists at this frame),
+    nearest-neighbour at `scale`x."""
+    arrays = [a[item:item + 1] for a in frame_arrays(recording, frame, push_frame) if a is not None]
+    arrays = [np.repeat(a, 3, 1) if a.shape[1] == 1 else a for a in arrays]  # grey beside the coloured push
+    gap = np.full((1, 3, arrays[0].shape[2], 2), 255, np.uint8)
+    row = np.concatenate([part for a in arrays for part in (a, gap)][:-1], axis=3)[0]
+    return Image.fromarray(row.transpose(1, 2, 0)).resize((row.shape[2] * scale, row.shape[1] * scale), Image.NEAREST)
 
 
 def _per_step(recording: Recording, values, y: str, upto: int | None) -> pd.DataFrame:
@@ -191,10 +234,11 @@ def table_columns(with_evaluator: bool) -> list[str]:
     return [column for column in TABLE_COLUMNS if with_evaluator or column != "evaluator"]
 
 
-def table(recording: Recording, with_evaluator: bool) -> pd.DataFrame:
+def table(recording: Recording, with_evaluator: bool, stats: RowStats | None = None) -> pd.DataFrame:
     """One line per row: the mean confidence in the row's class under the guidance classifier and
-    under the evaluator, and the row's diversity, from recording.stats ("–" where not known yet)."""
-    labels, stats = recording.run.labels, recording.stats
+    under the evaluator, and the row's diversity, from stats (default recording.stats; "–" where
+    not known yet)."""
+    labels, stats = recording.run.labels, stats or recording.stats
     unknown = np.full(len(labels), np.nan)
     if stats is None:
         stats = RowStats(unknown, None, unknown)
@@ -209,8 +253,9 @@ def status(recording: Recording, frame: Frame | None) -> str:
     """One Markdown line: where the run is (or the frame being viewed), and how long it took."""
     run, request = recording.run, recording.run.request
     where = ("x_T, before step 1" if frame is None
-             else f"step {frame.index + 1} / {request.steps} (from t = {frame.timestep})")
-    state = "done" if recording.state == "finished" else recording.state
+             else f"step {frame.index + 1} of {request.steps} (denoised from t = {frame.timestep})")
+    state = {"finished": "done", "cut": "stopped at the time one request may take (fewer steps or images "
+             "fit)"}.get(recording.state, recording.state)
     target = f"class {run.class_name}" if run.class_name is not None else "a class per row"
     row = f" · {run.labels[0]}" if len(run.labels) == 1 else f" · {len(run.labels)} rows"
     return (f"**{where}** · {state} · {recording.elapsed:.1f} s · {target}{row} · "

@@ -104,7 +104,7 @@ class Recording:
     frames: list[Frame] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     elapsed: float = 0.0
-    state: str = "running"      # "running", "finished", "stopped" or "failed"
+    state: str = "running"      # "running", "finished", "stopped", "cut" (at Limits.max_seconds) or "failed"
     stats: RowStats | None = None  # of the latest images: x-hat_0 while running, the samples when finished
     _decoded: dict = field(default_factory=dict, repr=False)  # frame index -> decoded x-hat_0 (uint8)
 
@@ -211,10 +211,13 @@ def row_stats(bundle: Bundle, run: Run, sample: torch.Tensor, t: int = 0,
     return RowStats(classifier_prob, evaluator_prob, diversity(images, rows))
 
 
-def live_stats(recording: Recording, frame: Frame, step: Step) -> RowStats:
-    """Mid-run: p(c | x_t) from the step, and the diversity of x-hat_0 per row in pixels (decoding
-    it on a latent bundle); no evaluator yet."""
+def frame_stats(recording: Recording, frame: Frame | None) -> RowStats | None:
+    """What the table shows at a frame: the run's own statistics at its finished last step;
+    mid-run (and scrubbed back), p(c | x_t) of that step and the diversity of its x-hat_0 per row in
+    pixels (decoded on a latent bundle), no evaluator; None before the first step."""
+    if frame is None:
+        return None
+    if frame is recording.frames[-1] and recording.state == "finished":
+        return recording.stats
     rows = len(recording.run.labels)
-    if not recording.latent:
-        return RowStats(frame.class_prob, None, diversity(step.pred_xstart, rows))
     return RowStats(frame.class_prob, None, diversity(to_model_range(recording.pred_xstart(frame)), rows))

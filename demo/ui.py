@@ -12,7 +12,7 @@ from guidescope.request import MAX_SCALE, MAX_SEED
 from . import render
 from .examples import EXAMPLES, Example
 from .explain import explanation
-from .handlers import AfterRun, FrameView, Handlers, StreamOutputs
+from .handlers import AfterRun, Detail, FrameView, Handlers, StreamOutputs
 from .models import Model
 from .settings import (COMPARE_ARGUMENTS, COMPARE_CHOICES, DISPLAY, GENERATE_ARGUMENTS, LIMITS, MODEL_LABELS, ROW_VALUES,
                        SAMPLER_CHOICES, SCHEDULE_CHOICES, SERVER, THRESHOLD_CHOICES, UNET_CHOICES, AppDefaults, Settings)
@@ -38,7 +38,8 @@ TITLE = "Classifier guidance, step by step"
 INTRO = ("A diffusion model draws images of the class you pick, steered by a noise-aware classifier "
          "with strength **w** (and, on the class-conditional UNet, by classifier-free guidance "
          "**w_cfg**). Watch the noisy $x_t$, the predicted clean $\\hat x_0$ and the classifier's push "
-         "as they form, compare settings from the same noise, and read the formulas under **Understand**.")
+         "as they form (click an image to see it large), compare settings from the same noise, and read how "
+         "it works under **Understand**.")
 
 
 Controls = Settings  # the settings column's components, by name (settings.Settings holds their order)
@@ -58,6 +59,8 @@ class OutputPanel(NamedTuple):
     png: gr.DownloadButton
     recording: gr.State
     row_labels: gr.HTML
+    detail: gr.Image            # one image large, on a click on a grid
+    detail_note: gr.Markdown
 
     def outputs(self, record: type[tuple]) -> list:
         """The components a handler's typed result fills, named by the fields of its NamedTuple
@@ -80,6 +83,10 @@ class OutputPanel(NamedTuple):
         """The outputs of Playback.finish and LiveMode.after_live."""
         return self.outputs(AfterRun)
 
+    @property
+    def grids(self) -> list:
+        return [self.x_t, self.pred_xstart, self.push]
+
 
 def _controls(defaults: AppDefaults, class_names: tuple[str, ...], num_timesteps: int) -> Controls:
     d = defaults
@@ -93,7 +100,9 @@ def _controls(defaults: AppDefaults, class_names: tuple[str, ...], num_timesteps
                           info="needs the class-conditional UNet")
     steps = gr.Slider(1, num_timesteps, value=d.steps, step=1, label="steps",
                       info=f"1 to T = {num_timesteps}", elem_id="steps")
-    sampler = gr.Radio(list(SAMPLER_CHOICES), value=d.sampler, label="sampler", elem_id="sampler")
+    sampler = gr.Radio(list(SAMPLER_CHOICES), value=d.sampler, label="sampler", elem_id="sampler",
+                       info="how each step moves from x_t toward x̂_0: DDIM and DDPM (one model call a step), or "
+                            "the higher-order DPM-Solver++(2M) and UniPC, which need fewer steps")
     eta = gr.Slider(0, 1, value=d.eta, step=0.05, label="eta (DDIM noise)", interactive=d.sampler == "ddim")
     num_images = gr.Slider(1, LIMITS.max_images_per_row, value=d.num_images, step=1,
                            label="images (per row in Compare)", elem_id="images")
@@ -106,7 +115,9 @@ def _controls(defaults: AppDefaults, class_names: tuple[str, ...], num_timesteps
                                "(0 is the clean end): guidance is off outside it")
     schedule = gr.Radio(list(SCHEDULE_CHOICES), value=d.schedule, label="schedule",
                         info="w(t) over the interval: constant, or a linear ramp between 0 and w")
-    threshold = gr.Radio(list(THRESHOLD_CHOICES), value=d.threshold, label="x̂_0 threshold", elem_id="threshold")
+    threshold = gr.Radio(list(THRESHOLD_CHOICES), value=d.threshold, label="x̂_0 threshold", elem_id="threshold",
+                         info="keeps each step's guess of the clean image in range, so a strong push cannot "
+                              "drive the pixels past black and white")
     threshold_percentile = gr.Slider(0.5, 1, value=d.threshold_percentile, step=0.005,
                                      label="threshold percentile", interactive=d.threshold == "dynamic",
                                      info="of |x̂_0|, for the dynamic threshold")
@@ -173,6 +184,8 @@ def _output_panel(prefix: str, with_evaluator: bool, space: str = "pixel") -> tu
             push_note = gr.Markdown(elem_id=f"{prefix}-push-scale")
         with gr.Column(min_width=200):
             status = gr.Markdown(label="status", elem_id=f"{prefix}-status")
+            detail_note = gr.Markdown(elem_id=f"{prefix}-detail-note")
+            detail = gr.Image(label="one image, large", visible=False, elem_id=f"{prefix}-detail", **images)
             table = gr.Dataframe(headers=render.table_columns(with_evaluator), interactive=False, wrap=True,
                                  label="per row: mean p(c | x) under each network, and diversity",
                                  elem_id=f"{prefix}-table")
@@ -185,7 +198,7 @@ def _output_panel(prefix: str, with_evaluator: bool, space: str = "pixel") -> tu
         gif = gr.DownloadButton("Download denoising (GIF)", visible=False, size="sm")
         png = gr.DownloadButton("Download samples (PNG with parameters)", visible=False, size="sm")
     return (OutputPanel(x_t, pred_xstart, push, push_note, status, chart, norm_chart, table, scrub, gif, png,
-                        gr.State(), row_labels), Captions(sample_caption, xstart_caption, push_caption))
+                        gr.State(), row_labels, detail, detail_note), Captions(sample_caption, xstart_caption, push_caption))
 
 
 class RunTab(NamedTuple):
@@ -210,6 +223,7 @@ class Page(NamedTuple):
     strengths: gr.Textbox       # the Compare rows' values
     examples: list              # a gr.Button per EXAMPLES entry, in its order
     explanation: gr.Markdown    # the Understand tab's text, for the model shown
+    opening: gr.Markdown        # why the page opens on its first model (shown with that model only)
 
     def inputs(self, names: tuple[str, ...]) -> list:
         """The components of an endpoint's arguments `names` (settings.GENERATE_ARGUMENTS or
@@ -218,19 +232,19 @@ class Page(NamedTuple):
         return [own[name] if name in own else getattr(self.controls, name) for name in names] + [self.model]
 
 
-def _settings_column(handlers: Handlers) -> tuple[gr.Radio, Controls, gr.Markdown]:
+def _settings_column(handlers: Handlers) -> tuple[gr.Radio, gr.Markdown, Controls, gr.Markdown]:
     """The left column: the model choice (shown when there are several), why the page opens on
-    the first, the settings Generate and Compare share, and the model's facts."""
+    the first (shown while it is the one shown), the settings Generate and Compare share, and the
+    model's facts."""
     first, bundle = handlers.model, handlers.bundle
     model = gr.Radio([(MODEL_LABELS.get(m.bundle.space, m.name), m.name) for m in handlers.models.values()],
                      value=first.name, label="model", elem_id="model", visible=len(handlers.models) > 1,
                      info="the diffusion model and its classifier: on the images, or on an autoencoder's "
                           "latents (the API's `model` argument)")
-    if handlers.opening:
-        gr.Markdown(handlers.opening, elem_id="opening")
+    opening = gr.Markdown(handlers.opening, elem_id="opening", visible=bool(handlers.opening))
     controls = _controls(handlers.defaults, bundle.class_names, bundle.num_timesteps)
     info = gr.Markdown(_info(first, handlers.timings.step_seconds.get(first.name)), elem_id="info")
-    return model, controls, info
+    return model, opening, controls, info
 
 
 def _generate_tab(handlers: Handlers, live_on: bool, live_note: str) -> tuple[RunTab, gr.Markdown]:
@@ -289,7 +303,7 @@ def _layout(handlers: Handlers) -> Page:
     gr.Markdown(f"# {TITLE}\n{INTRO}", latex_delimiters=LATEX)
     with gr.Row(elem_classes="main-row"):
         with gr.Column(scale=1, min_width=260):
-            model, controls, info = _settings_column(handlers)
+            model, opening, controls, info = _settings_column(handlers)
         with gr.Column(scale=4):
             with gr.Tabs() as tabs:
                 with gr.Tab("Generate", id="generate"):
@@ -298,7 +312,8 @@ def _layout(handlers: Handlers) -> Page:
                     compare, mode, strengths = _compare_tab(handlers, live_on)
                 with gr.Tab("Understand", id="understand"):
                     examples, explained = _understand_tab(handlers)
-    return Page(model, controls, info, tabs, generate, live_text, compare, mode, strengths, examples, explained)
+    return Page(model, controls, info, tabs, generate, live_text, compare, mode, strengths, examples, explained,
+                opening)
 
 
 def _load_example(handlers: Handlers, example: Example, name: str) -> tuple:
@@ -338,7 +353,7 @@ def _switch(handlers: Handlers, name: str) -> list:
     captions = [SAMPLE_CAPTIONS[b.space], XSTART_CAPTIONS[b.space], PUSH_CAPTIONS[b.space]] * 2
     toggles = [gr.Checkbox(interactive=True) if live else gr.Checkbox(value=False, interactive=False)] * 2 + [note]
     return [*controls.values(), _info(model, handlers.timings.step_seconds.get(model.name)), *captions, *toggles,
-            explanation(b.space, b.variance)]
+            explanation(b.space, b.variance), gr.Markdown(visible=bool(handlers.opening) and model is handlers.model)]
 
 
 def _wire_run(handlers: Handlers, fn, api_name: str, tab: RunTab, inputs: list, concurrency_limit: int) -> None:
@@ -352,6 +367,8 @@ def _wire_run(handlers: Handlers, fn, api_name: str, tab: RunTab, inputs: list, 
     tab.stop.click(handlers.stop, None, None, cancels=[run], queue=False, api_visibility="private")
     panel.scrub.input(playback.show_frame, [panel.scrub, panel.recording], panel.frame_view,
                       trigger_mode="always_last", **PRIVATE)
+    for image in panel.grids:  # a click on any grid shows that image large
+        image.select(playback.detail, [panel.scrub, panel.recording], panel.outputs(Detail), **UNQUEUED)
 
 
 def _wire_live(handlers: Handlers, tab: RunTab, triggers: list, fn, inputs: list, concurrency_limit: int) -> None:
@@ -378,7 +395,7 @@ def _wire(handlers: Handlers, page: Page, concurrency_limit: int) -> None:
                handlers.live_mode.live_compare, page.inputs(COMPARE_ARGUMENTS), concurrency_limit)
     page.model.change(partial(_switch, handlers), page.model,
                       [*controls.values(), page.info, *generate.captions, *compare.captions, generate.live, compare.live,
-                       page.live_note, page.explanation], **UNQUEUED)
+                       page.live_note, page.explanation, page.opening], **UNQUEUED)
     # The label follows the mode however it changes; picking a mode also puts its example in the box.
     page.mode.change(_row_values, page.mode, page.strengths, **UNQUEUED)
     page.mode.input(_row_example, page.mode, page.strengths, **UNQUEUED)

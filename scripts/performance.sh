@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Regenerate docs/PERFORMANCE.md: the latent-against-pixel, app, sampling and backend benchmarks' output, verbatim.
+# Regenerate docs/PERFORMANCE.md: the page (live drag, fair serving), latent-against-pixel, app, sampling and
+# backend benchmarks' output, verbatim.
 #   bash scripts/performance.sh            (refuses to write when the machine is busy)
 # Figures taken beside other work are not figures: the 1-minute load average must be at most
 # MAX_LOAD (default 0.5) at the start, or nothing is written. Each benchmark raises the load
@@ -37,7 +38,7 @@ fi
     echo "Every figure below is printed by the script named above it; ratios compare runs taken in the"
     echo "same run of that script, interleaved. Each script starts once the load of the one before has"
     echo "fallen back to $max_load."
-    for cmd in "scripts/benchmark_latent.py --repeats 3" "scripts/benchmark_app.py --repeats 2" \
+    for cmd in "scripts/benchmark_page.py" "scripts/benchmark_latent.py --repeats 3" "scripts/benchmark_app.py --repeats 2" \
                "scripts/benchmark_sampling.py --batch-sizes 8,40 --repeats 2" \
                "scripts/benchmark_backend.py --batch-sizes 1,8,16,40,80 --repeats 5"; do
         settle

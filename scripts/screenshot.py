@@ -1,11 +1,14 @@
-"""docs/screenshot.png: the app on the shipped checkpoints, after a run in headless Chromium.
+"""docs/screenshot.png and docs/screenshot-narrow.png: the app on the shipped checkpoints, after a
+run in headless Chromium, on a desktop (1400 px wide, the whole page) and on a phone (420 px, the
+first screen).
 
-    python scripts/screenshot.py [--checkpoints DIR ...] [--model NAME] [--tab compare|generate] [--out docs/screenshot.png]
+    python scripts/screenshot.py [--checkpoints DIR ...] [--model NAME] [--tab compare|generate]
+                                 [--out docs/screenshot.png] [--narrow-out docs/screenshot-narrow.png]
 
 Starts `python app.py` on a free local port (by default on the shipped models, as `python app.py`
 does), opens it in Debian's Chromium (/usr/bin/chromium) through Playwright, picks --model when
 given, presses Generate or Compare with that model's default settings, waits for the run to finish
-and saves a full-page screenshot.
+and saves the screenshot; then the same at the narrow width with Generate ("" skips it).
 """
 from __future__ import annotations
 
@@ -19,6 +22,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from scripts.launcher import running_app  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
+DESKTOP, NARROW = {"width": 1400, "height": 1000}, {"width": 420, "height": 900}
+
+
+def shoot(browser, url: str, args, tab: str, viewport: dict, out: str, full_page: bool) -> None:
+    """Open the page at viewport, run `tab` at the model's defaults, save the screenshot to out."""
+    page = browser.new_page(viewport=viewport, device_scale_factor=1)
+    page.goto(url)
+    if args.model:
+        page.locator("#model").locator(f"input[value='{args.model}']").check()
+        page.wait_for_timeout(1000)  # the controls take the model's defaults
+    page.get_by_role("tab", name=tab.capitalize()).click()
+    page.locator(f"#{tab}-button").click()
+    # The status line says "done" once the last frame has arrived; downloads appear after.
+    status = page.locator(f"#{tab}-status [data-testid=markdown]")
+    status.get_by_text("done").wait_for(timeout=args.timeout_s * 1000)
+    page.get_by_role("button", name="Download denoising (GIF)").wait_for(timeout=30_000)
+    page.wait_for_timeout(1000)  # let the charts finish drawing
+    if not full_page:
+        page.evaluate("window.scrollTo(0, 0)")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=out, full_page=full_page)
+    page.close()
 
 
 def main(argv=None) -> int:
@@ -27,28 +52,18 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=None, help="the model to pick on the page (default: the one it opens on)")
     p.add_argument("--tab", choices=("compare", "generate"), default="compare")
     p.add_argument("--out", default="docs/screenshot.png")
+    p.add_argument("--narrow-out", default="docs/screenshot-narrow.png", help='the phone-width one ("" skips it)')
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--timeout-s", type=float, default=600, help="longest wait for the run to finish")
     args = p.parse_args(argv)
 
     with running_app(args.checkpoints, threads=args.threads) as url, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM)
-        page = browser.new_page(viewport={"width": 1440, "height": 1000}, device_scale_factor=1)
-        page.goto(url)
-        if args.model:
-            page.locator("#model").locator(f"input[value='{args.model}']").check()
-            page.wait_for_timeout(1000)  # the controls take the model's defaults
-        page.get_by_role("tab", name=args.tab.capitalize()).click()
-        page.locator(f"#{args.tab}-button").click()
-        # The status line says "done" once the last frame has arrived; downloads appear after.
-        status = page.locator(f"#{args.tab}-status [data-testid=markdown]")
-        status.get_by_text("done").wait_for(timeout=args.timeout_s * 1000)
-        page.get_by_role("button", name="Download denoising (GIF)").wait_for(timeout=30_000)
-        page.wait_for_timeout(1000)  # let the chart finish drawing
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=args.out, full_page=True)
+        shoot(browser, url, args, args.tab, DESKTOP, args.out, full_page=True)
+        if args.narrow_out:
+            shoot(browser, url, args, "generate", NARROW, args.narrow_out, full_page=False)
         browser.close()
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out}" + (f" and {args.narrow_out}" if args.narrow_out else ""))
     return 0
 
 

@@ -49,7 +49,7 @@ window.fetch = async (...args) => {
   return new Response(passed, {status: response.status, statusText: response.statusText, headers: response.headers});
 };
 """
-# Every text the generate status shows, in order (its first part: "step k / N (from t = ...)").
+# Every text the generate status shows, in order (its first part: "step k / N (denoised from t = ...)").
 WATCH_STATUS = """() => {
   window.__shown = [];
   const status = document.querySelector("#generate-status");
@@ -146,8 +146,8 @@ def test_generate_streams_every_step_and_shows_the_push_and_its_norm(page):
     assert source(page, "generate-push") is None
     final, frames = generate(page, lambda text: "done" in text)
     assert frames == 1 + 12  # x_T, then one frame per step: the page received every one
-    assert "step 12 / 12" in final and "class Bag" in final
-    expected = ["x_T, before step 1"] + [f"step {k} / 12" for k in range(1, 13)]
+    assert "step 12 of 12" in final and "class Bag" in final
+    expected = ["x_T, before step 1"] + [f"step {k} of 12" for k in range(1, 13)]
     shown = [text.split(" (")[0] for text in page.evaluate("window.__shown")]
     assert shown[-1] == expected[-1] and shown == [text for text in expected if text in shown]  # in order
     assert page.get_by_role("button", name="Download samples (PNG with parameters)").is_visible()
@@ -160,7 +160,7 @@ def test_generate_streams_every_step_and_shows_the_push_and_its_norm(page):
     # Another run replaces all three.
     set_number(page, "scale", 0)
     set_number(page, "steps", 4)
-    final, frames = generate(page, lambda text: "done" in text and "step 4 / 4" in text)
+    final, frames = generate(page, lambda text: "done" in text and "step 4 of 4" in text)
     assert frames == 1 + 4
     assert source(page, "generate-push") != first_push
     assert "no classifier guidance" in page.locator("#generate-push-scale").inner_text()
@@ -189,13 +189,13 @@ def test_stop_ends_a_run_midway_and_nothing_moves_after(page, app_server):
     else:
         assert end.state == "closed"
     # The page shows the step the run stopped after, and the scrubber every step it recorded.
-    assert f"step {end.steps_done} / 1000" in stopped
+    assert f"step {end.steps_done} of 1000" in stopped
     page.locator("#generate-scrub").wait_for(timeout=60_000)
     assert page.locator("#generate-scrub input[type=range]").get_attribute("max") == str(end.steps_done)
-    assert f"step {end.steps_done} / 1000" in page.evaluate("window.__shown")[-1]
+    assert f"step {end.steps_done} of 1000" in page.evaluate("window.__shown")[-1]
     # The app is free again: a short run goes through.
     set_number(page, "steps", 5)
-    _, frames = generate(page, lambda text: "done" in text and "step 5 / 5" in text)
+    _, frames = generate(page, lambda text: "done" in text and "step 5 of 5" in text)
     assert frames == 1 + 5
 
 

@@ -13,7 +13,6 @@ from types import SimpleNamespace
 
 import gradio as gr
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -26,7 +25,8 @@ from demo import handlers as handlers_module
 from demo.examples import EXAMPLES
 from demo.handlers import Handlers
 from demo.launch import launch, parse_args
-from demo.settings import COMPARE_CHOICES, DEFAULTS, DISPLAY, ROW_VALUES, SAMPLER_CHOICES, AppDefaults, Display, Settings
+from demo.settings import (COMPARE_CHOICES, DEFAULTS, DISPLAY, LIMITS, ROW_VALUES, SAMPLER_CHOICES, AppDefaults, Display,
+                           Settings)
 from guidescope import generation
 from guidescope.guide import NonFiniteError, Schedule, Threshold
 from guidescope.images import grid
@@ -103,7 +103,7 @@ def test_generate_streams_x_T_then_every_step_then_the_seeded_samples(bundle, tm
     x_T = ItemNoise(3, range(4))((4, 1, 16, 16), "cpu")
     assert pixels_match(first.x_t, x_T, ncols=2)  # 4 images lie in a 2 x 2 block
     assert [f.status.split("**")[1] for f in frames[1:]] == [
-        f"step {k} / 6 (from t = {t})" for k, t in zip(range(1, 7), (999, 799, 599, 400, 200, 0))]
+        f"step {k} of 6 (denoised from t = {t})" for k, t in zip(range(1, 7), (999, 799, 599, 400, 200, 0))]
     assert "done" in last.status
     expected = library_samples(bundle, CLASS_NAMES.index("Trouser"), 2.0, steps=6, num_images=4, seed=3)
     assert pixels_match(last.x_t, expected, ncols=2)
@@ -142,7 +142,7 @@ def test_frames_go_out_once_per_interval_from_the_start_and_the_last_always(bund
     ticks = iter(range(1000))
     monkeypatch.setattr(handlers_module, "time", SimpleNamespace(monotonic=lambda: 0.2 * next(ticks)))
     frames = list(make_handlers(bundle, tmp_path, Display(frame_interval_s=0.5)).generate(**gen_args(steps=8)))
-    assert [f.status.split(" (")[0] for f in frames][:2] == ["**step 2 / 8", "**step 5 / 8"] and len(frames) == 3
+    assert [f.status.split(" (")[0] for f in frames][:2] == ["**step 2 of 8", "**step 5 of 8"] and len(frames) == 3
     assert "done" in frames[-1].status
     assert [f.chart.data[render.CHART_X].max() for f in frames] == [2, 5, 8]  # each frame's chart: its steps so far
 
@@ -293,7 +293,10 @@ def test_the_push_column_shows_each_steps_guidance_term_in_diverging_colours(bun
     assert frames[0].push is None and "first step" in frames[0].push_note
     run = frames[-1].recording.run
     steps = list(generation.stream(bundle, run.request))
-    for frame, step in zip(frames[1:], steps):
+    largest = max(range(len(steps)), key=lambda k: float(steps[k].guidance_term.mean(1).abs().max()))
+    shown = [(frame, steps[k]) for k, frame in enumerate(frames[1:-1])] + [(frames[-1], steps[largest])]
+    assert f"step {largest + 1} of {len(steps)}, the run's largest push" in frames[-1].push_note  # after the run
+    for frame, step in shown:
         term = step.guidance_term.mean(1)  # one channel: the term itself, (B, H, W)
         s = float(term.abs().max())
         assert f"s = {s:.3g}" in frame.push_note
@@ -363,11 +366,33 @@ def test_scrubbing_shows_x_T_and_each_recorded_step(bundle, tmp_path):
     assert view.pred_xstart is None and view.push is None and "x_T" in view.status
     assert np.array_equal(np.asarray(view.x_t), np.asarray(frames[0].x_t))
     view = handlers.playback.show_frame(3.0, recording)  # sliders send floats
-    assert "step 3 / 5" in view.status and view.push_note == frames[3].push_note
+    assert "step 3 of 5" in view.status and view.push_note == frames[3].push_note
     for name in ("x_t", "pred_xstart", "push"):
         assert np.array_equal(np.asarray(getattr(view, name)), np.asarray(getattr(frames[3], name)))
     for bad in (-1, 6, 2.5, "3"):
         assert "frame must be an integer from 0 to 5" in error_message(lambda: handlers.playback.show_frame(bad, recording))
+    # The table moves with the images: p(c | x_t) of that step; the run's own numbers at its end.
+    probs = [float(v) for v in view.table["classifier"]]
+    assert probs == pytest.approx([float(recording.frames[2].class_prob[0])], abs=5e-4)
+    assert view.table.equals(frames[-1].table) is False
+    assert handlers.playback.show_frame(5, recording).table.equals(frames[-1].table)
+
+
+def test_a_click_on_a_grid_shows_that_image_large_with_its_x_t_x0_and_push(bundle, tmp_path):
+    handlers = make_handlers(bundle, tmp_path, FINAL_ONLY)
+    frames = list(handlers.compare(**compare_args(strengths="0, 4")))  # 2 rows x 3 images of 16 px
+    recording, up, pad = frames[-1].recording, DISPLAY.compare_upscale, DISPLAY.pad
+    pitch = (16 + pad) * up
+    at = SimpleNamespace(index=[pad * up + 2 * pitch + 5, pad * up + pitch + 5])  # row 2, image 3
+    detail = handlers.playback.detail(5, recording, at)
+    assert detail.detail["visible"] and "image 3 of row w=4" in detail.detail_note and "step 5 of 5" in detail.detail_note
+    large = np.asarray(detail.detail["value"])
+    item = 5  # row-major: row 1 (w=4), image 2
+    samples = recording.images(recording.frames[-1])[item, 0]
+    assert np.array_equal(large[:16 * 6:6, :16 * 6:6, 0], samples)  # x_t first, at 6x
+    assert large.shape[1] == (3 * 16 + 2 * 2) * 6  # x_t, x-hat_0 and the push, 2 px apart
+    on_padding = SimpleNamespace(index=[1, 1])
+    assert not handlers.playback.detail(5, recording, on_padding).detail["visible"]
     assert "run a generation first" in error_message(lambda: handlers.playback.show_frame(0, None))
 
 
@@ -376,14 +401,14 @@ def test_finish_offers_the_scrubber_a_gif_with_the_push_and_a_png_with_parameter
     frames = list(handlers.compare(**compare_args(strengths="0, 2", steps=7)))
     recording = frames[-1].recording
     scrub, gif, png, status = handlers.playback.finish(recording)
-    assert "done" in status and "step 7 / 7" in status
+    assert "done" in status and "step 7 of 7" in status
     assert scrub["visible"] and scrub["maximum"] == 7 and scrub["value"] == 7
     with Image.open(gif["value"]) as animation:
         assert animation.format == "GIF" and animation.n_frames == 7
         animation.seek(6)
         picture = np.asarray(animation.convert("RGB"))
     gap = 2 * DISPLAY.pad * DISPLAY.upscale
-    x_t, push = frames[-1].x_t, frames[-1].push
+    x_t, push = frames[-1].x_t, handlers.playback.show_frame(7, recording).push  # the last step's own push
     columns = picture[:x_t.height, 2 * (x_t.width + gap):3 * x_t.width + 2 * gap]  # the third column
     error = np.abs(columns.astype(int) - np.asarray(push))  # a GIF's palette holds 256 colours
     assert error.mean() < 2 and np.percentile(error, 99) < 20
@@ -416,7 +441,7 @@ def test_a_run_cancelled_mid_stream_is_reported_as_stopped(bundle, tmp_path):
     stream.close()
     recording = frames[-1].recording
     scrub, gif, png, status = handlers.playback.finish(recording)
-    assert recording.state == "stopped" and "step 3 / 20" in status and "stopped" in status
+    assert recording.state == "stopped" and "step 3 of 20" in status and "stopped" in status
     assert scrub["maximum"] == 3 and not png["visible"]
 
 
@@ -625,3 +650,17 @@ def test_a_request_over_the_time_bound_is_refused_naming_it_and_one_within_runs(
     assert handlers.timings.seconds(handlers.model.name, arguments.generate_run(
         Settings(**gen_args(num_images=4, steps=10)), class_names=CLASS_NAMES, num_timesteps=NUM_TIMESTEPS)) == \
         pytest.approx(0.4)
+
+
+def test_a_run_still_going_at_the_time_bound_ends_there(bundle, tmp_path, monkeypatch):
+    """A clock that moves 1 s each time it is read, against a 2.5 s bound: the start reads it (0 s)
+    and once more for whether x_T is due (1 s), then each step once (with FINAL_ONLY no frame is
+    due before the last): step 1 ends at 2 s, step 2 at 3 s is past the bound, and the run ends
+    there with what it has."""
+    ticks = iter(range(1000))
+    monkeypatch.setattr(handlers_module, "time", SimpleNamespace(monotonic=lambda: float(next(ticks))))
+    handlers = Handlers(bundle, display=FINAL_ONLY, downloads=tmp_path, limits=replace(LIMITS, max_seconds=2.5))
+    frames = list(handlers.generate(**gen_args(steps=8)))
+    recording = frames[-1].recording
+    assert recording.state == "cut" and len(recording.frames) == 2 and len(frames) == 1
+    assert "stopped at the time one request may take" in frames[-1].status

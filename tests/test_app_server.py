@@ -57,7 +57,7 @@ def test_generate_streams_x_T_and_every_step_and_ends_on_the_seeded_samples(clie
     outputs = run(client.submit(*GENERATE, "200-900", "ramp-down", "dynamic", 0.9, api_name="/generate"))
     timesteps = respace_timesteps(1000, 12).flip(0).tolist()
     assert [where(out[2]) for out in outputs] == ["x_T, before step 1"] + [
-        f"step {k} / 12 (from t = {t})" for k, t in enumerate(timesteps, 1)]
+        f"step {k} of 12 (denoised from t = {t})" for k, t in enumerate(timesteps, 1)]
     assert all("running" in out[2] for out in outputs[:-1]) and "done" in outputs[-1][2]
     first, last = outputs[0], outputs[-1]
     assert first[1] is None and first[5] is None

@@ -3,6 +3,7 @@
 checkpoint round trip, the names it refuses, the shipped network's size and family, and a short
 run of its training kind on tiny networks."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,8 @@ from guidescope.networks.small import Evaluator, EvaluatorConfig
 from guidescope.training import command as train
 from guidescope.training.loop import Trainer
 from guidescope.training.tasks import TASKS, translate_each
+
+REPO = Path(__file__).resolve().parent.parent
 
 TINY_ARGS = {"patch_size": 1, "depths": (0, 1, 1, 1), "dims": (8, 8, 16, 16)}  # 8x8 -> 8, 4, 2, 1
 MAX_MFLOP = 30  # the shipped network runs forward and backward at every guided sampling step
@@ -166,3 +169,20 @@ def test_another_architecture_without_model_args_gets_timms_own():
     assert model.config.architecture == "resnet10t" and model.config.model_args == {}
     model = TASKS["guide_classifier"](architecture="convnext_atto", model_args=TINY_ARGS).build(2, 8, 1)
     assert model.config.model_args == TINY_ARGS
+
+
+@pytest.mark.parametrize("bundle", ["fashion-mnist", "fashion-mnist-latent"])
+def test_both_bundles_ship_the_clean_guide_and_it_classifies_real_held_out_images(bundle):
+    """The trained guide (a ConvNeXt on clean images, not the evaluator's ResNet) is in both
+    bundles, the same network, and is right on most of the first 1000 held-out images."""
+    from guidescope.training import data
+
+    folder = REPO / "checkpoints" / bundle
+    guide, meta = load(folder, "guide_classifier")
+    assert isinstance(guide, GuideClassifier) and meta["config"]["architecture"].startswith("convnext")
+    assert (folder / "guide_classifier.safetensors").read_bytes() == \
+        (REPO / "checkpoints" / "fashion-mnist" / "guide_classifier.safetensors").read_bytes()
+    _, test = data.load(data.DataSource())
+    with torch.no_grad():
+        predicted = guide(test.images[:1000]).argmax(1)
+    assert (predicted == test.labels[:1000]).float().mean() > 0.85

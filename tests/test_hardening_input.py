@@ -213,7 +213,7 @@ def test_a_fuzz_of_malformed_calls_gets_clear_errors_and_the_server_keeps_servin
     assert not wrong, f"{len(wrong)} of {len(calls)} calls answered unexpectedly, e.g. {wrong[:3]}"
     # And a normal call still succeeds.
     outputs = client.predict(*{**GENERATE, "steps": 4}.values(), api_name="/generate")
-    assert "done" in outputs[2] and "step 4 / 4" in outputs[2]
+    assert "done" in outputs[2] and "step 4 of 4" in outputs[2]
 
 
 # -- paths ---------------------------------------------------------------------------------------

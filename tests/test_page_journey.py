@@ -11,7 +11,7 @@ import json
 import time
 
 import pytest
-from test_app_browser import COUNT_FRAMES, browser  # noqa: F401
+from test_app_browser import COUNT_FRAMES, browser, set_number  # noqa: F401
 
 from app_fixtures import CLASS_NAMES, NUM_TIMESTEPS, RUN_LINE, Server, checkpoint_dir, make_latent_checkpoints  # noqa: F401
 from demo import arguments
@@ -44,12 +44,6 @@ def page(browser, server):  # noqa: F811
     page.close()
 
 
-def set_number(page, elem_id: str, value) -> None:
-    box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
-
-
 def run(page, tab: str) -> str:
     """Press the tab's button and wait for the run to end (the status says done); its status."""
     ends = page.evaluate("window.__ends")
@@ -78,6 +72,18 @@ def drawn(page, elem_id: str, rows: list[str]) -> tuple[list[str], list[str]]:
         if (lines, legend) == (sorted(rows), rows) or time.monotonic() > deadline:
             return lines, legend
         time.sleep(0.1)
+
+
+def loaded(page, elem_id: str) -> list[float]:
+    """[width on the page, natural width] of an image panel's picture once it has loaded (the page
+    loads pictures lazily; the wait only bounds a broken page)."""
+    script = f"""() => {{ const i = document.querySelector('#{elem_id} img');
+        return i && i.complete && i.naturalWidth ? [i.getBoundingClientRect().width, i.naturalWidth] : null; }}"""
+    deadline = time.monotonic() + 30
+    while (shown := page.evaluate(script)) is None:
+        assert time.monotonic() < deadline, f"no picture in #{elem_id}"
+        time.sleep(0.05)
+    return shown
 
 
 def expected_rows(mode: str, strengths: str, **changes) -> list[str]:
@@ -115,16 +121,15 @@ def test_tiles_show_at_four_times_their_pixels_and_row_labels_are_text_beside_th
     set_number(page, "images", 4)
     set_number(page, "steps", 2)
     run(page, "generate")
-    shown = page.evaluate("""() => { const i = document.querySelector('#generate-xt img');
-        return [i.getBoundingClientRect().width, i.naturalWidth]; }""")
+    shown = loaded(page, "generate-xt")
     assert shown[0] == shown[1] == 2 * (SIZE + DISPLAY.pad) * DISPLAY.upscale + DISPLAY.pad * DISPLAY.upscale  # 2 x 2
     assert DISPLAY.upscale >= 4  # a 28 px Fashion-MNIST image: 112 CSS px or more
     page.get_by_role("tab", name="Compare").click()
     run(page, "compare")
     rows = expected_rows("classifier", ROW_VALUES["classifier"].example, steps=2, num_images=4)
-    image = page.evaluate("""() => { const r = document.querySelector('#compare-xt img').getBoundingClientRect();
-        const i = document.querySelector('#compare-xt img'); return [r.top, r.height, r.width, i.naturalWidth]; }""")
-    top, height, width, natural = image
+    width, natural = loaded(page, "compare-xt")
+    top, height = page.evaluate("""() => { const r = document.querySelector('#compare-xt img').getBoundingClientRect();
+        return [r.top, r.height]; }""")
     assert width == natural == 4 * (SIZE + DISPLAY.pad) * DISPLAY.compare_upscale + DISPLAY.pad * DISPLAY.compare_upscale
     assert DISPLAY.compare_upscale >= 2  # 56 CSS px or more for 28 px images
     labels = page.evaluate("""() => [...document.querySelectorAll('#compare-row-labels .row-label')].map(l => {
