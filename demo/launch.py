@@ -19,7 +19,7 @@ from guidescope.networks.backend import BACKENDS, BackendError
 
 from .arguments import check_defaults
 from .models import Model, models_of
-from .settings import DISPLAY, SERVER, SHIPPED_CHECKPOINTS, SHIPPED_LATENT, Display, defaults_record
+from .settings import DISPLAY, LIMITS, SERVER, SHIPPED_CHECKPOINTS, SHIPPED_LATENT, Display, defaults_record
 
 if TYPE_CHECKING:
     from .handlers import Handlers
@@ -53,11 +53,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--live", choices=("auto", "on", "off"), default="auto",
                    help="offer live mode (images that follow the sliders): auto where one run at a model's "
                         f"defaults takes at most {DISPLAY.live_max_seconds:g} s on this machine (timed at start)")
+    p.add_argument("--max-seconds", type=float, default=LIMITS.max_seconds, metavar="SECONDS",
+                   help="the longest one request may hold the server (by the step cost timed at start; a run "
+                        f"still going then ends), so others wait no longer (default {LIMITS.max_seconds:g})")
     args = p.parse_args(argv)
     if args.threads is not None and args.threads < 1 or args.concurrency < 1:
         p.error("--threads and --concurrency must be at least 1")
     if not args.frame_interval >= 0:  # also refuses NaN
         p.error(f"--frame-interval must be 0 or more seconds, got {args.frame_interval}")
+    if not args.max_seconds > 0:
+        p.error(f"--max-seconds must be more than 0 seconds, got {args.max_seconds}")
     return args
 
 
@@ -120,7 +125,7 @@ def _handlers(models: list[Model], args: argparse.Namespace, device: str) -> Han
     from .handlers import Handlers  # gradio loads only now, so a broken checkpoint stops the app in seconds
 
     models, opening = opening_order(models)
-    handlers = Handlers(models, display=display_of(args))
+    handlers = Handlers(models, display=display_of(args), limits=replace(LIMITS, max_seconds=args.max_seconds))
     handlers.opening = opening
     if torch.device(device).type == "cpu":
         # what one step takes here: the page shows it (seconds for a full-size ImageNet model), and it

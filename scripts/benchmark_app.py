@@ -26,6 +26,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from gradio_client import Client
@@ -41,25 +42,25 @@ STRENGTHS = "0, 1, 2, 4, 8"
 TARGETS_S = {"generate": 0.6, "generate 16": 1.0, "compare": 1.5, "vs free": 3.0}
 
 
-def requests(defaults: AppDefaults, class_name: str, sampler: str, steps: int) -> dict[str, tuple[str, tuple]]:
-    """name -> (endpoint, its positional arguments in the order of demo/handlers.py)."""
-    d = defaults
-    tail = (d.seed, d.interval, d.schedule, d.threshold, d.threshold_percentile)
+def requests(defaults: AppDefaults, class_name: str, sampler: str, steps: int) -> dict[str, tuple[str, dict]]:
+    """name -> (endpoint, its arguments by name)."""
+    settings = replace(defaults.settings((class_name,)), class_name=class_name, sampler=sampler, steps=steps)
 
     def generate(images):
-        return "/generate", (class_name, d.scale, d.unet, d.cfg_scale, steps, sampler, d.eta, images, *tail)
+        return "/generate", asdict(replace(settings, num_images=images))
 
-    def compare(mode, unet):
-        return "/compare", (class_name, STRENGTHS, mode, d.scale, unet, 0.0, steps, sampler, d.eta, 8, *tail)
+    def compare(mode):
+        return "/compare", {**asdict(replace(settings, cfg_scale=0.0, num_images=8)), "strengths": STRENGTHS,
+                            "mode": mode}
 
-    return {"generate": generate(d.num_images), "generate 16": generate(16),
-            "compare": compare("classifier", "unconditional"), "vs free": compare("classifier-vs-free", "unconditional")}
+    return {"generate": generate(defaults.num_images), "generate 16": generate(16),
+            "compare": compare("classifier"), "vs free": compare("classifier-vs-free")}
 
 
-def time_call(client: Client, endpoint: str, arguments: tuple) -> tuple[float, float, int]:
+def time_call(client: Client, endpoint: str, arguments: dict) -> tuple[float, float, int]:
     """(seconds to the first frame, seconds to the last frame, frames received) of one run."""
     start = time.perf_counter()
-    job = client.submit(*arguments, api_name=endpoint)
+    job = client.submit(**arguments, api_name=endpoint)
     arrivals = [time.perf_counter() - start for _ in job]
     status = job.outputs()[-1][2]
     if "done" not in status:
@@ -84,8 +85,9 @@ def main(argv=None) -> int:
           f"class {class_name}, w = {defaults.scale:g}, medians of {args.repeats} after a warm-up")
     print(f"now: {defaults.sampler} {defaults.steps} steps, --backend auto; "
           f"earlier: {EARLIER['sampler']} {EARLIER['steps']} steps, --backend torch")
-    with running_app(args.checkpoints, threads=args.threads, extra_args=("--backend", "auto")) as now_url, \
-            running_app(args.checkpoints, threads=args.threads, extra_args=("--backend", "torch")) as earlier_url:
+    unbounded = ("--max-seconds", "600")  # what the runs take, not where the page's bound cuts them
+    with running_app(args.checkpoints, threads=args.threads, extra_args=("--backend", "auto", *unbounded)) as now_url, \
+            running_app(args.checkpoints, threads=args.threads, extra_args=("--backend", "torch", *unbounded)) as earlier_url:
         clients = {"now": Client(now_url, verbose=False, download_files=False),
                    "earlier": Client(earlier_url, verbose=False, download_files=False)}
         times = {(path, name): [] for path in paths for name in paths[path]}
@@ -104,7 +106,9 @@ def main(argv=None) -> int:
         first = statistics.median(t[0] for t in times["now", name])
         last = statistics.median(t[1] for t in times["now", name])
         earlier = statistics.median(t[1] for t in times["earlier", name])
-        images = arguments[7] if endpoint == "/generate" else 8 * (10 if "vs" in arguments[2] else 5)
+        rows = 1 if endpoint == "/generate" else 2 * len(STRENGTHS.split(",")) if "vs" in arguments["mode"] else \
+            len(STRENGTHS.split(","))
+        images = arguments["num_images"] * rows
         target = TARGETS_S[name]
         print(f"{name:<12} {images:>6}  {first:>9.3f} s  {last:>8.3f} s  {earlier:>10.3f} s  {earlier / last:>7.2f}x  "
               f"{'<= ' + format(target, 'g') + ' s':>8} {'met' if last <= target else 'MISSED':>6}  "

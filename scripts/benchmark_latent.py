@@ -190,7 +190,8 @@ def main(argv=None) -> int:
     print(f"sgemm (2048 x 2048, float32) in this run: {rate / 1e9:.0f} GFLOP/s")
     sampled = {key: [] for key in calls}
     work = {key: flops(counted[key[0]], request_of(counted[key[0]], *calls[key])) for key in calls}
-    with running_app([args.pixel, args.latent], threads=args.threads, extra_args=("--live", "on")) as url:
+    with running_app([args.pixel, args.latent], threads=args.threads,
+                     extra_args=("--live", "on", "--max-seconds", "600")) as url:  # what runs take, uncut
         client = Client(url, verbose=False, download_files=False)
         served = {key: [] for key in calls}
         for key, call in calls.items():  # warm-up: the first call of each kind allocates

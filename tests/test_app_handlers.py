@@ -664,3 +664,12 @@ def test_a_run_still_going_at_the_time_bound_ends_there(bundle, tmp_path, monkey
     recording = frames[-1].recording
     assert recording.state == "cut" and len(recording.frames) == 2 and len(frames) == 1
     assert "stopped at the time one request may take" in frames[-1].status
+
+
+def test_the_request_bound_is_a_server_option():
+    assert parse_args([]).max_seconds == LIMITS.max_seconds
+    assert parse_args(["--max-seconds", "30"]).max_seconds == 30
+    for bad in ("0", "-1", "nan"):
+        with pytest.raises(SystemExit) as exit_:
+            parse_args(["--max-seconds", bad])
+        assert exit_.value.code == 2
