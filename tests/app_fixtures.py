@@ -202,8 +202,19 @@ def app_url(app_server) -> str:
     return app_server.url
 
 
-def chart_points(value: dict) -> list[dict]:
-    """The points of a chart output as the API sends it (gr.Plot's Vega-Lite spec, a JSON string
-    under "plot"): one dict per point, {"step", "probability" or "norm", "row"}."""
-    spec = json.loads(value["plot"])
-    return [point for points in spec["datasets"].values() for point in points]
+def chart_spec(value) -> dict:
+    """The Vega-Lite spec of a chart output: as the API sends it (a dict, the JSON under "plot"),
+    or as a handler returns it (gr.Plot's PlotData)."""
+    return json.loads(value["plot"] if isinstance(value, dict) else value.plot)
+
+
+def chart_points(value) -> list[dict]:
+    """The points of a chart output: one dict per point, {"step", "probability" or "norm", "row"}."""
+    return [point for points in chart_spec(value)["datasets"].values() for point in points]
+
+
+def chart_table(value):
+    """The points of a chart output as a DataFrame, in the order the chart holds them."""
+    import pandas as pd
+
+    return pd.DataFrame(chart_points(value))

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from app_fixtures import (CLASS_NAMES, NUM_TIMESTEPS, bundle, checkpoint_dir, colour_bundle, library_samples,  # noqa: F401
-                          pixels_match)
+                          chart_spec, chart_table, pixels_match)
 from bad_arguments import BAD_COMPARE
 from demo import arguments, downloads, render, runs, ui
 from demo import handlers as handlers_module
@@ -131,7 +131,7 @@ def test_every_sampler_gives_the_command_lines_images(bundle, tmp_path, sampler)
 def test_a_run_quicker_than_the_frame_interval_sends_its_samples_alone(bundle, tmp_path):
     frames = list(make_handlers(bundle, tmp_path, FINAL_ONLY).generate(**gen_args(steps=8)))
     assert len(frames) == 1 and "done" in frames[0].status
-    assert list(frames[0].chart.data[render.CHART_X]) == list(range(1, 9))  # its chart holds every step
+    assert list(chart_table(frames[0].chart)[render.CHART_X]) == list(range(1, 9))  # its chart holds every step
     assert len(frames[0].recording.frames) == 8  # every step is still recorded for scrubbing
 
 
@@ -144,16 +144,16 @@ def test_frames_go_out_once_per_interval_from_the_start_and_the_last_always(bund
     frames = list(make_handlers(bundle, tmp_path, Display(frame_interval_s=0.5)).generate(**gen_args(steps=8)))
     assert [f.status.split(" (")[0] for f in frames][:2] == ["**step 2 of 8", "**step 5 of 8"] and len(frames) == 3
     assert "done" in frames[-1].status
-    assert [f.chart.data[render.CHART_X].max() for f in frames] == [2, 5, 8]  # each frame's chart: its steps so far
+    assert [chart_table(f.chart)[render.CHART_X].max() for f in frames] == [2, 5, 8]  # each frame's chart: its steps so far
 
 
 def test_charts_and_table_follow_the_run(bundle, tmp_path):
     frames = list(make_handlers(bundle, tmp_path).compare(**compare_args(strengths="0, 1, 4")))
     for figure in (frames[0].chart, frames[-1].norm_chart):  # every frame carries its run's axis, colours, legend
-        spec = figure.to_dict()
+        spec = chart_spec(figure)
         assert spec["encoding"]["x"]["scale"]["domain"] == [0, 5]
         assert spec["encoding"]["color"]["scale"]["domain"] == ["w=0", "w=1", "w=4"]  # the rows, in order
-    chart, norms = frames[-1].chart.data, frames[-1].norm_chart.data
+    chart, norms = chart_table(frames[-1].chart), chart_table(frames[-1].norm_chart)
     assert len(chart) == len(norms) == 5 * 3 and sorted(set(chart[render.CHART_X])) == [1, 2, 3, 4, 5]
     assert chart[render.CHART_Y].between(0, 1).all()
     by_row = norms.groupby(render.CHART_COLOR)[render.NORM_Y]
@@ -314,7 +314,7 @@ def test_an_unguided_step_shows_no_push(bundle, tmp_path):
     for frame in frames[1:]:
         assert "the push is 0" in frame.push_note
         assert (tile_rows(frame.push, rows=2, cols=2) == 255).all()  # 4 images in a 2 x 2 block, all white
-        assert (frame.norm_chart.data[render.NORM_Y] == 0).all()
+        assert (chart_table(frame.norm_chart)[render.NORM_Y] == 0).all()
 
 
 def test_colour_checkpoints_give_colour_images_in_every_column(colour_bundle, tmp_path):

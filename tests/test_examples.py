@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from app_fixtures import chart_table
 from demo import ui
 from demo.examples import EXAMPLES
 from demo.handlers import Handlers
@@ -51,7 +52,7 @@ def columns(frame) -> dict[str, dict[str, float]]:
 
 def belief(frame) -> np.ndarray:
     """The belief chart's line (one row): mean p(c | x_t) per step."""
-    return frame.chart.data.sort_values("step")["probability"].to_numpy()
+    return chart_table(frame.chart).sort_values("step")["probability"].to_numpy()
 
 
 def strength_sweep(frame) -> bool:
