@@ -48,7 +48,8 @@ EXAMPLES = (
             "diversity for class fidelity, like classifier guidance but without a classifier's "
             "gradient: the evaluator's confidence climbs with w_cfg while the diversity column falls.",
             "compare", dict(class_name="Shirt", scale=0.0, unet="conditional", strengths="0, 1, 3, 6",
-                            compare="classifier-free")),
+                            compare="classifier-free"),
+            tuned={"pixel": dict(num_images=4)}),  # classifier-free rows run the UNet twice: within 10 s
     Example("One noise, every class", "The same x_T guided toward each class in turn: what the "
             "classifier's gradient changes, and what the noise already decided. Every row reaches its "
             "class by the evaluator (confidence above 0.5); Shirt, which looks like a T-shirt, a "

@@ -24,13 +24,20 @@ CSS = """
    <img> would blur or stretch unevenly; a grid wider than its panel scrolls. */
 .pixelated .image-container, .pixelated .image-frame { overflow-x: auto; height: auto !important; }
 .pixelated .image-frame { display: block !important; }  /* scroll from the first column, not centred */
+.pixelated, .pixelated .image-container, .pixelated .image-frame, .pixelated button { min-width: 0 !important;
+  max-width: 100% !important; }  /* a grid wider than the screen scrolls in its panel, not the page */
 .pixelated img { width: auto !important; height: auto !important; max-width: none !important;
                  max-height: none !important; object-fit: none !important; }
 .labelled-grid { flex-wrap: nowrap !important; gap: 4px !important; }
 .row-label-column { flex: 0 0 auto !important; min-width: 0 !important; width: auto !important; }
 .row-labels { font-size: 13px; white-space: nowrap; text-align: right; }
 /* A narrow screen puts the tabs (the run button and the images) above the settings. */
-@media (max-width: 760px) { .main-row { flex-direction: column-reverse !important; } }
+@media (max-width: 760px) {
+  .main-row { flex-direction: column-reverse !important; }
+  .image-row { flex-direction: column !important; }  /* x_t above x-hat_0, each the screen's width */
+  .main-row .tabs, .main-row .tabitem, .main-row .column, .main-row .row { min-width: 0 !important;
+                                                                            max-width: 100% !important; }
+}
 """
 PRIVATE = dict(show_progress="hidden", api_visibility="private")  # the page's own events: no endpoint, no spinner
 UNQUEUED = dict(queue=False, **PRIVATE)  # ... that run at once, outside the queue
@@ -168,7 +175,7 @@ def _output_panel(prefix: str, with_evaluator: bool, space: str = "pixel") -> tu
     # label; the labels still name the API outputs.
     images = dict(format="png", type="pil", interactive=False, show_label=False, elem_classes="pixelated",
                   buttons=["download", "fullscreen"])
-    with gr.Row(equal_height=True):
+    with gr.Row(equal_height=True, elem_classes="image-row"):
         with gr.Column(scale=11, min_width=200):  # a little wider: the row labels sit beside its grid
             sample_caption = gr.Markdown(SAMPLE_CAPTIONS[space], latex_delimiters=LATEX)
             with gr.Row(equal_height=False, elem_classes="labelled-grid"):

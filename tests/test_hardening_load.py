@@ -81,7 +81,7 @@ def press_stop(server: Server, session: str) -> None:
 
 def assert_serves_normally(server: Server) -> None:
     outputs = connect(server).predict(*TINY, 0, api_name="/generate")
-    assert "done" in outputs[2] and "step 2 / 2" in outputs[2]
+    assert "done" in outputs[2] and "step 2 of 2" in outputs[2]
 
 
 def test_eight_clients_at_once_each_get_the_bytes_of_the_request_run_alone(server):

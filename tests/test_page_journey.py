@@ -190,4 +190,9 @@ def test_on_a_narrow_screen_the_run_button_and_the_images_come_before_the_settin
     settings = page.locator("#class").bounding_box()
     assert button["y"] < settings["y"] and images["y"] < settings["y"]
     assert button["y"] < 900  # on the first screen
+    page.locator("#generate-button").click()
+    page.locator("#generate-status").get_by_text("done").wait_for(timeout=120_000)
+    for elem_id in ("generate-stop", "generate-xt", "generate-x0", "generate-push"):  # nothing runs off the screen
+        box = page.locator(f"#{elem_id}").bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 420, elem_id
     page.close()
