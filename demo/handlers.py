@@ -80,8 +80,8 @@ class StreamOutputs(NamedTuple):
     def of(cls, recording: Recording, frame: Frame | None, with_evaluator: bool) -> StreamOutputs:
         """The outputs after frame (None: x_T, before the first step). A finished run's last frame
         shows the run's largest push (the last steps push next to nothing) and says which step."""
-        final = frame is not None and recording.state == "finished"
-        push_frame = render.shown_push(recording, frame, final)
+        final = render.is_final(recording, frame)
+        push_frame = render.shown_push(recording, frame)
         images = render.frame_images(recording, frame, push_frame)
         chart = _plot(render.line_chart(recording, render.chart(recording), render.CHART_Y, "p(c | x_t)", [0, 1]))
         norm_chart = _plot(render.line_chart(recording, render.norm_chart(recording), render.NORM_Y, "‖k_t w(t) g‖"))
@@ -414,8 +414,7 @@ class Playback:
         item = render.item_at(run, tuple(evt.index), recording.x_T.shape[-1])
         if item is None:
             return Detail(gr.update(visible=False), "")
-        final = frame is frames[-1] and recording.state == "finished"
-        push_frame = render.shown_push(recording, frame, final)
+        push_frame = render.shown_push(recording, frame)
         row, j = divmod(item, run.request.images_per_row)
         where = "x_T, before step 1" if frame is None else f"step {frame.index + 1} of {run.request.steps}"
         pushed = "" if push_frame in (None, frame) else f" (push of step {push_frame.index + 1}, the largest)"

@@ -56,6 +56,13 @@ def _font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 
 
+def columns_of(run: Run) -> int:
+    """Tiles per line of a run's grids: one row reads better as a near-square block; several rows
+    keep a line each."""
+    n = run.request.images_per_row
+    return math.ceil(n / math.isqrt(n)) if len(run.labels) == 1 else n
+
+
 def upscale_of(run: Run, display: Display = DISPLAY) -> int:
     """The page's nearest-neighbour factor for a run: one row large, several rows smaller."""
     return display.upscale if len(run.labels) == 1 else display.compare_upscale
@@ -67,11 +74,9 @@ def grid(images: np.ndarray, run: Run, display: Display = DISPLAY, upscale: int 
     upscale_of(run) unless given) on `background`: one block for a single row, else rows x
     images_per_row, with each row's label written on its left when `labels` (the downloaded PNG;
     the page lays the labels out as text, row_labels)."""
-    up, pad, n = upscale or upscale_of(run, display), display.pad, run.request.images_per_row
-    if len(run.labels) == 1:  # one row reads better as a near-square block
-        return tile_grid(images, ncols=math.ceil(n / math.isqrt(n)), pad=pad, upscale=up, background=background)
-    image = tile_grid(images, ncols=n, pad=pad, upscale=up, background=background)
-    if not labels:
+    up, pad = upscale or upscale_of(run, display), display.pad
+    image = tile_grid(images, ncols=columns_of(run), pad=pad, upscale=up, background=background)
+    if len(run.labels) == 1 or not labels:
         return image
     tile = images.shape[-2] * up
     font = _font(max(12, tile * 2 // 5))
@@ -102,10 +107,15 @@ def push_colors(push: Push) -> np.ndarray:
     return PUSH_COLORS[push.levels].transpose(0, 3, 1, 2)
 
 
-def shown_push(recording: Recording, frame: Frame | None, final: bool = False) -> Frame | None:
+def is_final(recording: Recording, frame: Frame | None) -> bool:
+    """Whether frame is the last one of a finished run."""
+    return frame is not None and recording.state == "finished" and frame is recording.frames[-1]
+
+
+def shown_push(recording: Recording, frame: Frame | None) -> Frame | None:
     """The frame whose push is shown: frame's own, or for the final frame of a run the step with the
     largest push (the last steps' pushes are near 0, a white panel)."""
-    if not final or frame is None or not recording.frames:
+    if not is_final(recording, frame):
         return frame
     return max(recording.frames, key=lambda f: f.push.scale)
 
@@ -148,14 +158,13 @@ def frame_images(recording: Recording, frame: Frame | None, push_frame: Frame | 
 def item_at(run: Run, point: tuple[int, int], size: int, display: Display = DISPLAY) -> int | None:
     """The batch item under a point (x, y) in a grid's pixels (grid: images of `size` px), or None
     on the padding or past the last image."""
-    up, pad, n = upscale_of(run, display), display.pad, run.request.images_per_row
-    ncols = math.ceil(n / math.isqrt(n)) if len(run.labels) == 1 else n
+    up, pad, ncols = upscale_of(run, display), display.pad, columns_of(run)
     pitch = (size + pad) * up
     (col, dx), (row, dy) = (divmod(v - pad * up, pitch) for v in point)
     if min(col, row) < 0 or dx >= size * up or dy >= size * up or col >= ncols:
         return None
     item = row * ncols + col
-    return item if item < len(run.labels) * n else None
+    return item if item < len(run.labels) * run.request.images_per_row else None
 
 
 def detail(recording: Recording, frame: Frame | None, item: int, push_frame: Frame | None = None,
