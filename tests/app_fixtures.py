@@ -186,14 +186,18 @@ def colour_bundle(tmp_path_factory) -> Bundle:
     return load_bundle(folder, "cpu")
 
 
+UNBOUNDED = ("--max-seconds", "3600")  # the tests' servers: where a run ends never depends on the machine's speed
+
+
 @pytest.fixture(scope="module")
 def app_server(checkpoint_dir, tmp_path_factory) -> Server:
     """The real server, `python app.py --checkpoints <tiny> --port <free> --frame-interval 0`, for
-    one test module, with its log."""
+    one test module, with its log. No time bound (UNBOUNDED): a long run that Stop ends must not be
+    cut first on a slow machine."""
     from scripts.launcher import running_app
 
     log = tmp_path_factory.mktemp("server") / "app.log"
-    with running_app(checkpoint_dir, threads=1, extra_args=("--frame-interval", "0"), log_path=log) as url:
+    with running_app(checkpoint_dir, threads=1, extra_args=("--frame-interval", "0", *UNBOUNDED), log_path=log) as url:
         yield Server(url, log)
 
 

@@ -21,7 +21,7 @@ import psutil
 import pytest
 from gradio_client import Client
 
-from app_fixtures import Server, checkpoint_dir, fetch_file  # noqa: F401
+from app_fixtures import UNBOUNDED, Server, checkpoint_dir, fetch_file  # noqa: F401
 from demo.settings import SERVER
 from scripts.launcher import running_app
 
@@ -35,7 +35,7 @@ MEMORY_RUNS, MEMORY_LIMIT_MB = 100, 100
 def server(checkpoint_dir, tmp_path_factory) -> Server:
     """The app with its default frame interval, as served."""
     log = tmp_path_factory.mktemp("server") / "app.log"
-    with running_app(checkpoint_dir, threads=1, log_path=log) as url:
+    with running_app(checkpoint_dir, threads=1, extra_args=UNBOUNDED, log_path=log) as url:
         yield Server(url, log)
 
 
