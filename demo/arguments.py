@@ -13,16 +13,20 @@ import json
 from dataclasses import asdict, dataclass, replace
 from typing import Callable, NamedTuple
 
-from guidescope.guide import SCHEDULE_SHAPES, THRESHOLDS, Threshold
+from guidescope.guide import SCHEDULE_SHAPES, THRESHOLDS, Threshold, TrainingFree
+from guidescope.guide.training_free import LIBRARY_SETTING, METHODS
 from guidescope.messages import choice, finite_number, integer, shown
 from guidescope.parsing import (class_index, interval_text, parse_classes, parse_interval, parse_intervals, parse_list,
                                 parse_numbers)
 from guidescope.request import (CheckedRequest, Conditioning, Request, Row, check, check_cfg_scale, check_interval,
                                 check_scale, make_schedule)
 
-from .settings import COMPARE_CHOICES, LIMITS, ROW_VALUES, UNET_CHOICES, AppDefaults, Limits, Settings
+from .settings import (COMPARE_CHOICES, GUIDE_CHOICES, LIMITS, ROW_VALUES, UNET_CHOICES, AppDefaults, Limits,
+                       Settings)
 
 UNETS = tuple(value for _, value in UNET_CHOICES)
+GUIDES = tuple(value for _, value in GUIDE_CHOICES)
+PAGE_METHOD_PARAMETERS = ("rho", "mu", "recurrences", "iterations")  # the training-free parameters on the page
 COMPARE_MODES = tuple(value for _, value in COMPARE_CHOICES)
 
 
@@ -56,6 +60,8 @@ class Run:
 class LeftColumn(NamedTuple):
     """The settings every row starts from, translated (not yet checked: see _run)."""
     row: Row
+    scale: float                      # the page's w (a training-free row carries 0)
+    page_setting: TrainingFree        # the page's training-free parameters, checked once, as TFG's setting
     interval: tuple[int, int] | None  # as given: None is every timestep
     class_names: tuple[str, ...]
     num_timesteps: int
@@ -88,9 +94,27 @@ def _left_column(settings: Settings, class_names: tuple[str, ...], num_timesteps
         raise ValueError(f"interval must be text of at most {limits.max_text_chars} characters such as "
                          f"'full' or '200-800'; got {shown(s.interval)}")
     interval = parse_interval(s.interval)
-    row = Row(label, _real(s.scale), None if unet == "unconditional" else _real(s.cfg_scale),
-              make_schedule(s.schedule, interval, num_timesteps), Threshold(s.threshold, _real(s.threshold_percentile)))
-    return LeftColumn(row, interval, class_names, num_timesteps, conditioning, limits.max_text_chars)
+    page_setting = training_free_of_page(s)
+    method_setting = page_setting.as_method(s.method)  # the method is checked, whichever the guide
+    guide = method_setting if choice(s.guide, "guide", GUIDES) == "training-free" else None
+    if guide:
+        check_scale(s.scale)  # the page shows w, though the row does not carry it
+    row = Row(label, 0.0 if guide else _real(s.scale), None if unet == "unconditional" else _real(s.cfg_scale),
+              make_schedule(s.schedule, interval, num_timesteps), Threshold(s.threshold, _real(s.threshold_percentile)),
+              guide=guide)
+    return LeftColumn(row, _real(s.scale), page_setting, interval, class_names, num_timesteps, conditioning,
+                      limits.max_text_chars)
+
+
+def training_free_of_page(s: Settings) -> TrainingFree:
+    """The page's training-free numbers (PAGE_METHOD_PARAMETERS) as TFG's setting, which takes them
+    all, with the library's values for the rest (guidescope.guide.training_free.LIBRARY_SETTING):
+    each number the page shows is checked, once, whichever guide and method the rows take (a row
+    takes the method's part of it, TrainingFree.as_method). ValueError names a bad value."""
+    page = {"rho": _real(s.rho), "mu": _real(s.mu), "recurrences": _whole(s.recurrences),
+            "iterations": _whole(s.iterations)}
+    return TrainingFree.make("tfg", **{name: page.get(name, getattr(LIBRARY_SETTING, name))
+                                       for name in METHODS["tfg"].free})
 
 
 Describe = Callable[[Row], tuple[str, str]]  # a checked row -> (label, shade)
@@ -124,7 +148,19 @@ def _within_limits(request: Request, limits: Limits) -> None:
 
 
 def _unet_label(row: Row) -> tuple[str, str]:
-    return f"w={row.scale:g}" + (" (unconditional)" if row.cfg_scale is None else f", w_cfg={row.cfg_scale:g}"), "w"
+    unet = " (unconditional)" if row.cfg_scale is None else f", w_cfg={row.cfg_scale:g}"
+    if row.guide is not None:
+        return method_label(row.guide) + unet, ""
+    return f"w={row.scale:g}" + unet, "w"
+
+
+def method_label(setting: TrainingFree) -> str:
+    """'TFG ρ=2 μ=2 N_recur=2': a training-free row's name on the page: its page parameters, the
+    repeats only where they are not 1."""
+    symbols = {"rho": "ρ", "mu": "μ", "recurrences": "N_recur", "iterations": "N_iter"}
+    shown = [name for name in PAGE_METHOD_PARAMETERS if name in setting.variant.free
+             and (name in ("rho", "mu") or getattr(setting, name) != 1)]
+    return " ".join([setting.variant.title, *(f"{symbols[name]}={getattr(setting, name):g}" for name in shown)])
 
 
 def generate_run(settings: Settings, *, class_names: tuple[str, ...], num_timesteps: int,
@@ -150,7 +186,7 @@ def _replaced(left: LeftColumn, scale: bool = False, cfg_scale: bool = False, in
 
 def _vary_w(text, left: LeftColumn) -> list[tuple[Row, str, str]]:
     _replaced(left, scale=True)
-    return [(replace(left.row, scale=w), f"w={w:g}", "w")
+    return [(replace(left.row, scale=w, guide=None), f"w={w:g}", "w")  # w: the noise-aware classifier's
             for w in parse_numbers(text, "classifier guidance strengths", left.max_chars)]
 
 
@@ -166,8 +202,8 @@ def _classifier_vs_free(text, left: LeftColumn) -> list[tuple[Row, str, str]]:
     _replaced(left, scale=True, cfg_scale=True)
     rows = []
     for s in parse_numbers(text, "strengths", left.max_chars):
-        rows += [(replace(left.row, scale=s, cfg_scale=None), f"classifier w={s:g}", "w"),
-                 (replace(left.row, scale=0.0, cfg_scale=s), f"free w_cfg={s:g}", "w_cfg")]
+        rows += [(replace(left.row, scale=s, cfg_scale=None, guide=None), f"classifier w={s:g}", "w"),
+                 (replace(left.row, scale=0.0, cfg_scale=s, guide=None), f"free w_cfg={s:g}", "w_cfg")]
     return rows
 
 
@@ -195,8 +231,25 @@ def _vary_class(text, left: LeftColumn) -> list[tuple[Row, str, str]]:
     return [(replace(left.row, class_label=k), left.class_names[k], "") for k in labels]
 
 
+def _vary_guide(text, left: LeftColumn) -> list[tuple[Row, str, str]]:
+    """One row per guide from the same noise: the noise-aware classifier at the page's w, or a
+    clean classifier's method at the page's parameters it takes."""
+    check_scale(left.scale)
+    names = parse_list(text, "guides", ROW_VALUES["methods"].example, ("noise-aware", *METHODS),
+                       lambda item: choice(item.casefold(), "guide", ("noise-aware", *METHODS)), left.max_chars)
+    rows = []
+    for name in names:
+        if name == "noise-aware":
+            rows.append((replace(left.row, scale=left.scale, guide=None), f"noise-aware w={left.scale:g}", ""))
+        else:
+            guide = left.page_setting.as_method(name)
+            rows.append((replace(left.row, scale=0.0, guide=guide), method_label(guide), ""))
+    return rows
+
+
 VARY = {"classifier": _vary_w, "classifier-free": _vary_cfg, "classifier-vs-free": _classifier_vs_free,
-        "interval": _vary_interval, "schedule": _vary_schedule, "threshold": _vary_threshold, "class": _vary_class}
+        "interval": _vary_interval, "schedule": _vary_schedule, "threshold": _vary_threshold, "class": _vary_class,
+        "methods": _vary_guide}
 
 
 def compare_run(settings: Settings, strengths, mode, *, class_names: tuple[str, ...], num_timesteps: int,

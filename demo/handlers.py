@@ -75,6 +75,7 @@ class StreamOutputs(NamedTuple):
     norm_chart: PlotData             # mean ||k_t w(t) g|| per row and step so far
     recording: Recording             # kept in the session for scrubbing and downloads
     row_labels: str                  # HTML: the rows' labels as text beside the x_t grid ("" for one row)
+    clean_chart: PlotData            # mean p(c | x-hat_0) of the clean classifier per row and step so far
 
     @classmethod
     def of(cls, recording: Recording, frame: Frame | None, with_evaluator: bool) -> StreamOutputs:
@@ -85,11 +86,13 @@ class StreamOutputs(NamedTuple):
         images = render.frame_images(recording, frame, push_frame)
         chart = _plot(render.line_chart(recording, render.chart(recording), render.CHART_Y, "p(c | x_t)", [0, 1]))
         norm_chart = _plot(render.line_chart(recording, render.norm_chart(recording), render.NORM_Y, "‖k_t w(t) g‖"))
+        clean_chart = _plot(render.line_chart(recording, render.clean_chart(recording), render.CHART_Y,
+                                              "p(c | x̂_0), clean classifier", [0, 1]))
         return cls(x_t=images.x_t, pred_xstart=images.pred_xstart, status=render.status(recording, frame),
                    chart=chart, table=render.table(recording, with_evaluator), push=images.push,
                    push_note=render.push_note(push_frame, recording.run.request.steps if final else None),
                    norm_chart=norm_chart, recording=recording,
-                   row_labels=render.row_labels(recording.run, images.x_t.height))
+                   row_labels=render.row_labels(recording.run, images.x_t.height), clean_chart=clean_chart)
 
 
 class Detail(NamedTuple):

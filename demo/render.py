@@ -26,6 +26,8 @@ CHART_X, CHART_Y, CHART_COLOR = "step", "probability", "row"  # plain names: Veg
 NORM_Y = "norm"                 # the guidance norm chart's value field
 CHART_MAX_STEPS = 200           # chart points per row; longer runs are thinned evenly
 CHART_WIDTH = 340               # CSS px of the plotting area: two charts side by side fit a 1400 px page
+LEGEND_WIDTH = 200              # CSS px of a legend label before it is cut ("TFG ρ=2 μ=2 (unconditional)" fits);
+                                # the legend sits under the plot, two labels a line, so long labels fit the panel
 CHART_RAMPS = {"w": ((0x8e, 0xc0, 0xe4), (0x08, 0x30, 0x6b)),      # light to dark blue
                "w_cfg": ((0xfd, 0xae, 0x6b), (0x7f, 0x27, 0x04))}  # light to dark orange
 CATEGORY_COLORS = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f",  # Tableau 10, for rows that
@@ -205,7 +207,7 @@ def line_chart(recording: Recording, data: pd.DataFrame, y: str, title: str, y_d
     return alt.Chart(data).mark_line(point=len(recording.frames) <= 1).encode(
         x=alt.X(f"{CHART_X}:Q", title="step", scale=alt.Scale(domain=[0, recording.run.request.steps])),
         y=alt.Y(f"{y}:Q", title=title, scale=alt.Scale(domain=y_domain) if y_domain else alt.Undefined),
-        color=alt.Color(f"{CHART_COLOR}:N", title="row", sort=rows,
+        color=alt.Color(f"{CHART_COLOR}:N", title="row", sort=rows, legend=alt.Legend(labelLimit=LEGEND_WIDTH, orient="bottom", columns=2),
                         scale=alt.Scale(domain=rows, range=[colors[row] for row in rows])),
     ).properties(width=CHART_WIDTH, height=200, usermeta={"embedOptions": {"renderer": "svg"}})  # lines a test can read
 
@@ -213,6 +215,13 @@ def line_chart(recording: Recording, data: pd.DataFrame, y: str, title: str, y_d
 def chart(recording: Recording, upto: int | None = None) -> pd.DataFrame:
     """The guidance classifier's mean p(c | x_t) per row and step."""
     return _per_step(recording, lambda frame: frame.class_prob, CHART_Y, upto)
+
+
+def clean_chart(recording: Recording, upto: int | None = None) -> pd.DataFrame:
+    """The clean classifier's mean p(c | x-hat_0) per row and step (empty without one)."""
+    if recording.guide is None:
+        return _per_step(recording, lambda frame: frame.class_prob, CHART_Y, 0)
+    return _per_step(recording, lambda frame: frame.clean_prob, CHART_Y, upto)
 
 
 def norm_chart(recording: Recording, upto: int | None = None) -> pd.DataFrame:
@@ -267,7 +276,8 @@ def status(recording: Recording, frame: Frame | None) -> str:
              "fit)"}.get(recording.state, recording.state)
     target = f"class {run.class_name}" if run.class_name is not None else "a class per row"
     row = f" · {run.labels[0]}" if len(run.labels) == 1 else f" · {len(run.labels)} rows"
-    return (f"**{where}** · {state} · {recording.elapsed:.1f} s · {target}{row} · "
+    cost = f" ({recording.elapsed / request.num_items:.3f} s per image)" if frame is not None else ""
+    return (f"**{where}** · {state} · {recording.elapsed:.1f} s{cost} · {target}{row} · "
             f"{sampler_title(request.sampler)} · seed {request.seed}")
 
 

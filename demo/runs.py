@@ -79,6 +79,8 @@ class Frame(NamedTuple):
     guidance_norm: np.ndarray   # (rows,) mean L2 norm of each image's k_t w(t) g (0 where unguided)
     latent_xstart: torch.Tensor | None = None  # latent bundles: x-hat_0 as the sampler made it
     images: np.ndarray | None = None  # latent bundles, last step: the decoded samples (B, C, H, W) uint8
+    clean_prob: np.ndarray | None = None  # (rows,) mean p(c | x-hat_0) of the clean guide classifier (decoded
+                                # x-hat_0 on a latent bundle), where the bundle has one
 
 
 class RowStats(NamedTuple):
@@ -101,6 +103,7 @@ class Recording:
     run: Run
     x_T: np.ndarray             # (B, C, H, W) uint8, the shared starting noise (as Frame.sample shows it)
     codec: Codec | None = None  # the bundle's (None: pixels)
+    guide: torch.nn.Module | None = None  # the bundle's clean classifier, which reads each step's x-hat_0
     frames: list[Frame] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     elapsed: float = 0.0
@@ -118,9 +121,10 @@ class Recording:
         rows = len(self.run.request.rows)
         prob = None if step.log_prob is None else step.log_prob.exp()
         stats = _row_means(prob, rows, np.nan), _row_means(step.guidance_norm, rows, 0.0)
+        clean = self._clean_prob(step)
         if not self.latent:
             frame = Frame(step.index, step.timestep, to_uint8(step.sample), to_uint8(step.pred_xstart),
-                          push(step.guidance_term, tuple(step.sample.shape)), *stats)
+                          push(step.guidance_term, tuple(step.sample.shape)), *stats, clean_prob=clean)
         else:
             side = self.codec.image_shape[-1]
             term = None if step.guidance_term is None else mosaic(step.guidance_term, side)
@@ -129,12 +133,25 @@ class Recording:
                           push(term, (len(step.sample), 1, side, side)), *stats,
                           latent_xstart=step.pred_xstart.detach().to("cpu", torch.float32),
                           images=to_uint8(self.codec.decode(step.sample) if images is None else images)
-                          if last else None)
+                          if last else None, clean_prob=clean)
             if last and torch.equal(step.pred_xstart, step.sample):  # every sampler's last step: not decoded twice
                 self._decoded[step.index] = frame.images
         self.frames.append(frame)
         self.elapsed = time.monotonic() - self.started
         return frame
+
+    def _clean_prob(self, step: Step) -> np.ndarray | None:
+        """(rows,) mean p(c | x-hat_0) under the clean classifier: what a training-free guide sees
+        (a latent x-hat_0 is decoded for it, and the decoded image kept for the frame's view)."""
+        if self.guide is None:
+            return None
+        with torch.no_grad():
+            images = self.codec.decode(step.pred_xstart) if self.latent else step.pred_xstart
+            if self.latent:
+                self._decoded[step.index] = to_uint8(images)
+            labels = self.run.request.labels().to(images.device)[:, None]
+            probs = self.guide(images.to(next(self.guide.parameters()).dtype)).float().softmax(-1).gather(1, labels)[:, 0]
+        return _row_means(probs, len(self.run.request.rows), np.nan)
 
     def pred_xstart(self, frame: Frame) -> np.ndarray:
         """x-hat_0 of frame in pixels, (B, C, H, W) uint8 (decoded once, when first asked, on a latent bundle)."""
@@ -171,8 +188,8 @@ def start(bundle: Bundle, run: Run) -> Recording:
     """An empty Recording of run on bundle, holding x_T as the frames show it."""
     x_T = initial_noise(run, bundle.sample_shape)
     if bundle.space == "latent":
-        return Recording(run, latent_view(x_T, bundle.image_shape[-1]), bundle.codec)
-    return Recording(run, to_uint8(x_T))
+        return Recording(run, latent_view(x_T, bundle.image_shape[-1]), bundle.codec, guide=bundle.guide_classifier)
+    return Recording(run, to_uint8(x_T), guide=bundle.guide_classifier)
 
 
 def diversity(images: torch.Tensor, n_rows: int) -> np.ndarray:

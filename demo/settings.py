@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 from guidescope.bundle import default_value, read_defaults
 from guidescope.guide import Threshold
+from guidescope.guide.training_free import LIBRARY_SETTING, METHODS
 from guidescope.request import MAX_CFG_SCALE, MAX_SCALE, SAMPLING_DEFAULTS
 from guidescope.samplers import SAMPLERS, sampler_title
 
@@ -22,13 +23,17 @@ UNET_CHOICES = (("unconditional ε(x_t, ∅)", "unconditional"), ("class-conditi
 SCHEDULE_CHOICES = (("constant", "constant"), ("ramp up", "ramp-up"), ("ramp down", "ramp-down"))
 THRESHOLD_CHOICES = (("clip (pixels: to [-1, 1]; latents: to their measured range)", "clip"), ("dynamic", "dynamic"),
                      ("none", "none"))
+GUIDE_CHOICES = (("noise-aware classifier p(c | x_t, t)", "noise-aware"),
+                 ("clean classifier through x̂_0 (training-free)", "training-free"))
+METHOD_CHOICES = tuple((f"{v.title} ({v.paper})", name) for name, v in METHODS.items())
 COMPARE_CHOICES = (("classifier guidance w", "classifier"),
                    ("classifier-free w_cfg", "classifier-free"),
                    ("classifier vs classifier-free", "classifier-vs-free"),
                    ("guidance interval", "interval"),
                    ("schedule shape", "schedule"),
                    ("x̂_0 threshold", "threshold"),
-                   ("target class", "class"))
+                   ("target class", "class"),
+                   ("guide: noise-aware vs clean classifier methods", "methods"))
 
 
 class RowValues(NamedTuple):
@@ -56,6 +61,9 @@ ROW_VALUES = {
     "class": RowValues("target classes, one row each", "all",
                        "'all' or class names or indices separated by commas, e.g. Bag, Sneaker, Coat: "
                        "the same noise guided toward each class"),
+    "methods": RowValues("guides, one row each", "noise-aware, tfg, mpgd",
+                         f"noise-aware (at w) or the clean classifier's methods: {', '.join(METHODS)}, each at the "
+                         "parameters on the left that it takes; on the DDIM or DDPM sampler"),
 }
 
 
@@ -79,6 +87,18 @@ class AppDefaults:
     schedule: str = "constant"      # w(t) = w inside the interval
     threshold: str = "clip"         # x-hat_0 clamped to [-1, 1], as in DDPM
     threshold_percentile: float = Threshold.percentile  # of |x-hat_0|, for the dynamic threshold
+    guide: str = "noise-aware"      # or "training-free": a clean classifier through x-hat_0 (GUIDE_CHOICES)
+    # The training-free parameters on the page: the evaluated setting (defaults.json's training_free
+    # record) where there is one, else the library's; the method's other parameters are its own.
+    method: str = LIBRARY_SETTING.method
+    rho: float = LIBRARY_SETTING.rho
+    mu: float = LIBRARY_SETTING.mu
+    recurrences: int = LIBRARY_SETTING.recurrences
+    iterations: int = LIBRARY_SETTING.iterations
+    # What the page switches to with the training-free guide (its recurrence needs a one-step sampler).
+    training_free_sampler: str = "ddim"
+    training_free_steps: int = 20
+    training_free_threshold: str = "clip"
 
     def class_name(self, class_names: tuple[str, ...]) -> str:
         return class_names[self.class_index if self.class_index < len(class_names) else 0]
@@ -94,7 +114,7 @@ class Settings:
     """The settings column that Generate and Compare share, by name: the raw values an endpoint
     receives (JSON, checked later by demo/arguments.py), or the page's components that hold them
     (demo/ui.py). The field order is the order of the endpoints' arguments (docs/APP.md), written
-    here only; the last four came after the first release, so the API defaults them."""
+    here only; the fields after seed came after the first release, so the API defaults them."""
     class_name: Any
     scale: Any
     unet: Any
@@ -108,6 +128,12 @@ class Settings:
     schedule: Any = AppDefaults.schedule
     threshold: Any = AppDefaults.threshold
     threshold_percentile: Any = AppDefaults.threshold_percentile
+    guide: Any = AppDefaults.guide
+    method: Any = AppDefaults.method
+    rho: Any = AppDefaults.rho
+    mu: Any = AppDefaults.mu
+    recurrences: Any = AppDefaults.recurrences
+    iterations: Any = AppDefaults.iterations
 
     def values(self) -> list:
         """The values (or components) in the endpoints' order."""
@@ -149,6 +175,8 @@ class Display:
     gif_hold_s: float = 1.5
     scale_slider_max: float = 30.0  # slider tops; the API and Compare accept up to the library's limits
     cfg_slider_max: float = 10.0
+    strength_slider_max: float = 32.0  # rho and mu of the training-free methods (the API takes up to the library's)
+    repeat_slider_max: int = 8      # N_recur and N_iter
     live_max_seconds: float = 1.0   # live mode is offered where one run at the defaults takes at most this
 
 
@@ -176,6 +204,12 @@ def app_defaults(folder: str | Path | None) -> AppDefaults:
     and values of the wrong type, are ignored; a missing or unreadable file changes nothing.
     Whether the values make a valid request is checked where the app starts (demo/launch.py)."""
     chosen = defaults_record(folder)
+    training_free = chosen.get("training_free") if isinstance(chosen.get("training_free"), dict) else {}
+    guide = training_free.get("guide") if isinstance(training_free.get("guide"), dict) else {}
+    chosen = {**{f"training_free_{name}": training_free[name] for name in ("sampler", "steps", "threshold")
+                 if name in training_free},
+              **{name: guide[name] for name in ("method", "rho", "mu", "recurrences", "iterations") if name in guide},
+              **chosen}
     names = {f.name for f in fields(AppDefaults)}
     values = {name: default_value(name, value, type(getattr(AppDefaults, name)))
               for name, value in chosen.items() if name in names}

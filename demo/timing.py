@@ -41,13 +41,13 @@ class Timings:
 
     def seconds(self, model: str, run: Run) -> float | None:
         """The estimated sampling time of run on model: its image-steps (two for a classifier-free
-        row, which runs the UNet twice) at the measured cost of one in a full batch; None where not
-        measured."""
+        row, which runs the UNet twice; a clean classifier's row, its TrainingFree.step_cost) at the
+        measured cost of one in a full batch; None where not measured."""
         per = self.batch_step_seconds.get(model)
         if per is None:
             return None
         request = run.request
-        passes = sum(2 if row.cfg_scale else 1 for row in request.rows)
+        passes = sum((2 if row.cfg_scale else 1) * (row.guide.step_cost() if row.guide else 1) for row in request.rows)
         return per * passes * request.images_per_row * request.steps
 
     def check_bound(self, model: str, run: Run, max_seconds: float) -> None:

@@ -3,10 +3,12 @@ on the right. Only generate and compare are public API endpoints."""
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 from typing import NamedTuple
 
 import gradio as gr
 
+from guidescope.guide import TrainingFreeGuidance
 from guidescope.request import MAX_SCALE, MAX_SEED
 
 from . import render
@@ -14,8 +16,9 @@ from .examples import EXAMPLES, Example
 from .explain import explanation
 from .handlers import AfterRun, Detail, FrameView, Handlers, StreamOutputs
 from .models import Model
-from .settings import (COMPARE_ARGUMENTS, COMPARE_CHOICES, DISPLAY, GENERATE_ARGUMENTS, LIMITS, MODEL_LABELS, ROW_VALUES,
-                       SAMPLER_CHOICES, SCHEDULE_CHOICES, SERVER, THRESHOLD_CHOICES, UNET_CHOICES, AppDefaults, Settings)
+from .settings import (COMPARE_ARGUMENTS, COMPARE_CHOICES, DISPLAY, GENERATE_ARGUMENTS, GUIDE_CHOICES, LIMITS,
+                       METHOD_CHOICES, MODEL_LABELS, ROW_VALUES, SAMPLER_CHOICES, SCHEDULE_CHOICES, SERVER,
+                       THRESHOLD_CHOICES, UNET_CHOICES, AppDefaults, Settings)
 
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
 CSS = """
@@ -34,7 +37,7 @@ CSS = """
 /* A narrow screen puts the tabs (the run button and the images) above the settings. */
 @media (max-width: 760px) {
   .main-row { flex-direction: column-reverse !important; }
-  .image-row { flex-direction: column !important; }  /* x_t above x-hat_0, each the screen's width */
+  .image-row, .chart-row { flex-direction: column !important; }  /* x_t above x-hat_0, charts one above the other */
   .main-row .tabs, .main-row .tabitem, .main-row .column, .main-row .row { min-width: 0 !important;
                                                                             max-width: 100% !important; }
 }
@@ -50,6 +53,12 @@ INTRO = ("A diffusion model draws images of the class you pick, steered by a noi
 
 
 Controls = Settings  # the settings column's components, by name (settings.Settings holds their order)
+ADVERSARIAL = Path(__file__).with_name("adversarial.png")  # made by scripts/adversarial_example.py
+ADVERSARIAL_NOTE = ("A test image of the shipped pixel model, noised, pushed toward another class by the clean "
+                    "classifier in two ways, the same number of steps of the same size. At $x_t$, the classifier "
+                    "grows surer while the image the model makes of $x_t$ (below) stays as it was: an adversarial "
+                    "example. Through $\\hat x_0$, the image itself changes, and the evaluator, which never guides, "
+                    "agrees.")
 
 
 class OutputPanel(NamedTuple):
@@ -68,6 +77,7 @@ class OutputPanel(NamedTuple):
     row_labels: gr.HTML
     detail: gr.Image            # one image large, on a click on a grid
     detail_note: gr.Markdown
+    clean_chart: gr.Plot        # what the clean classifier sees: p(c | x-hat_0) per step
 
     def outputs(self, record: type[tuple]) -> list:
         """The components a handler's typed result fills, named by the fields of its NamedTuple
@@ -95,12 +105,27 @@ class OutputPanel(NamedTuple):
         return [self.x_t, self.pred_xstart, self.push]
 
 
-def _controls(defaults: AppDefaults, class_names: tuple[str, ...], num_timesteps: int) -> Controls:
+def _controls(defaults: AppDefaults, class_names: tuple[str, ...], num_timesteps: int) -> tuple[Controls, gr.Group]:
     d = defaults
     class_name = gr.Dropdown(list(class_names), value=d.class_name(class_names), label="class c", elem_id="class",
                              filterable=True)  # type to search: ImageNet has 1000 classes
+    guide = gr.Radio(list(GUIDE_CHOICES), value=d.guide, label="guide", elem_id="guide",
+                     info="the classifier that steers: one trained on noisy x_t at strength w, or one trained on "
+                          "clean images, applied to the predicted x̂_0 (no noisy training)")
+    with gr.Group(visible=d.guide == "training-free", elem_classes="method-group") as method_group:
+        method = gr.Dropdown(list(METHOD_CHOICES), value=d.method, label="training-free method", elem_id="method",
+                             info="TFG's step or one of its special cases; each takes some of the numbers below")
+        rho = gr.Slider(0, DISPLAY.strength_slider_max, value=d.rho, step=0.25, label="ρ: gradient through the UNet",
+                        elem_id="rho", info="∇_{x_t} log p(c | x̂_0(x_t)); TFG, DPS, LGD, FreeDoM, UG")
+        mu = gr.Slider(0, DISPLAY.strength_slider_max, value=d.mu, step=0.25, label="μ: steps on x̂_0", elem_id="mu",
+                       info="∇_{x̂_0} log p(c | x̂_0), no backward pass through the UNet; TFG, MPGD, UG")
+        recurrences = gr.Slider(1, DISPLAY.repeat_slider_max, value=d.recurrences, step=1, elem_id="recurrences",
+                                label="N_recur: repeat each step", info="re-noise and redo it (time travel); TFG, FreeDoM, UG")
+        iterations = gr.Slider(0, DISPLAY.repeat_slider_max, value=d.iterations, step=1, elem_id="iterations",
+                               label="N_iter: steps on x̂_0 per step", info="TFG, UG")
     scale = gr.Slider(0, DISPLAY.scale_slider_max, value=d.scale, step=0.25, label="classifier guidance w",
-                      info=f"0 = off; Compare and the API accept up to {MAX_SCALE:g}", elem_id="scale")
+                      info=f"the noise-aware classifier's; 0 = off; Compare and the API accept up to {MAX_SCALE:g}",
+                      elem_id="scale")
     unet = gr.Radio(list(UNET_CHOICES), value=d.unet, label="UNet")
     cfg_scale = gr.Slider(0, DISPLAY.cfg_slider_max, value=d.cfg_scale, step=0.25,
                           label="classifier-free scale w_cfg", interactive=d.unet == "conditional",
@@ -134,7 +159,19 @@ def _controls(defaults: AppDefaults, class_names: tuple[str, ...], num_timesteps
     threshold.change(partial(_only_when, "dynamic", None), threshold, threshold_percentile, **UNQUEUED)
     return Controls(class_name=class_name, scale=scale, unet=unet, cfg_scale=cfg_scale, steps=steps, sampler=sampler,
                     eta=eta, num_images=num_images, seed=seed, interval=interval, schedule=schedule,
-                    threshold=threshold, threshold_percentile=threshold_percentile)
+                    threshold=threshold, threshold_percentile=threshold_percentile, guide=guide, method=method, rho=rho,
+                    mu=mu, recurrences=recurrences, iterations=iterations), method_group
+
+
+def _guide_chosen(handlers: Handlers, name: str, guide: str) -> tuple:
+    """What picking a guide changes: the training-free parameters shown or hidden, and the
+    sampler, steps and threshold to the model's defaults for that guide (the clean classifier's
+    recurrence needs a one-step sampler; the evaluation chose its steps)."""
+    d = handlers.pick(name).defaults
+    if guide == "training-free":
+        return (gr.Group(visible=True), d.training_free_sampler, d.training_free_steps, d.training_free_threshold,
+                gr.Slider(interactive=d.training_free_sampler == "ddim"))
+    return gr.Group(visible=False), d.sampler, d.steps, d.threshold, gr.Slider(interactive=d.sampler == "ddim")
 
 
 def _only_when(wanted: str, reset: float | None, chosen: str) -> gr.Slider:
@@ -150,6 +187,15 @@ def _row_values(mode: str) -> gr.Textbox:
     return gr.Textbox(label=ROW_VALUES[mode].label, info=ROW_VALUES[mode].info)
 
 
+def _mode_sampler(handlers: Handlers, name: str, mode: str, sampler: str) -> tuple:
+    """Comparing guides puts a multistep sampler back to the model's training-free one (a clean
+    classifier's recurrence needs a one-step sampler); otherwise nothing changes."""
+    if mode != "methods" or sampler in TrainingFreeGuidance.samplers:
+        return gr.update(), gr.update()
+    chosen = handlers.pick(name).defaults.training_free_sampler
+    return chosen, gr.Slider(interactive=chosen == "ddim")
+
+
 def _row_example(mode: str) -> str:
     return ROW_VALUES[mode].example
 
@@ -159,9 +205,10 @@ SAMPLE_CAPTIONS = {"pixel": "$x_t$, the current noisy images",
                              "at the last step)"}
 XSTART_CAPTIONS = {"pixel": "$\\hat x_0$, the clean images predicted from $x_t$",
                    "latent": "$D(\\hat z_0)$, the clean latent predicted from $z_t$, decoded"}
-PUSH_CAPTIONS = {"pixel": "the classifier's push $k_t\\, w(t)\\, \\nabla_{x_t} \\log p_\\phi(c \\mid x_t)$ at this step",
-                 "latent": "the classifier's push $k_t\\, w(t)\\, \\nabla_{z_t} \\log p_\\phi(c \\mid z_t)$ "
-                           "in latent space, per channel"}
+PUSH_CAPTIONS = {"pixel": "the guidance's push at this step: $k_t\\, w(t)\\, \\nabla_{x_t} \\log p_\\phi(c \\mid x_t)$ "
+                          "(noise-aware), or the clean classifier's shift of $x_{t-1}$",
+                 "latent": "the guidance's push at this step, in latent space, per channel: $k_t\\, w(t)\\, "
+                           "\\nabla_{z_t} \\log p_\\phi(c \\mid z_t)$ (noise-aware), or the clean classifier's shift of $z_{t-1}$"}
 
 
 class Captions(NamedTuple):
@@ -196,16 +243,20 @@ def _output_panel(prefix: str, with_evaluator: bool, space: str = "pixel") -> tu
             table = gr.Dataframe(headers=render.table_columns(with_evaluator), interactive=False, wrap=True,
                                  label="per row: mean p(c | x) under each network, and diversity",
                                  elem_id=f"{prefix}-table")
-    with gr.Row():
+    with gr.Row(elem_classes="chart-row"):
         chart = gr.Plot(label="guidance classifier's belief in the class", elem_id=f"{prefix}-chart")
-        norm_chart = gr.Plot(label="size of the classifier's push, per image", elem_id=f"{prefix}-norm-chart")
+        clean_chart = gr.Plot(label="clean classifier's belief, p(c | x̂_0): what a training-free guide sees",
+                              elem_id=f"{prefix}-clean-chart")
+    with gr.Row(elem_classes="chart-row"):
+        norm_chart = gr.Plot(label="size of the guidance's push, per image", elem_id=f"{prefix}-norm-chart")
     scrub = gr.Slider(0, 1, value=0, step=1, label="scrub the recorded steps (0 = x_T)", visible=False,
                       elem_id=f"{prefix}-scrub")
     with gr.Row():
         gif = gr.DownloadButton("Download denoising (GIF)", visible=False, size="sm")
         png = gr.DownloadButton("Download samples (PNG with parameters)", visible=False, size="sm")
     return (OutputPanel(x_t, pred_xstart, push, push_note, status, chart, norm_chart, table, scrub, gif, png,
-                        gr.State(), row_labels, detail, detail_note), Captions(sample_caption, xstart_caption, push_caption))
+                        gr.State(), row_labels, detail, detail_note, clean_chart),
+            Captions(sample_caption, xstart_caption, push_caption))
 
 
 class RunTab(NamedTuple):
@@ -231,6 +282,7 @@ class Page(NamedTuple):
     examples: list              # a gr.Button per EXAMPLES entry, in its order
     explanation: gr.Markdown    # the Understand tab's text, for the model shown
     opening: gr.Markdown        # why the page opens on its first model (shown with that model only)
+    method_group: gr.Group      # the training-free parameters, shown with that guide
 
     def inputs(self, names: tuple[str, ...]) -> list:
         """The components of an endpoint's arguments `names` (settings.GENERATE_ARGUMENTS or
@@ -239,7 +291,7 @@ class Page(NamedTuple):
         return [own[name] if name in own else getattr(self.controls, name) for name in names] + [self.model]
 
 
-def _settings_column(handlers: Handlers) -> tuple[gr.Radio, gr.Markdown, Controls, gr.Markdown]:
+def _settings_column(handlers: Handlers) -> tuple[gr.Radio, gr.Markdown, Controls, gr.Group, gr.Markdown]:
     """The left column: the model choice (shown when there are several), why the page opens on
     the first (shown while it is the one shown), the settings Generate and Compare share, and the
     model's facts."""
@@ -249,9 +301,9 @@ def _settings_column(handlers: Handlers) -> tuple[gr.Radio, gr.Markdown, Control
                      info="the diffusion model and its classifier: on the images, or on an autoencoder's "
                           "latents (the API's `model` argument)")
     opening = gr.Markdown(handlers.opening, elem_id="opening", visible=bool(handlers.opening))
-    controls = _controls(handlers.defaults, bundle.class_names, bundle.num_timesteps)
+    controls, method_group = _controls(handlers.defaults, bundle.class_names, bundle.num_timesteps)
     info = gr.Markdown(_info(first, handlers.timings.step_seconds.get(first.name)), elem_id="info")
-    return model, opening, controls, info
+    return model, opening, controls, method_group, info
 
 
 def _generate_tab(handlers: Handlers, live_on: bool, live_note: str) -> tuple[RunTab, gr.Markdown]:
@@ -261,7 +313,7 @@ def _generate_tab(handlers: Handlers, live_on: bool, live_note: str) -> tuple[Ru
         stop = gr.Button("Stop", variant="stop", elem_id="generate-stop")
     with gr.Row():
         live = gr.Checkbox(False, label="live: redraw from the same noise as you move "
-                           "w, w_cfg, the class or the seed", interactive=live_on,
+                           "w (or ρ, μ), w_cfg, the class or the seed", interactive=live_on,
                            elem_id="generate-live", scale=1)
         note = gr.Markdown(live_note, elem_id="live-note")
     panel, captions = _output_panel("generate", handlers.with_evaluator, handlers.bundle.space)
@@ -300,6 +352,11 @@ def _understand_tab(handlers: Handlers) -> tuple[list, gr.Markdown]:
             with gr.Column(scale=3):
                 gr.Markdown(example.note)
     text = gr.Markdown(explanation(handlers.bundle.space, handlers.bundle.variance), latex_delimiters=LATEX)
+    if ADVERSARIAL.exists():
+        gr.Markdown("### The clean classifier's gradient at $x_t$, and through $\\hat x_0$\n" + ADVERSARIAL_NOTE,
+                    latex_delimiters=LATEX)
+        gr.Image(str(ADVERSARIAL), show_label=False, interactive=False, elem_id="adversarial",
+                 elem_classes="pixelated", buttons=["fullscreen"])
     return buttons, text
 
 
@@ -310,7 +367,7 @@ def _layout(handlers: Handlers) -> Page:
     gr.Markdown(f"# {TITLE}\n{INTRO}", latex_delimiters=LATEX)
     with gr.Row(elem_classes="main-row"):
         with gr.Column(scale=1, min_width=260):
-            model, opening, controls, info = _settings_column(handlers)
+            model, opening, controls, method_group, info = _settings_column(handlers)
         with gr.Column(scale=4):
             with gr.Tabs() as tabs:
                 with gr.Tab("Generate", id="generate"):
@@ -320,7 +377,7 @@ def _layout(handlers: Handlers) -> Page:
                 with gr.Tab("Understand", id="understand"):
                     examples, explained = _understand_tab(handlers)
     return Page(model, controls, info, tabs, generate, live_text, compare, mode, strengths, examples, explained,
-                opening)
+                opening, method_group)
 
 
 def _load_example(handlers: Handlers, example: Example, name: str) -> tuple:
@@ -356,11 +413,13 @@ def _switch(handlers: Handlers, name: str) -> list:
         steps=gr.Slider(maximum=b.num_timesteps, value=d.steps), sampler=d.sampler,
         eta=gr.Slider(value=d.eta, interactive=d.sampler == "ddim"), num_images=d.num_images, seed=gr.update(),
         interval=d.interval, schedule=d.schedule, threshold=d.threshold,
-        threshold_percentile=gr.Slider(value=d.threshold_percentile, interactive=d.threshold == "dynamic"))
+        threshold_percentile=gr.Slider(value=d.threshold_percentile, interactive=d.threshold == "dynamic"),
+        guide=d.guide, method=d.method, rho=d.rho, mu=d.mu, recurrences=d.recurrences, iterations=d.iterations)
     captions = [SAMPLE_CAPTIONS[b.space], XSTART_CAPTIONS[b.space], PUSH_CAPTIONS[b.space]] * 2
     toggles = [gr.Checkbox(interactive=True) if live else gr.Checkbox(value=False, interactive=False)] * 2 + [note]
     return [*controls.values(), _info(model, handlers.timings.step_seconds.get(model.name)), *captions, *toggles,
-            explanation(b.space, b.variance), gr.Markdown(visible=bool(handlers.opening) and model is handlers.model)]
+            explanation(b.space, b.variance), gr.Markdown(visible=bool(handlers.opening) and model is handlers.model),
+            gr.Group(visible=d.guide == "training-free")]
 
 
 def _wire_run(handlers: Handlers, fn, api_name: str, tab: RunTab, inputs: list, concurrency_limit: int) -> None:
@@ -396,16 +455,22 @@ def _wire(handlers: Handlers, page: Page, concurrency_limit: int) -> None:
     controls, generate, compare = page.controls, page.generate, page.compare
     _wire_run(handlers, handlers.generate, "generate", generate, page.inputs(GENERATE_ARGUMENTS), concurrency_limit)
     _wire_run(handlers, handlers.compare, "compare", compare, page.inputs(COMPARE_ARGUMENTS), concurrency_limit)
-    _wire_live(handlers, generate, [controls.scale, controls.cfg_scale, controls.class_name, controls.seed],
+    _wire_live(handlers, generate, [controls.scale, controls.cfg_scale, controls.class_name, controls.seed, controls.rho,
+                                    controls.mu],
                handlers.live_mode.live_generate, page.inputs(GENERATE_ARGUMENTS), concurrency_limit)
-    _wire_live(handlers, compare, [controls.cfg_scale, controls.class_name, controls.seed, page.strengths],
+    _wire_live(handlers, compare, [controls.cfg_scale, controls.class_name, controls.seed, page.strengths, controls.rho,
+                                   controls.mu],
                handlers.live_mode.live_compare, page.inputs(COMPARE_ARGUMENTS), concurrency_limit)
     page.model.change(partial(_switch, handlers), page.model,
                       [*controls.values(), page.info, *generate.captions, *compare.captions, generate.live, compare.live,
-                       page.live_note, page.explanation, page.opening], **UNQUEUED)
+                       page.live_note, page.explanation, page.opening, page.method_group], **UNQUEUED)
+    controls.guide.input(partial(_guide_chosen, handlers), [page.model, controls.guide],
+                         [page.method_group, controls.sampler, controls.steps, controls.threshold, controls.eta], **UNQUEUED)
     # The label follows the mode however it changes; picking a mode also puts its example in the box.
     page.mode.change(_row_values, page.mode, page.strengths, **UNQUEUED)
     page.mode.input(_row_example, page.mode, page.strengths, **UNQUEUED)
+    page.mode.input(partial(_mode_sampler, handlers), [page.model, page.mode, controls.sampler],
+                    [controls.sampler, controls.eta], **UNQUEUED)
     for example, button in zip(EXAMPLES, page.examples):
         button.click(partial(_load_example, handlers, example), page.model,
                      [*controls.values(), page.strengths, page.mode, page.tabs], queue=False, api_visibility="private")

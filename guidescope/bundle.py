@@ -16,10 +16,9 @@ from torch import nn
 from .checkpoints import CheckpointError, file_digest, load, rebuild_hint
 from .codec import Codec, LatentCodec, PixelCodec
 from .diffusion import GaussianDiffusion
-from .guide import GuidedDenoiser
+from .guide import ORDERS, NoiseAwareGuidance, TrainingFree, TrainingFreeGuidance
 from .parsing import interval_text
 from .request import Conditioning
-from .samplers import ORDERS
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,9 @@ class Bundle:
     folder: Path | None = None
     codec: Codec | None = None      # the sampler's space; None: pixels (the identity)
     variance: str = "small"         # DDPM's Sigma: "learned" for a learn_sigma UNet (guidescope.samplers.VARIANCES)
-    guidance_order: str = ORDERS[0]  # where guidance meets the x-hat_0 threshold (guidescope.samplers.ORDERS)
+    guidance_order: str = ORDERS[0]  # where guidance meets the x-hat_0 threshold (guidescope.guide.ORDERS)
+    guide_classifier: nn.Module | None = None  # a clean classifier of images (training-free guidance), or None
+    torch_unet: nn.Module | None = None  # the UNet in torch, for gradients through it; None: unet is one
 
     def __post_init__(self):
         if self.codec is None:
@@ -45,8 +46,19 @@ class Bundle:
     def diffusion(self, steps: int | None = None) -> GaussianDiffusion:
         return GaussianDiffusion.from_schedule(self.schedule, self.num_timesteps, steps)
 
-    def denoiser(self) -> GuidedDenoiser:
-        return GuidedDenoiser(self.unet, self.classifier, self.unet.null_label)
+    def denoiser(self) -> NoiseAwareGuidance:
+        """The noise-aware classifier guidance (with classifier-free guidance beneath) of this bundle."""
+        return NoiseAwareGuidance(self.unet, self.classifier, self.unet.null_label, self.guidance_order)
+
+    def training_free(self, setting: TrainingFree) -> TrainingFreeGuidance:
+        """Training-free guidance by this bundle's clean classifier through x-hat_0 (and the decoder),
+        on the torch UNet; the noise-aware classifier only reports log p(c | x_t) for the charts."""
+        if self.guide_classifier is None:
+            raise ValueError(f"{self.folder or 'this bundle'} has no clean guide classifier (guide_classifier.json): "
+                             "give one with --guide-classifier DIR")
+        unet = self.torch_unet or self.unet
+        return TrainingFreeGuidance(unet, unet.null_label, self.guide_classifier, self.codec.differentiable_decode,
+                                    setting, self.classifier)
 
     @property
     def conditioning(self) -> Conditioning:
@@ -124,12 +136,14 @@ def _sampling_record(meta: dict, unet: nn.Module, path: Path) -> tuple[str, str]
 
 
 def load_bundle(folder: str | Path, device="cpu", need_evaluator: bool = False, backend: str = "torch",
-                classifier_folder: str | Path | None = None) -> Bundle:
-    """Load unet, classifier (and evaluator when present or needed) from folder. backend picks
-    what runs the UNet forward pass (guidescope.networks.backend: "torch", "auto" or a CPU runtime);
-    classifier_folder, another folder's classifier in place of folder's (a candidate to compare).
-    Refuses networks that disagree on the classes, the image size, the noise schedule or the
-    latent space."""
+                classifier_folder: str | Path | None = None, guide_classifier_folder: str | Path | None = None) -> Bundle:
+    """Load unet, classifier (and the evaluator and the clean guide classifier when present or
+    needed) from folder. backend picks what runs the UNet forward pass (guidescope.networks.backend:
+    "torch", "auto" or a CPU runtime); classifier_folder, another folder's classifier in place of
+    folder's (a candidate to compare); guide_classifier_folder, a folder whose guide_classifier.json
+    and .safetensors (any timm architecture, guidescope.networks.guide_classifier) guide instead of
+    folder's. Refuses networks that disagree on the classes, the image size, the noise schedule or
+    the latent space."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder {folder} does not exist")
@@ -139,17 +153,46 @@ def load_bundle(folder: str | Path, device="cpu", need_evaluator: bool = False, 
     evaluator = None
     if need_evaluator or (folder / "evaluator.json").exists():
         evaluator, _ = load(folder, "evaluator", device)
+    guide_classifier = _guide_classifier(Path(guide_classifier_folder or folder), guide_classifier_folder is not None, device)
     names = _class_names(folder, meta, unet, classifier)
     schedule, num_timesteps = _shared_schedule(folder, meta, classifier_folder, classifier_meta)
     variance, order = _sampling_record(meta, unet, folder / "unet.json")
     codec = _codec(folder, {folder / "unet.json": meta, classifier_folder / "classifier.json": classifier_meta},
                    unet.config, device)
     _check_image_sizes(folder, unet, (classifier, evaluator), codec)
+    _check_guide_classifier(folder, guide_classifier, names, codec or PixelCodec(
+        (unet.config.in_channels, unet.config.image_size, unet.config.image_size)))
+    torch_unet = unet
     if backend != "torch":
         from .networks.backend import select_unet
         unet = select_unet(unet, backend, device)
     return Bundle(unet, classifier, evaluator, names, schedule, num_timesteps, torch.device(device), folder, codec,
-                  variance, order)
+                  variance, order, guide_classifier, torch_unet)
+
+
+def _guide_classifier(folder: Path, asked: bool, device) -> nn.Module | None:
+    """folder's clean guide classifier; None where the bundle's own folder has none (it still guides
+    by its noise-aware classifier), an error where a folder asked for has none."""
+    if not (folder / "guide_classifier.json").exists():
+        if asked:
+            raise CheckpointError(f"{folder} holds no guide classifier (guide_classifier.json and .safetensors, "
+                                  "saved by `python -m guidescope.train --task guide_classifier`)")
+        return None
+    model, _ = load(folder, "guide_classifier", device)
+    model.requires_grad_(False)
+    return model
+
+
+def _check_guide_classifier(folder: Path, guide: nn.Module | None, names: tuple[str, ...], codec) -> None:
+    """A clean classifier classifies the bundle's images (after the decoder), into its classes."""
+    if guide is None:
+        return
+    config = guide.config
+    if config.num_classes != len(names):
+        raise CheckpointError(f"the guide classifier has {config.num_classes} classes, the UNet of {folder} {len(names)}")
+    if (config.in_channels, config.image_size, config.image_size) != tuple(codec.image_shape):
+        raise CheckpointError(f"the guide classifier takes {config.in_channels}x{config.image_size}x{config.image_size} "
+                              f"images, {folder} makes {'x'.join(map(str, codec.image_shape))}")
 
 
 def _class_names(folder: Path, meta: dict, unet: nn.Module, classifier: nn.Module) -> tuple[str, ...]:

@@ -5,7 +5,7 @@ Layout of a checkpoint folder:
     unet.safetensors        + unet.json        {"kind", "config", "class_names", "diffusion", "training"};
                                                "diffusion" is {"schedule", "num_timesteps"} and, for a
                                                converted ADM model (guidescope.convert), "learn_sigma"
-                                               and "guidance_order" (guidescope.samplers.ORDERS)
+                                               and "guidance_order" (guidescope.guide.ORDERS)
     classifier.safetensors  + classifier.json
     evaluator.safetensors   + evaluator.json
     guide_classifier.safetensors + guide_classifier.json   a clean-image classifier to guide through x̂₀

@@ -33,10 +33,12 @@ class PixelCodec:
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return z
 
+    differentiable_decode = decode
+
 
 class LatentCodec:
-    """z = scale_factor * mean of q(z | x); x = D(z / scale_factor). The decode runs without
-    gradients (nothing differentiates through it: guidance acts on z)."""
+    """z = scale_factor * mean of q(z | x); x = D(z / scale_factor). decode runs without gradients,
+    differentiable_decode with them."""
     space = "latent"
 
     def __init__(self, autoencoder: Autoencoder, scale_factor: float, clip_bound: float = 1.0):
@@ -53,6 +55,11 @@ class LatentCodec:
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """(B, *latent_shape) -> (B, *image_shape), about [-1, 1] (not clamped)."""
+        return self.differentiable_decode(z)
+
+    def differentiable_decode(self, z: torch.Tensor) -> torch.Tensor:
+        """decode, with gradients where they are on: training-free guidance differentiates a clean
+        classifier of the image through it (guidescope.guide.training_free)."""
         return self.autoencoder.decode(z.to(next(self.autoencoder.parameters()).dtype) / self.scale_factor)
 
 

@@ -16,7 +16,7 @@ run code is refused, not run. A file whose keys or shapes differ from the config
 naming the first difference. The folder gets unet.* and classifier.* with the config, the noise
 schedule, ImageNet's class names (for 1000 classes) and the source files and flags, and a
 defaults.json with the paper's sampler settings (25 DDIM steps, the command's classifier scale)
-for the app. The bundle guides in guided-diffusion's order (guidescope.samplers.ORDERS), so its
+for the app. The bundle guides in guided-diffusion's order (guidescope.guide.ORDERS), so its
 images are those of classifier_sample.py for the same x_T and noise.
 """
 from __future__ import annotations

@@ -11,6 +11,7 @@ so image i of a seed is the same from every caller and any batch size.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Iterator, NamedTuple, Sequence
 
 import torch
@@ -28,20 +29,64 @@ class Samples(NamedTuple):
 
 def _checked(bundle: Bundle, request: Request | CheckedRequest) -> Request:
     """The request, checked against this bundle (guidescope.request.check) unless it comes as a
-    CheckedRequest made against the same classes, T and conditioning."""
+    CheckedRequest made against the same classes, T and conditioning; and a clean classifier for
+    its training-free rows."""
     against = (len(bundle.class_names), bundle.num_timesteps, bundle.conditioning)
-    if isinstance(request, CheckedRequest):
-        if tuple(request[1:]) == against:
-            return request.request
+    if isinstance(request, CheckedRequest) and tuple(request[1:]) == against:
         request = request.request
-    return check(request, *against).request
+    else:
+        request = check(request.request if isinstance(request, CheckedRequest) else request, *against).request
+    for guide in {row.guide for row in request.rows} - {None}:
+        bundle.training_free(guide)  # raises where the bundle has no clean classifier to guide with
+    return request
+
+
+def _groups(request: Request, items: Sequence[int]) -> list[list[int]]:
+    """The items by guidance method: the noise-aware rows together, each training-free setting (with
+    its schedule: the recurrence acts where the schedule does) apart; in order of first appearance."""
+    groups: dict = {}
+    for k in items:
+        row = request.row_of(k)
+        groups.setdefault(None if row.guide is None else (row.guide, row.schedule), []).append(k)
+    return list(groups.values())
+
+
+def _group_steps(bundle: Bundle, request: Request, items: Sequence[int], diagnostics: bool) -> Iterator[Step]:
+    guide = request.row_of(items[0]).guide
+    method = bundle.denoiser() if guide is None else bundle.training_free(guide)
+    return sample_loop(method, bundle.diffusion(request.steps), (len(items), *bundle.sample_shape),
+                       request.guidance(items, diagnostics, bundle.codec.clip_bound), request.noise(items),
+                       request.sampler, request.eta, bundle.variance, bundle.device)
 
 
 def _steps(bundle: Bundle, request: Request, items: Sequence[int], diagnostics: bool) -> Iterator[Step]:
-    shape = (len(items), *bundle.sample_shape)
-    return sample_loop(bundle.denoiser(), bundle.diffusion(request.steps), shape,
-                       request.guidance(items, diagnostics, bundle.codec.clip_bound), request.noise(items),
-                       request.sampler, request.eta, bundle.variance, bundle.device, bundle.guidance_order)
+    """Every item's steps: one sample loop per guidance method (_groups), run in lockstep and
+    merged back into item order, so a batch may mix methods from the same noise."""
+    groups = _groups(request, items)
+    if len(groups) == 1:
+        yield from _group_steps(bundle, request, items, diagnostics)
+        return
+    order = torch.tensor([k for group in groups for k in group]).argsort()
+    for parts in zip(*(_group_steps(bundle, request, group, diagnostics) for group in groups)):
+        yield _merged(parts, order)
+
+
+def _merged(parts: Sequence[Step], order: torch.Tensor) -> Step:
+    """One Step of the groups' Steps, its items in request order (order: their permutation). A
+    quantity one group lacks is 0 there (the guidance norm and term of unguided items), or NaN (a
+    log-probability no classifier gave)."""
+    def joined(name: str, missing: float):
+        values = [getattr(p, name) for p in parts]
+        if all(v is None for v in values):
+            return None
+        like = next(v for v in values if v is not None)
+        filled = [v if v is not None else torch.full((len(p.sample), *like.shape[1:]), missing, dtype=like.dtype,
+                                                     device=like.device) for v, p in zip(values, parts)]
+        return torch.cat(filled)[order]
+    first = parts[0]
+    return Step(first.index, first.timestep, torch.cat([p.sample for p in parts])[order],
+                torch.cat([p.pred_xstart for p in parts])[order], joined("log_prob", math.nan),
+                joined("guidance_norm", 0.0), joined("guidance_term", 0.0))
 
 
 def stream(bundle: Bundle, request: Request | CheckedRequest, diagnostics: bool = True) -> Iterator[Step]:

@@ -20,7 +20,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from .guide import Guidance, Schedule, Threshold
+from .guide import Guidance, Schedule, Threshold, TrainingFree, TrainingFreeGuidance
 from .messages import choice, exact_integer, number
 from .noise import ItemNoise
 from .samplers import SAMPLERS
@@ -64,6 +64,8 @@ class Row:
     schedule: Schedule = Schedule()     # w(t) = w * f(t), for w and w_cfg alike
     threshold: Threshold = Threshold()  # what happens to x-hat_0
     first_image: int = 0                # image j of the row is image first_image + j of the seed's run
+    guide: TrainingFree | None = None   # None: the noise-aware classifier at strength w; a setting:
+                                        # a clean classifier through x-hat_0 (w must then be 0)
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,25 @@ def _row_checks(row: Row, num_classes: int, num_timesteps: int, conditioning: Co
     if row.schedule.interval is not None:
         yield ("schedule",), lambda: check_interval(row.schedule.interval, num_timesteps)
     yield ("first_image",), lambda: exact_integer(row.first_image, "first image", 0, 2**62)
+    if row.guide is not None:
+        yield ("guide", "scale"), lambda: _check_training_free(row)
+
+
+def _check_training_free(row: Row) -> None:
+    if not isinstance(row.guide, TrainingFree):
+        raise ValueError(f"a row's guide is a TrainingFree setting or None, got {type(row.guide).__name__}")
+    if row.scale:
+        raise ValueError(f"w is the noise-aware classifier's strength; a row guided by a clean classifier "
+                         f"({row.guide.variant.title}) takes its strengths from rho and mu: set w to 0, got w={row.scale:g}")
+
+
+def _check_sampler(request: Request) -> None:
+    """A guidance method runs only with the samplers it names."""
+    for row in request.rows:
+        if row.guide is not None and request.sampler not in TrainingFreeGuidance.samplers:
+            raise ValueError(f"{row.guide.variant.title} re-noises one step at a time (its recurrence), so it runs "
+                             f"with the {' or '.join(s.upper() for s in TrainingFreeGuidance.samplers)} sampler; "
+                             f"got {request.sampler}")
 
 
 class CheckedRequest(NamedTuple):
@@ -189,4 +210,5 @@ def check(request: Request, num_classes: int, num_timesteps: int,
                 if all(getattr(r, f) == getattr(row, f) for r in rows for f in fields):
                     raise
                 raise ValueError(f"{err} (row {k + 1} of {len(rows)})") from None
+    _check_sampler(request)
     return CheckedRequest(request, num_classes, num_timesteps, conditioning)

@@ -9,7 +9,10 @@ epilog); the line printed at the end says the setting that ran and where it came
 W pure classifier guidance. --unet conditional (which --cfg-scale alone implies) is the
 class-conditional model, --cfg-scale W2 its classifier-free combination (0: plain); both kinds of
 guidance can be on at once. --interval, --schedule and --threshold shape the guidance per step and
-the x-hat_0 clipping. OUT ending .npz holds `images` (uint8, (N, H, W) for one channel, else
+the x-hat_0 clipping. --guide training-free steers by a clean classifier through x-hat_0 instead
+of the noise-aware one (guidescope.guide.training_free), at the setting defaults.json's
+"training_free" record names (what the evaluation's search chose), any of its parameters set by
+its flag; --guide-classifier DIR guides by another folder's guide_classifier. OUT ending .npz holds `images` (uint8, (N, H, W) for one channel, else
 (N, C, H, W), at their own size) and `labels` (int64, (N,)); OUT ending .png is a grid, enlarged
 --upscale times. Image i depends on --seed and i only, not on --batch-size (guidescope/noise.py);
 the app and the evaluation draw the same images.
@@ -29,7 +32,8 @@ from .bundle import default_value, load_bundle, read_defaults
 from .checkpoints import CheckpointError
 from .cli import configure
 from .generation import Samples, generate
-from .guide import SCHEDULE_SHAPES, THRESHOLDS, NonFiniteError, Schedule, Threshold
+from .guide import SCHEDULE_SHAPES, THRESHOLDS, NonFiniteError, Schedule, Threshold, TrainingFree
+from .guide.training_free import LIBRARY_SETTING, METHODS, SMOOTHING_SCHEDULES, STRENGTH_SCHEDULES
 from .images import grid
 from .messages import choice
 from .networks.backend import BACKENDS, BackendError
@@ -38,6 +42,14 @@ from .request import SAMPLING_DEFAULTS, Request, Row, check, make_schedule
 from .samplers import SAMPLERS, sampler_title
 
 FORMATS = (".npz", ".png")
+GUIDES = ("noise-aware", "training-free")
+# The training-free setting's flags by field (guidescope.guide.TrainingFree), with their types.
+METHOD_FLAGS = {"rho": float, "mu": float, "gamma": float, "recurrences": int, "iterations": int, "mc_samples": int,
+                "rho_schedule": STRENGTH_SCHEDULES, "mu_schedule": STRENGTH_SCHEDULES,
+                "gamma_schedule": SMOOTHING_SCHEDULES}
+# What a training-free run takes from the top of defaults.json (the noise-aware setting's interval,
+# schedule and w are not its own).
+SHARED_WITH_NOISE_AWARE = ("unet", "cfg_scale", "eta", "seed", "threshold_percentile")
 UNETS = ("unconditional", "conditional")  # eps(x_t, null), or eps(x_t, c) with classifier-free w_cfg
 # Each sampling flag by its destination, which is also its name in defaults.json (as the app's
 # AppDefaults names it), with the library's value where defaults.json names none; that value's
@@ -80,6 +92,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold-percentile", type=float,
                    help=f"percentile of |x-hat_0| for --threshold dynamic ({_unset('threshold_percentile')})")
     p.add_argument("--max-guidance-norm", type=float, default=None, help="clip the guidance term's L2 norm")
+    p.add_argument("--guide", choices=GUIDES, default=GUIDES[0],
+                   help="noise-aware: the classifier of x_t at strength --scale (default); training-free: a clean "
+                        "classifier through x-hat_0, at the setting defaults.json's training_free record names")
+    p.add_argument("--guide-classifier", metavar="DIR", help="--guide training-free: the guide_classifier of DIR "
+                   "(any timm architecture, saved as safetensors + JSON) instead of the checkpoint folder's")
+    p.add_argument("--method", choices=tuple(METHODS), help="--guide training-free: TFG or one of its named special "
+                   "cases (unset: defaults.json's, else tfg)")
+    for name, kind in METHOD_FLAGS.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(kind, tuple):
+            p.add_argument(flag, choices=kind, help=f"--guide training-free: {name.replace('_', ' ')}")
+        else:
+            p.add_argument(flag, type=kind, help=f"--guide training-free: {name.replace('_', ' ')}")
     p.add_argument("--n", type=int, default=16, help="number of images")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, help=f"({_unset('seed')})")
@@ -112,13 +137,36 @@ def fill_unset(args: argparse.Namespace, chosen: dict) -> dict[str, str]:
     return sources
 
 
-def request_from_args(args, class_names, num_timesteps: int) -> Request:
-    """The Request for the parsed arguments, their unset flags filled (fill_unset); ValueError names
-    what is wrong."""
+def training_free_defaults(chosen: dict) -> dict:
+    """What a --guide training-free run takes from a bundle's defaults.json: its "training_free"
+    record (sampler, steps, threshold and the setting) and, from the top, SHARED_WITH_NOISE_AWARE."""
+    record = chosen.get("training_free")
+    record = record if isinstance(record, dict) else {}
+    return {**{name: chosen[name] for name in SHARED_WITH_NOISE_AWARE if name in chosen},
+            **{name: record[name] for name in ("sampler", "steps", "threshold", "guide") if name in record}}
+
+
+def training_free_setting(args, chosen: dict) -> TrainingFree:
+    """The setting of --guide training-free: defaults.json's (chosen as training_free_defaults gives
+    it; LIBRARY_SETTING where it names none), or --method's own, with each flag given set.
+    ValueError names a parameter the method does not take."""
+    try:
+        base = TrainingFree(**chosen["guide"]) if isinstance(chosen.get("guide"), dict) else LIBRARY_SETTING
+    except (TypeError, ValueError):
+        base = LIBRARY_SETTING
+    method = args.method or base.method
+    kept = {name: getattr(base, name) for name in METHODS[method].free} if method == base.method else {}
+    given = {name: getattr(args, name) for name in METHOD_FLAGS if getattr(args, name) is not None}
+    return TrainingFree.make(method, **{**kept, **given})
+
+
+def request_from_args(args, class_names, num_timesteps: int, guide: TrainingFree | None = None) -> Request:
+    """The Request for the parsed arguments, their unset flags filled (fill_unset), guided by the
+    training-free setting guide where there is one; ValueError names what is wrong."""
     schedule = make_schedule(args.schedule, None if args.interval is None else tuple(args.interval), num_timesteps)
     cfg_scale = None if choice(args.unet, "unet", UNETS) == "unconditional" else args.cfg_scale
     row = Row(class_index(args.class_label, class_names), args.scale, cfg_scale, schedule,
-              Threshold(args.threshold, args.threshold_percentile))
+              Threshold(args.threshold, args.threshold_percentile), guide=guide)
     return Request((row,), images_per_row=args.n, steps=args.steps, sampler=args.sampler, eta=args.eta,
                    seed=args.seed, max_guidance_norm=args.max_guidance_norm)
 
@@ -132,7 +180,8 @@ def describe(request: Request) -> str:
     where = "at every step" if row.schedule.interval is None else f"over t {interval_text(row.schedule.interval)}"
     percentile = f" at {row.threshold.percentile:g}" if row.threshold.mode == "dynamic" else ""
     norm = "" if request.max_guidance_norm is None else f", guidance norm clipped at {request.max_guidance_norm:g}"
-    return (f"{sampler_title(request.sampler)} {request.steps} steps{eta}, w {row.scale:g} on the {unet}, guidance "
+    strength = f"w {row.scale:g}" if row.guide is None else f"{row.guide.describe()} (clean classifier through x-hat_0)"
+    return (f"{sampler_title(request.sampler)} {request.steps} steps{eta}, {strength} on the {unet}, guidance "
             f"{row.schedule.shape} {where}, {row.threshold.mode} threshold{percentile}{norm}, seed {request.seed}")
 
 
@@ -162,13 +211,27 @@ def main(argv=None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
     configure(device, args.threads)
+    given = [f"--{name.replace('_', '-')}" for name in ("method", "guide_classifier", *METHOD_FLAGS)
+             if getattr(args, name) is not None]
+    if args.guide == "noise-aware" and given:
+        p.error(f"{', '.join(given)} set the training-free guidance: add --guide training-free")
+    if args.guide == "training-free" and args.scale:
+        p.error("--scale is the noise-aware classifier's strength; --guide training-free takes --rho and --mu")
     try:
-        bundle = load_bundle(args.checkpoints, device, backend=args.backend)
+        bundle = load_bundle(args.checkpoints, device, backend=args.backend,
+                             guide_classifier_folder=args.guide_classifier)
     except (CheckpointError, BackendError) as err:
         p.error(str(err))
-    sources = fill_unset(args, read_defaults(bundle.folder))
+    chosen = read_defaults(bundle.folder)
+    guide = None
+    if args.guide == "training-free":
+        chosen = training_free_defaults(chosen)
+        args.scale = 0.0
+    sources = fill_unset(args, chosen)
     try:
-        request = request_from_args(args, bundle.class_names, bundle.num_timesteps)
+        if args.guide == "training-free":
+            guide = training_free_setting(args, chosen)
+        request = request_from_args(args, bundle.class_names, bundle.num_timesteps, guide)
         check(request, len(bundle.class_names), bundle.num_timesteps, bundle.conditioning)  # before the bar
     except ValueError as err:  # a value defaults.json gave is named as such
         p.error(f"{err} ({provenance(sources, bundle.folder)})" if BUNDLE in sources.values() else str(err))

@@ -1,10 +1,10 @@
-"""Samplers: one loop (sample_loop) around one step object per method.
+"""Samplers: one loop (sample_loop) around one solver per method.
 
-The loop asks the guided model for eps-tilde, turns it into x-hat_0 (thresholded per item), lets
-the method take its step to the next x, and yields a Step record. The UI, the command line and
-the evaluation all iterate this same generator (through guidescope.generation). A method is a
-small object with two numbers per step, k_t for the guidance (see guide.py) and the step itself,
-so a new solver is a new class, not a new loop.
+The loop asks the guidance method (guidescope.guide) for each step: the method makes x-hat_0 and
+lets the solver step to the next x; the loop yields a Step record. The UI, the command line and
+the evaluation all iterate this same generator (through guidescope.generation). A solver has one
+job, the step from x_t and x-hat_0 to the next x; guidance is not its business, so a new solver is
+a new class, not a new loop.
 
     ddpm     ancestral sampling (Ho et al. 2020, Algorithm 2)
     ddim     Song et al. 2021, eq. 12; eta = 0 deterministic, eta = 1 DDPM-like noise
@@ -15,31 +15,18 @@ so a new solver is a new class, not a new loop.
 
 A multistep method sees the steps before it as a history (newest first); a predictor-corrector
 method also corrects x_t once the network has seen it (Solver.correct), before it steps.
-
-k_t is asked for after the networks have run, so it may depend on their output: DDPM with a
-learn_sigma UNet uses the model's own Sigma_theta (guided-diffusion's condition_mean).
-
-Where the guidance shift meets the x-hat_0 threshold (ORDERS):
-    guide-then-threshold   x-hat_0 of eps-tilde is thresholded (this project's networks)
-    threshold-then-guide   the model's x-hat_0 is thresholded, then shifted by the guidance term:
-                           x-hat_0' = threshold(x-hat_0(eps)) + sqrt(1 / alpha-bar_t - 1) k_t w g,
-                           which is guided-diffusion's order: condition_score for DDIM (eps from the
-                           clipped x-hat_0, minus sqrt(1 - alpha-bar_t) w g) and, for DDPM, exactly
-                           condition_mean, mu(x-hat_0) + w Sigma g (ADM bundles, guidescope.convert)
-The two agree wherever the threshold does not act.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator, NamedTuple
+from typing import Iterator, NamedTuple
 
 import torch
 
 from .diffusion import GaussianDiffusion
-from .guide import Guidance, GuidedDenoiser, GuidedEps, NonFiniteError
+from .guide.method import GuidanceMethod, Noise
+from .guide.settings import Guidance, NonFiniteError
 
-Noise = Callable[[tuple, torch.device], torch.Tensor]  # noise(shape, device) -> a fresh N(0, I) draw
-ORDERS = ("guide-then-threshold", "threshold-then-guide")
 VARIANCES = ("small", "learned")  # DDPM's Sigma: beta-tilde_t, or the model's own (a learn_sigma UNet)
 
 
@@ -48,9 +35,10 @@ class Step(NamedTuple):
     timestep: int                        # original timestep t of the x_t this step started from
     sample: torch.Tensor                 # (B, C, H, W) x_{t-1}: after the last step, the image
     pred_xstart: torch.Tensor            # (B, C, H, W) guided x-hat_0 from x_t, after its threshold
-    log_prob: torch.Tensor | None        # (B,) log p_phi(c | x_t, t) for the target class
+    log_prob: torch.Tensor | None        # (B,) log p_phi(c | x_t, t) of the noise-aware classifier
     guidance_norm: torch.Tensor | None   # (B,) L2 norm of the classifier guidance term
-    guidance_term: torch.Tensor | None   # (B, C, H, W) the term k_t w(t) g subtracted from eps
+    guidance_term: torch.Tensor | None   # (B, C, H, W) what the guidance changed: the noise-aware
+                                         # term k_t w(t) g subtracted from eps (guidescope.guide)
 
 
 class Previous(NamedTuple):
@@ -65,26 +53,14 @@ HISTORY = 2
 
 
 class Solver:
-    """One sampling method: k_t, an optional correction of x_t, and the step to the next x."""
+    """One sampling method: an optional correction of x_t, and the step to the next x."""
     name = ""                       # what requests, the command line and the API call it
     title = ""                      # how pages and reports name it
-
-    def grad_coef(self, i: int, v: torch.Tensor | None) -> float | torch.Tensor:
-        """k_t, the factor of w g in the eps shift at schedule index i: a number, or (B, C, H, W)
-        where it depends on the UNet's variance output v (None for an eps-only UNet)."""
-        raise NotImplementedError
+    diffusion: GaussianDiffusion
 
     def correct(self, x: torch.Tensor, i: int, pred_xstart: torch.Tensor, history: History) -> torch.Tensor:
         """x_t after the network's x-hat_0 at it is known; most methods keep it as it is."""
         return x
-
-    def shift_xstart(self, x: torch.Tensor, t: torch.Tensor, model_xstart: torch.Tensor,
-                     term: torch.Tensor) -> torch.Tensor:
-        """x-hat_0(eps - term) from the model's thresholded x-hat_0 (order threshold-then-guide), by
-        guided-diffusion's condition_score: its eps, shifted, back to x-hat_0. At high noise both
-        conversions cancel large numbers, so the reference's operations keep its float32 rounding."""
-        shifted = self.diffusion.predict_eps_from_xstart(x, t, model_xstart) - term
-        return self.diffusion.predict_xstart_from_eps(x, t, shifted)
 
     def step(self, x: torch.Tensor, i: int, pred_xstart: torch.Tensor, noise: Noise,
              history: History, v: torch.Tensor | None) -> torch.Tensor:
@@ -94,7 +70,7 @@ class Solver:
 class DDPM(Solver):
     """x_{t-1} = mu-tilde(x-hat_0, x_t) + sqrt(Sigma) z, no noise at the last step; Sigma is fixed
     to beta-tilde_t (variance "small") or the model's Sigma_theta (variance "learned"). Classifier
-    guidance moves mu by w Sigma g (Dhariwal & Nichol Algorithm 1)."""
+    guidance moves mu by w Sigma g (Dhariwal & Nichol Algorithm 1; guidescope.guide.noise_aware)."""
     name = "ddpm"
     title = "DDPM"
 
@@ -102,29 +78,11 @@ class DDPM(Solver):
         if variance not in VARIANCES:
             raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
         self.diffusion, self.variance = diffusion, variance
-        abar, alphas, betas = diffusion.alphas_cumprod, diffusion.alphas, diffusion.betas
-        # k_t = c_t Sigma with c_t = sqrt(1 - alpha-bar_t) sqrt(alpha_t) / beta_t turns w*g into a mean shift w Sigma g.
-        self.mean_coefs = ((1 - abar) * alphas).sqrt().div(betas)
-        if variance != "learned":
-            var = diffusion.fixed_variance(torch.arange(diffusion.num_timesteps), diffusion.betas).variance
-            self.grad_coefs = ((1 - abar) * alphas).sqrt().mul(var.flatten()).div(betas).tolist()
-
-    def _learned(self, i: int, v: torch.Tensor | None):
+    def learned(self, i: int, v: torch.Tensor | None):
         """Sigma_theta at schedule index i from the UNet's v."""
         if v is None:
             raise ValueError("the learned variance needs a learn_sigma UNet (one that also outputs v)")
         return self.diffusion.learned_variance(torch.full((len(v),), i, device=v.device), v)
-
-    def shift_xstart(self, x: torch.Tensor, t: torch.Tensor, model_xstart: torch.Tensor,
-                     term: torch.Tensor) -> torch.Tensor:
-        """The same x-hat_0 as condition_mean's: x-hat_0 + sqrt(1/alpha-bar_t - 1) term has the posterior
-        mean mu(x-hat_0) + w Sigma g, since k_t = c_t Sigma."""
-        return model_xstart + self.diffusion._gather("sqrt_recipm1_alphas_cumprod", t, x) * term
-
-    def grad_coef(self, i: int, v: torch.Tensor | None) -> float | torch.Tensor:
-        if self.variance != "learned":
-            return self.grad_coefs[i]
-        return float(self.mean_coefs[i]) * self._learned(i, v).variance
 
     def step(self, x: torch.Tensor, i: int, pred_xstart: torch.Tensor, noise: Noise,
              history: History, v: torch.Tensor | None) -> torch.Tensor:
@@ -132,7 +90,7 @@ class DDPM(Solver):
         mean = self.diffusion.q_posterior_mean_variance(pred_xstart, x, t).mean
         if i == 0:
             return mean
-        log_var = (self._learned(i, v).log_variance if self.variance == "learned"
+        log_var = (self.learned(i, v).log_variance if self.variance == "learned"
                    else self.diffusion.fixed_variance(t, x).log_variance)
         return mean + (0.5 * log_var).exp() * noise(x.shape, x.device)
 
@@ -147,9 +105,6 @@ class DDIM(Solver):
     def __init__(self, diffusion: GaussianDiffusion, eta: float = 0.0):
         self.diffusion, self.eta = diffusion, eta
         self.abar, self.abar_prev = diffusion.alphas_cumprod.tolist(), diffusion.alphas_cumprod_prev.tolist()
-
-    def grad_coef(self, i: int, v: torch.Tensor | None) -> float:
-        return math.sqrt(1 - self.abar[i])
 
     def step(self, x: torch.Tensor, i: int, pred_xstart: torch.Tensor, noise: Noise,
              history: History, v: torch.Tensor | None) -> torch.Tensor:
@@ -182,9 +137,6 @@ class DPMSolverPP2M(Solver):
         self.alpha_prev, self.sigma_prev = abar_prev.sqrt().tolist(), (1 - abar_prev).sqrt().tolist()
         self.lam = (0.5 * (abar.log() - (1 - abar).log())).tolist()
         self.lam_prev = (0.5 * (abar_prev.log() - (1 - abar_prev).log())).tolist()  # +inf at i = 0
-
-    def grad_coef(self, i: int, v: torch.Tensor | None) -> float:
-        return self.sigma[i]
 
     def step(self, x: torch.Tensor, i: int, pred_xstart: torch.Tensor, noise: Noise,
              history: History, v: torch.Tensor | None) -> torch.Tensor:
@@ -263,41 +215,24 @@ def _check_finite(step: Step) -> Step:
     return step
 
 
-def _guided_xstart(solver: Solver, diffusion: GaussianDiffusion, guidance: Guidance, x: torch.Tensor,
-                   t: torch.Tensor, eps: torch.Tensor, guided: GuidedEps, order: str) -> torch.Tensor:
-    """x-hat_0 of this step, with the guidance shift on the side of the threshold that order names."""
-    if order == "guide-then-threshold" or guided.guidance_term is None:
-        return guidance.threshold(diffusion.predict_xstart_from_eps(x, t, guided.eps))
-    model_xstart = guidance.threshold(diffusion.predict_xstart_from_eps(x, t, eps))
-    return solver.shift_xstart(x, t, model_xstart, guided.guidance_term)
-
-
-def sample_loop(model: GuidedDenoiser, diffusion: GaussianDiffusion, shape, guidance: Guidance, noise: Noise,
-                sampler: str = "ddim", eta: float = 0.0, variance: str = "small", device="cpu",
-                order: str = "guide-then-threshold") -> Iterator[Step]:
+def sample_loop(method: GuidanceMethod, diffusion: GaussianDiffusion, shape, guidance: Guidance, noise: Noise,
+                sampler: str = "ddim", eta: float = 0.0, variance: str = "small", device="cpu") -> Iterator[Step]:
     """Sample from x_T = noise(shape) through every timestep of `diffusion` (respaced or not),
-    yielding one Step per network evaluation. shape is (B, C, H, W) with B = len(guidance);
-    variance is DDPM's Sigma (VARIANCES), order where guidance meets the threshold (ORDERS, checked
-    where a bundle is loaded). The values are taken as guidescope.request.check leaves them (eta in
-    [0, 1], and 0 but for DDIM): called directly, pass valid ones. Raises NonFiniteError at the step
-    where a NaN or inf appears."""
+    yielding one Step per step of the guidance method (guidescope.guide). shape is (B, C, H, W) with
+    B = len(guidance); variance is DDPM's Sigma (VARIANCES). The values are taken as
+    guidescope.request.check leaves them (eta in [0, 1], and 0 but for DDIM; a sampler the method
+    runs with): called directly, pass valid ones. Raises NonFiniteError at the step where a NaN or
+    inf appears."""
     solver = make_solver(sampler, diffusion, eta, variance)
     x = noise(shape, device)
-    timesteps = diffusion.timesteps.to(device)
     history: History = ()
     for index, i in enumerate(reversed(range(diffusion.num_timesteps))):
-        t = torch.full((shape[0],), i, device=device)  # schedule indices, as diffusion takes them
-        out = model.predict(x, timesteps[t], guidance)  # the networks take the original timesteps
-        grad_coef = solver.grad_coef(i, out.v)  # k_t, now that the networks have run
-        if not isinstance(grad_coef, torch.Tensor):
-            grad_coef = torch.full((shape[0],), grad_coef, dtype=torch.float64, device=device)
-        guided = model.shift(out, guidance, grad_coef)
-        pred_xstart = _guided_xstart(solver, diffusion, guidance, x, t, out.eps, guided, order)
-        x_from = solver.correct(x, i, pred_xstart, history)
-        x = solver.step(x_from, i, pred_xstart, noise, history, out.v)
-        history = (Previous(i, pred_xstart, x_from), *history[:HISTORY - 1])
-        yield _check_finite(Step(index, int(diffusion.timesteps[i]), x, pred_xstart, guided.log_prob,
-                                 guided.guidance_norm, guided.guidance_term))
+        move = method.step(x, i, solver, guidance, noise, history)
+        p = move.prediction
+        history = (Previous(i, p.pred_xstart, move.x_from), *history[:HISTORY - 1])
+        x = move.sample
+        yield _check_finite(Step(index, int(diffusion.timesteps[i]), x, p.pred_xstart, p.log_prob,
+                                 p.guidance_norm, p.guidance_term))
 
 
 def final(steps: Iterator[Step]) -> Step:

@@ -55,6 +55,20 @@ def make_checkpoints(folder, channels: int = 1) -> None:
     evaluator = Evaluator(EvaluatorConfig(image_size=16, in_channels=channels, num_classes=len(CLASS_NAMES),
                                           layers=(1, 1, 1, 1), channels=(8, 8, 8, 8), input_size=16))
     save(evaluator, folder, "evaluator", **meta)
+    save_guide_classifier(folder, channels)
+
+
+TINY_GUIDE_ARGS = {"patch_size": 1, "depths": (0, 1, 1, 1), "dims": (8, 8, 8, 8)}
+
+
+def save_guide_classifier(folder, channels: int = 1) -> None:
+    """A tiny clean classifier of the 16x16 images (a timm ConvNeXt), for training-free guidance."""
+    from guidescope.networks.guide_classifier import GuideClassifier, GuideClassifierConfig
+
+    torch.manual_seed(0)
+    guide = GuideClassifier(GuideClassifierConfig(model_args=TINY_GUIDE_ARGS, num_classes=len(CLASS_NAMES),
+                                                  in_channels=channels, image_size=16))
+    save(_randomized(guide, 6), folder, "guide_classifier", class_names=list(CLASS_NAMES))
 
 
 LATENT_SCALE = 1.25   # the tiny latent bundle's scale factor (any positive number does for random networks)
@@ -80,6 +94,7 @@ def make_latent_checkpoints(folder, evaluator_from=None) -> None:
     classifier = NoisyClassifier(ClassifierConfig(image_size=8, in_channels=2, channel_mults=(1, 2),
                                                   num_classes=len(CLASS_NAMES), base_channels=8))
     save(_randomized(classifier, 5), folder, "classifier", latent=latent, **meta)
+    save_guide_classifier(folder)
     if evaluator_from is not None:
         for suffix in (".json", ".safetensors"):
             (folder / f"evaluator{suffix}").write_bytes((Path(evaluator_from) / f"evaluator{suffix}").read_bytes())

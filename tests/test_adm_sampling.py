@@ -17,7 +17,7 @@ from guidescope import checkpoints, convert
 from guidescope.bundle import load_bundle
 from guidescope.checkpoints import CheckpointError
 from guidescope.generation import stream
-from guidescope.guide import Threshold
+from guidescope.guide import NoiseAwareGuidance, Threshold
 from guidescope.networks.backend import BackendError, select_unet
 from guidescope.request import Request, Row
 from guidescope.samplers import final, sample_loop
@@ -95,9 +95,9 @@ def test_the_reference_needs_guided_diffusions_order_where_the_clip_acts(bundle,
     """With this project's order (x-hat_0 of the guided eps is clipped) the run leaves the reference:
     the tiny model's x-hat_0 lies far outside [-1, 1], so the order is what the fixture tests."""
     request = reference_request(reference, sampler)
-    run = sample_loop(bundle.denoiser(), bundle.diffusion(request.steps), (2, *bundle.sample_shape),
-                      request.guidance(range(2)), request.noise(range(2)), sampler, variance="learned",
-                      order="guide-then-threshold")
+    method = NoiseAwareGuidance(bundle.unet, bundle.classifier, bundle.unet.null_label, "guide-then-threshold")
+    run = sample_loop(method, bundle.diffusion(request.steps), (2, *bundle.sample_shape),
+                      request.guidance(range(2)), request.noise(range(2)), sampler, variance="learned")
     assert (final(run).sample - reference[f"{sampler}/samples"][-1]).abs().max() > 1e-2
 
 
@@ -107,9 +107,9 @@ def test_the_two_orders_agree_where_no_threshold_acts(bundle, reference, sampler
     the shift equals guided-diffusion's; for DDPM, k_t = c_t Sigma_theta (per pixel, from the UNet's v)
     moves the mean by exactly w Sigma_theta g (condition_mean)."""
     request = reference_request(reference, sampler, threshold=Threshold("none"))
-    runs = [list(sample_loop(bundle.denoiser(), bundle.diffusion(request.steps), (2, *bundle.sample_shape),
-                             request.guidance(range(2)), request.noise(range(2)), sampler, variance="learned",
-                             order=order))
+    runs = [list(sample_loop(NoiseAwareGuidance(bundle.unet, bundle.classifier, bundle.unet.null_label, order),
+                             bundle.diffusion(request.steps), (2, *bundle.sample_shape),
+                             request.guidance(range(2)), request.noise(range(2)), sampler, variance="learned"))
             for order in ("guide-then-threshold", "threshold-then-guide")]
     for a, b in zip(*runs):
         scale = b.sample.abs().max()

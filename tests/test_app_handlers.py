@@ -43,17 +43,20 @@ def make_handlers(bundle, tmp_path, display: Display = EVERY_STEP) -> Handlers:
     return Handlers(bundle, display=display, downloads=tmp_path / "downloads")
 
 
+TRAINING_FREE_ARGS = dict(guide="noise-aware", method="tfg", rho=2.0, mu=2.0, recurrences=1, iterations=1)
+
+
 def gen_args(**changes) -> dict:
     args = dict(class_name="Trouser", scale=2.0, unet="unconditional", cfg_scale=0.0, steps=6, sampler="ddim",
                 eta=0.0, num_images=4, seed=3, interval="full", schedule="constant", threshold="clip",
-                threshold_percentile=0.995)
+                threshold_percentile=0.995, **TRAINING_FREE_ARGS)
     return {**args, **changes}
 
 
 def compare_args(**changes) -> dict:
     args = dict(class_name="Sneaker", strengths="0, 4", mode="classifier", scale=0.0, unet="unconditional",
                 cfg_scale=0.0, steps=5, sampler="ddim", eta=0.0, num_images=3, seed=5, interval="full",
-                schedule="constant", threshold="clip", threshold_percentile=0.995)
+                schedule="constant", threshold="clip", threshold_percentile=0.995, **TRAINING_FREE_ARGS)
     return {**args, **changes}
 
 
@@ -111,7 +114,7 @@ def test_generate_streams_x_T_then_every_step_then_the_seeded_samples(bundle, tm
     assert parameters["seed"] == 3 and parameters["steps"] == 6 and parameters["sampler"] == "ddim"
     assert parameters["rows"] == [dict(class_label=1, class_name="Trouser", label="w=2 (unconditional)", scale=2.0,
                                        cfg_scale=None, schedule=dict(shape="constant", interval=None),
-                                       threshold=dict(mode="clip", percentile=0.995), first_image=0)]
+                                       threshold=dict(mode="clip", percentile=0.995), first_image=0, guide=None)]
     assert [f.recording for f in frames].count(last.recording) == len(frames)  # one recording, growing
     assert len(last.recording.frames) == 6 and last.recording.state == "finished"
 

@@ -35,8 +35,16 @@ class Call(NamedTuple):
     raised: bool
 
 
+# Training-free guidance's parameters share their bounds (rho and mu, the schedules, N_recur and the draws): each
+# is its own setting, so its name is part of its rule and two of them at one value are not a repeat.
+SHARED_BOUNDS = ("rho", "mu", "rho schedule", "mu schedule", "recurrences", "Monte Carlo samples")
+
+
 def _rule(name: str, args: tuple) -> tuple:
-    """integer and exact_integer are one kind (an integer in bounds); the name argument is left out."""
+    """integer and exact_integer are one kind (an integer in bounds); the name argument is left out
+    (a value checked twice under two wordings is still checked twice), but for SHARED_BOUNDS."""
+    if len(args) > 1 and args[1] in SHARED_BOUNDS:
+        return (*_rule(name, (args[0], None, *args[2:])), args[1])
     kind = "integer" if name in ("integer", "exact_integer") else name
     if name in ("number", "integer", "exact_integer"):
         return kind, args[2], args[3]

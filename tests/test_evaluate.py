@@ -482,3 +482,47 @@ def test_the_decision_weighs_the_threshold_with_the_step_count():
     assert "refused before it: UniPC at 8 steps (" in d.steps_reason
     assert asked[0] == Setting("ddim", 50, 3.0) and Setting("unipc", 8, 0.0, threshold="dynamic") in asked
     assert d.to_json("cpu")["threshold"] == "dynamic"
+
+
+def test_the_training_free_search_decides_and_resumes(tiny, tmp_path):
+    """--training-free: a beam per structure on the screening images, each structure's best on the
+    decision images beside the noise-aware default, the page and the defaults' record; a rerun
+    resumes from search.json without drawing again."""
+    from guidescope.evaluation import search
+    from guidescope.guide import TrainingFree
+    from guidescope.networks.guide_classifier import GuideClassifier, GuideClassifierConfig
+
+    source, _ = tiny
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for f in source.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    torch.manual_seed(0)
+    guide = GuideClassifier(GuideClassifierConfig(model_args={"patch_size": 1, "depths": (0, 1, 1, 1), "dims": (8,) * 4},
+                                                  num_classes=len(CLASSES), image_size=8))
+    checkpoints.save(guide, folder, "guide_classifier", class_names=list(CLASSES))
+    out, defaults, readme = tmp_path / "out", tmp_path / "defaults.json", tmp_path / "README.md"
+    start, end = search.readme_markers(folder)
+    readme.write_text(f"intro\n{start}\nstale\n{end}\noutro\n")
+    assert smoke(folder, out, "--training-free", "--defaults", defaults, "--readme", readme) == 0
+    table = readme.read_text()
+    assert "stale" not in table and table.startswith("intro\n") and table.endswith("outro\n")
+    assert all(f"| {name} |" in table for name in ("noise-aware default", "training-free default", "DPS", "MPGD"))
+    records = json.loads((out / "search.json").read_text())
+    structures = search.STRUCTURES["smoke"]
+    guided = [(r["per_class"], Measurement.from_json(r["measurement"])) for r in records
+              if r["measurement"]["setting"]["guide"]]
+    tfg = [m for _, m in guided if m.setting.guide.method == "tfg"]
+    assert {(m.setting.steps, m.setting.guide.recurrences, m.setting.guide.iterations) for m in tfg} == set(structures)
+    assert any(m.setting.guide.gamma > 0 for m in tfg) and any(m.setting.guide.rho > search.START["rho"] for m in tfg)
+    decided = {m.setting.guide.method for n, m in guided if n == BUDGETS["smoke"].decision_images_per_class}
+    assert decided == {"tfg", "dps", "lgd", "freedom", "mpgd", "ug"}  # each named method at its best, decided too
+    record = json.loads(defaults.read_text())["training_free"]
+    chosen = TrainingFree(**record["guide"])
+    assert record["sampler"] == "ddim" and record["steps"] in {s for s, _, _ in structures} and record["reason"]
+    page = (out / "TRAINING_FREE.md").read_text()
+    assert f"**Chosen:** DDIM {record['steps']}, {chosen.describe()}" in page and page.count("| DDIM ") >= len(guided)
+    assert all(f"| DDIM {record['steps']}, {title}" in page for title in ("DPS", "LGD", "FreeDoM", "MPGD", "Universal"))
+    before = (out / "search.json").read_bytes()
+    assert smoke(folder, out, "--training-free", "--defaults", defaults) == 0
+    assert (out / "search.json").read_bytes() == before

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from guidescope import GaussianDiffusion, Guidance, GuidedDenoiser, ItemNoise, Schedule, Threshold, final, sample_loop
+from guidescope import GaussianDiffusion, Guidance, NoiseAwareGuidance, ItemNoise, Schedule, Threshold, final, sample_loop
 from guidescope.request import Request, Row, check
 
 UNCLIPPED = Threshold("none")
@@ -50,7 +50,7 @@ class LabelEps(nn.Module):
 def test_guidance_gradient_equals_the_analytic_gradient():
     x = torch.randn(6, *SHAPE, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     labels = torch.tensor([0, 1, 0, 1, 1, 0])
-    model = GuidedDenoiser(lambda x, t, y: torch.zeros_like(x), GaussianClassifier(), NULL)
+    model = NoiseAwareGuidance(lambda x, t, y: torch.zeros_like(x), GaussianClassifier(), NULL)
     out = model(x, torch.zeros(6, dtype=torch.long), Guidance.make(labels, 1.0), torch.ones(6))
     # eps-tilde = eps - k w g with eps = 0 and k = w = 1.
     torch.testing.assert_close(-out.eps, GaussianClassifier.grad_log_prob(x, labels))
@@ -67,7 +67,7 @@ def test_guidance_moves_samples_toward_the_class(sampler):
     # first DDIM step's guidance into a jump of sqrt(alpha-bar_{T-1} / alpha-bar_T) ~ 30 times w g.
     diffusion = GaussianDiffusion.from_schedule("linear", 100, steps=20)
     full = GaussianDiffusion.from_schedule("linear", 100)
-    model = GuidedDenoiser(StandardNormalEps(full), GaussianClassifier(), NULL)
+    model = NoiseAwareGuidance(StandardNormalEps(full), GaussianClassifier(), NULL)
     n, scales = 256, [0.0, 0.25, 0.5, 1.0]
     distances, log_probs = [], []
     for w in scales:
@@ -87,7 +87,7 @@ def test_guidance_moves_samples_toward_the_class(sampler):
 def test_unguided_analytic_sampler_reproduces_the_data_distribution():
     """A sanity check of the toy denoiser the sign test relies on."""
     diffusion = GaussianDiffusion.from_schedule("cosine", 100, steps=50)
-    model = GuidedDenoiser(StandardNormalEps(GaussianDiffusion.from_schedule("cosine", 100)), None, NULL)
+    model = NoiseAwareGuidance(StandardNormalEps(GaussianDiffusion.from_schedule("cosine", 100)), None, NULL)
     x = final(sample_loop(model, diffusion, (2000, *SHAPE), Guidance.make(0, 0.0, batch_size=2000, threshold=UNCLIPPED),
                           ItemNoise(1, range(2000)), "ddpm")).sample
     assert abs(x.mean().item()) < 0.05 and abs(x.var().item() - 1) < 0.1
@@ -96,7 +96,7 @@ def test_unguided_analytic_sampler_reproduces_the_data_distribution():
 def test_cfg_scale_none_is_the_unconditional_model_and_zero_the_conditional():
     x = torch.randn(4, *SHAPE, generator=torch.Generator().manual_seed(0))
     t, labels = torch.zeros(4, dtype=torch.long), torch.tensor([0, 1, 1, 0])
-    model = GuidedDenoiser(LabelEps(), None, NULL)
+    model = NoiseAwareGuidance(LabelEps(), None, NULL)
     one = torch.ones(4)
     torch.testing.assert_close(model(x, t, Guidance.make(labels), one).eps, LabelEps()(x, t, torch.full((4,), NULL)))
     torch.testing.assert_close(model(x, t, Guidance.make(labels, cfg_scale=0.0), one).eps, LabelEps()(x, t, labels))
@@ -106,7 +106,7 @@ def test_cfg_combination_is_one_plus_w_cond_minus_w_uncond():
     x = torch.randn(4, *SHAPE, generator=torch.Generator().manual_seed(0))
     t, labels = torch.zeros(4, dtype=torch.long), torch.tensor([0, 1, 1, 0])
     w = torch.tensor([0.0, 1.0, 3.0, 7.5])
-    model = GuidedDenoiser(LabelEps(), None, NULL)
+    model = NoiseAwareGuidance(LabelEps(), None, NULL)
     cond, uncond = LabelEps()(x, t, labels), LabelEps()(x, t, torch.full((4,), NULL))
     expected = (1 + w.reshape(-1, 1, 1, 1)) * cond - w.reshape(-1, 1, 1, 1) * uncond
     torch.testing.assert_close(model(x, t, Guidance.make(labels, cfg_scale=w), torch.ones(4)).eps, expected)
@@ -115,8 +115,8 @@ def test_cfg_combination_is_one_plus_w_cond_minus_w_uncond():
 def test_classifier_guidance_adds_on_top_of_cfg():
     x = torch.randn(3, *SHAPE, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     t, labels = torch.zeros(3, dtype=torch.long), torch.tensor([0, 1, 0])
-    both = GuidedDenoiser(LabelEps(), GaussianClassifier(), NULL)
-    cfg_only = GuidedDenoiser(LabelEps(), None, NULL)
+    both = NoiseAwareGuidance(LabelEps(), GaussianClassifier(), NULL)
+    cfg_only = NoiseAwareGuidance(LabelEps(), None, NULL)
     k = torch.tensor([0.5, 1.0, 2.0])
     out = both(x, t, Guidance.make(labels, 2.0, cfg_scale=1.5), k)
     expected = (cfg_only(x, t, Guidance.make(labels, cfg_scale=1.5), k).eps
@@ -125,14 +125,14 @@ def test_classifier_guidance_adds_on_top_of_cfg():
 
 
 def test_classifier_guidance_without_a_classifier_is_refused():
-    model = GuidedDenoiser(LabelEps(), None, NULL)
+    model = NoiseAwareGuidance(LabelEps(), None, NULL)
     with pytest.raises(ValueError, match="classifier"):
         model(torch.zeros(1, *SHAPE), torch.zeros(1, dtype=torch.long), Guidance.make(0, 1.0), torch.ones(1))
 
 
 def test_per_item_gradients_do_not_mix_batch_items(unet, classifier):
     # float64, so batch-size-dependent float32 rounding in the convolutions cannot hide a leak.
-    model = GuidedDenoiser(copy.deepcopy(unet).double(), copy.deepcopy(classifier).double(), unet.null_label)
+    model = NoiseAwareGuidance(copy.deepcopy(unet).double(), copy.deepcopy(classifier).double(), unet.null_label)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(5, 1, 8, 8, generator=gen, dtype=torch.float64)
     t, k = torch.tensor([90, 50, 50, 10, 0]), torch.ones(5)
@@ -173,7 +173,7 @@ def test_a_mixed_batch_runs_the_null_pass_only_on_rows_that_need_it():
     guide = Guidance.make(labels, 0.0, [0.0, 0.0, 2.0, 0.0], batch_size=4,
                           conditional=[False, False, True, True])
     unet = CountingEps()
-    out = GuidedDenoiser(unet, None, NULL)(x, t, guide, torch.ones(4)).eps
+    out = NoiseAwareGuidance(unet, None, NULL)(x, t, guide, torch.ones(4)).eps
     assert len(unet.rows) == 1 and sorted(unet.rows[0]) == sorted([0, 1, NULL, NULL, NULL])  # 5 rows, not 8
     null, cond = LabelEps()(x, t, torch.full((4,), NULL)), LabelEps()(x, t, labels)
     torch.testing.assert_close(out[:2], null[:2])
@@ -182,7 +182,7 @@ def test_a_mixed_batch_runs_the_null_pass_only_on_rows_that_need_it():
     # Each item equals the item run alone.
     for i in range(4):
         alone = Guidance.make(labels[i:i + 1], 0.0, [0.0, 0.0, 2.0, 0.0][i], conditional=[False, False, True, True][i])
-        torch.testing.assert_close(GuidedDenoiser(LabelEps(), None, NULL)(x[i:i + 1], t[:1], alone, torch.ones(1)).eps[0], out[i])
+        torch.testing.assert_close(NoiseAwareGuidance(LabelEps(), None, NULL)(x[i:i + 1], t[:1], alone, torch.ones(1)).eps[0], out[i])
 
 
 # -- schedules: w(t) ---------------------------------------------------------------------------
@@ -244,7 +244,7 @@ class CountingClassifier(nn.Module):
 
 def test_the_classifier_backward_pass_is_skipped_when_no_item_is_guided_at_a_step():
     classifier = CountingClassifier()
-    model = GuidedDenoiser(LabelEps(), classifier, NULL)
+    model = NoiseAwareGuidance(LabelEps(), classifier, NULL)
     x, t = torch.randn(2, *SHAPE, dtype=torch.float64), torch.full((2,), 900)
     outside = Guidance.make([0, 1], 5.0, schedule=Schedule("constant", (0, 500)), diagnostics=False)
     out = model(x, t, outside, torch.ones(2))
@@ -267,7 +267,7 @@ def test_the_classifier_backward_pass_is_skipped_when_no_item_is_guided_at_a_ste
 def test_an_interval_without_steps_is_unguided_and_one_covering_all_is_constant(sampler):
     diffusion = GaussianDiffusion.from_schedule("linear", 100, steps=10)
     kept = diffusion.timesteps.tolist()  # 0, 11, 22, ..., 99
-    model = GuidedDenoiser(StandardNormalEps(GaussianDiffusion.from_schedule("linear", 100)), GaussianClassifier(), NULL)
+    model = NoiseAwareGuidance(StandardNormalEps(GaussianDiffusion.from_schedule("linear", 100)), GaussianClassifier(), NULL)
 
     def images(w, schedule):
         noise = ItemNoise(3, range(4))

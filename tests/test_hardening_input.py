@@ -32,7 +32,8 @@ SHIPPED = REPO / "checkpoints" / "fashion-mnist"
 BATCH = 12  # calls in flight at once: below the queue's maximum size, so none is turned away
 
 # The smallest valid calls; each case below changes one argument.
-GUIDANCE = dict(interval="full", schedule="constant", threshold="clip", threshold_percentile=0.995, model=None)
+GUIDANCE = dict(interval="full", schedule="constant", threshold="clip", threshold_percentile=0.995, guide="noise-aware",
+                method="tfg", rho=2.0, mu=2.0, recurrences=1, iterations=1, model=None)
 GENERATE = dict(class_name="Bag", scale=1.0, unet="unconditional", cfg_scale=0.0, steps=2, sampler="ddim",
                 eta=0.0, num_images=1, seed=0, **GUIDANCE)
 COMPARE = dict(class_name="Bag", strengths="0, 2", mode="classifier", scale=0.0, unet="unconditional",
@@ -51,6 +52,10 @@ SCHEDULE = "schedule must be one of constant, ramp-up, ramp-down"
 THRESHOLD = "threshold must be one of clip, dynamic, none"
 PERCENTILE = "threshold percentile must be a number from 0.5 to 1"
 MODEL = "model must be one of pixel"  # the tiny server offers its one bundle
+GUIDE = "guide must be one of noise-aware, training-free"
+METHOD = "training-free method must be one of tfg, dps, lgd, freedom, mpgd, ug"
+RHO, MU = "rho must be a number from 0 to 10000", "mu must be a number from 0 to 10000"
+RECUR, ITER = "recurrences must be an integer from 1 to 16", "iterations must be an integer from 0 to 16"
 
 # (argument, bad value, what the error must say), for the arguments both endpoints take.
 SHARED_CASES = [
@@ -81,17 +86,26 @@ SHARED_CASES = [
     ("threshold_percentile", 0.49, PERCENTILE), ("threshold_percentile", 1.01, PERCENTILE),
     ("threshold_percentile", "0.9", PERCENTILE), ("threshold_percentile", None, PERCENTILE),
     ("model", "latent", MODEL), ("model", "../pixel", MODEL), ("model", 0, MODEL), ("model", ["pixel"], MODEL),
+    ("guide", "both", GUIDE), ("guide", None, GUIDE), ("guide", "Training-Free", GUIDE),
+    ("method", "dpm", METHOD), ("method", None, METHOD), ("method", ["tfg"], METHOD),
+    ("rho", -0.5, RHO), ("rho", 1e5, RHO), ("rho", "2", RHO), ("rho", None, RHO),
+    ("mu", -1, MU), ("mu", 10**400, MU), ("mu", [1.0], MU),
+    ("recurrences", 0, RECUR), ("recurrences", 17, RECUR), ("recurrences", 1.5, RECUR), ("recurrences", "2", RECUR),
+    ("iterations", -1, ITER), ("iterations", 17, ITER), ("iterations", None, ITER),
 ]
 # Cases that need more than one argument changed: (changes, what the error must say).
 GENERATE_CASES = [
     (dict(unet="conditional", cfg_scale=MAX_CFG_SCALE + 1), W_CFG),
+    (dict(guide="training-free", sampler="unipc"), "TFG re-noises one step at a time (its recurrence), so it runs "
+                                                   "with the DDIM or DDPM sampler; got unipc"),
+    (dict(guide="training-free", scale=-1.0), W),
     (dict(sampler="dpm++2m", eta=0.5), "eta applies to the DDIM sampler only"),
     (dict(num_images=16, steps=LIMITS.max_image_steps // 16 + 1),
      f"images x steps must be at most {LIMITS.max_image_steps}"),
 ]
 # A rejected call's message is one of the library's or demo/arguments.py's; never Gradio's generic "an exception".
 VALIDATION_MESSAGE = re.compile(r"must be|must differ|is not a number|is empty|at most|needs the class-conditional|"
-                                r"applies to the DDIM|a guidance interval (is|needs)")
+                                r"applies to the DDIM|a guidance interval (is|needs)|runs with the DDIM or DDPM sampler|takes .*; got")
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +167,8 @@ def test_every_bad_argument_gets_a_message_naming_the_valid_range(client):
     assert all(finished(out) for out in outcomes(client, list(ENDPOINTS.items())))
 
 
-@pytest.mark.parametrize("api_name, position", [("generate", 1), ("generate", 6), ("generate", 12), ("compare", 3)])
+@pytest.mark.parametrize("api_name, position", [("generate", 1), ("generate", 6), ("generate", 12), ("generate", 15),
+                                                ("compare", 3)])
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999"])
 def test_non_finite_numbers_in_raw_json_are_refused(app_url, api_name, position, literal):
     """JSON has no NaN or Infinity and gradio_client will not send them; a raw request can, and

@@ -54,7 +54,7 @@ def finished(job, timeout_s: float = 120) -> list:
 
 def test_the_latent_model_streams_every_step_and_ends_on_its_decoded_samples(server, latent_dir):
     client = Client(server.url, verbose=False, download_files=False, ssl_verify=False)
-    outputs = finished(client.submit(*GENERATE, "latent", api_name="/generate"))
+    outputs = finished(client.submit(*GENERATE, model="latent", api_name="/generate"))
     assert len(outputs) == 1 + 6 and "done" in outputs[-1][2]
     bundle = load_bundle(latent_dir, backend=parse_args([]).backend)  # as the server runs it
     request = Request((Row(CLASS_NAMES.index("Sneaker"), 3.0),), images_per_row=2, steps=6, sampler="unipc", seed=11)

@@ -196,3 +196,77 @@ def test_on_a_narrow_screen_the_run_button_and_the_images_come_before_the_settin
         box = page.locator(f"#{elem_id}").bounding_box()
         assert box["x"] >= 0 and box["x"] + box["width"] <= 420, elem_id
     page.close()
+
+
+def tiles(page, elem_id: str, rows: int, upscale: int = DISPLAY.compare_upscale) -> list[list[int]]:
+    """The pixels of the first tile of each row of an image panel's picture as the page shows it
+    (drawn into a canvas), one flat list per row."""
+    pad, pitch, side = DISPLAY.pad * upscale, (SIZE + DISPLAY.pad) * upscale, SIZE * upscale
+    script = f"""(rows) => {{ const i = document.querySelector('#{elem_id} img');
+        const c = document.createElement('canvas'); c.width = i.naturalWidth; c.height = i.naturalHeight;
+        const g = c.getContext('2d'); g.drawImage(i, 0, 0);
+        return [...Array(rows).keys()].map(r => [...g.getImageData({pad}, {pad} + r * {pitch}, {side}, {side}).data]); }}"""
+    return page.evaluate(script, rows)
+
+
+def test_the_guide_comparison_sets_each_guide_on_the_same_noise_and_draws_its_charts(page):
+    """Compare -> guide: the noise-aware classifier and clean-classifier methods as rows, each line
+    and legend entry drawn in the three charts (p(c | x_t), p(c | x-hat_0) of the clean classifier,
+    the push), the rows' labels beside them, and x_T, scrubbed back to, the same in every row."""
+    page.locator("#model").get_by_label("latent space: z_t").check()  # its default sampler, UniPC, is multistep
+    page.locator("#info", has_text="samples latent z_t").wait_for()
+    page.locator("#model").get_by_label("pixel space: x_t").check()
+    page.locator("#info", has_text="samples pixels").wait_for()
+    page.locator("#sampler").get_by_label("UniPC", exact=True).check()
+    page.get_by_role("tab", name="Compare").click()
+    set_number(page, "steps", 2)
+    set_number(page, "images", 1)
+    page.locator("#compare-mode").get_by_label({value: label for label, value in COMPARE_CHOICES}["methods"],
+                                               exact=True).check()
+    deadline = time.monotonic() + 30  # comparing guides puts the sampler back to one they run with
+    while not page.locator("#sampler").get_by_label("DDIM", exact=True).is_checked():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    box = page.locator("#compare-rows textarea")
+    deadline = time.monotonic() + 30  # the mode puts its example in the box a moment later
+    while box.input_value() != ROW_VALUES["methods"].example:
+        assert time.monotonic() < deadline, box.input_value()
+        time.sleep(0.05)
+    rows = expected_rows("methods", ROW_VALUES["methods"].example, steps=2, num_images=1)
+    assert rows[0].startswith("noise-aware") and len(rows) == 3
+    for _ in range(2):
+        status = run(page, "compare")
+        assert "s per image" in status
+        for chart in ("compare-chart", "compare-clean-chart", "compare-norm-chart"):
+            assert drawn(page, chart, rows) == (sorted(rows), rows), chart
+    labels = page.evaluate("() => [...document.querySelectorAll('#compare-row-labels .row-label')].map(l => l.innerText)")
+    assert labels == rows
+    final = tiles(page, "compare-xt", len(rows))
+    assert final[0] != final[1] and final[0] != final[2]  # the guides made different images
+    set_number(page, "compare-scrub", 0)
+    page.locator("#compare-status").get_by_text("x_T").wait_for()
+    loaded(page, "compare-xt")
+    start = tiles(page, "compare-xt", len(rows))
+    assert start[0] == start[1] == start[2]  # from the same noise
+
+
+def test_choosing_the_clean_classifier_shows_its_parameters_and_a_one_step_sampler(page):
+    assert not page.locator(".method-group").first.is_visible()
+    page.locator("#model").get_by_label("latent space: z_t").check()
+    page.locator("#info", has_text="samples latent z_t").wait_for()
+    assert page.locator("#sampler").get_by_label("UniPC", exact=True).is_checked()
+    page.locator("#guide").get_by_label("clean classifier through x̂_0 (training-free)").check()
+    page.locator(".method-group").first.wait_for(state="visible")
+    page.locator("#sampler").get_by_label("DDIM", exact=True).wait_for()
+    deadline = time.monotonic() + 30
+    while not page.locator("#sampler").get_by_label("DDIM", exact=True).is_checked():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    set_number(page, "steps", 3)
+    set_number(page, "rho", 3)
+    status = run(page, "generate")
+    assert "TFG ρ=3 μ=2" in status and "DDIM" in status
+    assert drawn(page, "generate-clean-chart", [status.split(" · ")[4]])[1] == [status.split(" · ")[4]]
+    page.locator("#guide").get_by_label("noise-aware classifier p(c | x_t, t)").check()
+    page.locator(".method-group").first.wait_for(state="hidden")
+    assert page.locator("#sampler").get_by_label("UniPC", exact=True).is_checked()

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from guidescope import (GaussianDiffusion, Guidance, GuidedDenoiser, ItemNoise, NonFiniteError, Threshold, final,
+from guidescope import (GaussianDiffusion, Guidance, NoiseAwareGuidance, ItemNoise, NonFiniteError, Threshold, final,
                         sample_loop)
 from guidescope.request import Request, Row, check
 
@@ -25,8 +25,8 @@ def diffusion() -> GaussianDiffusion:
 
 
 @pytest.fixture
-def model(unet, classifier) -> GuidedDenoiser:
-    return GuidedDenoiser(unet, classifier, unet.null_label)
+def model(unet, classifier) -> NoiseAwareGuidance:
+    return NoiseAwareGuidance(unet, classifier, unet.null_label)
 
 
 def guidance(scale=0.0, cfg_scale=None, labels=(0, 1, 2, 0), **kwargs) -> Guidance:
@@ -74,7 +74,7 @@ def test_networks_see_original_timesteps(unet, classifier, diffusion, sampler):
         seen.append(t.tolist())
         return unet(x, t, y)
 
-    list(sample_loop(GuidedDenoiser(spy, classifier, unet.null_label), diffusion, SHAPE, guidance(),
+    list(sample_loop(NoiseAwareGuidance(spy, classifier, unet.null_label), diffusion, SHAPE, guidance(),
                      ItemNoise(0, range(SHAPE[0])), sampler))
     assert seen == [[t] * SHAPE[0] for t in diffusion.timesteps.flip(0).tolist()]
 
@@ -94,13 +94,13 @@ def test_seeded_determinism(model, diffusion, sampler):
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_scale_zero_equals_unguided(unet, classifier, diffusion, sampler):
-    plain = run(GuidedDenoiser(unet, None, unet.null_label), diffusion, sampler, guide=guidance(0.0))
+    plain = run(NoiseAwareGuidance(unet, None, unet.null_label), diffusion, sampler, guide=guidance(0.0))
     other_classifier = tiny_classifier(seed=5)
     for clf in (classifier, other_classifier):
-        zero = run(GuidedDenoiser(unet, clf, unet.null_label), diffusion, sampler, guide=guidance(0.0))
+        zero = run(NoiseAwareGuidance(unet, clf, unet.null_label), diffusion, sampler, guide=guidance(0.0))
         assert all(torch.equal(p.sample, z.sample) for p, z in zip(plain, zero))
         assert zero[-1].guidance_norm is None
-    guided = run(GuidedDenoiser(unet, classifier, unet.null_label), diffusion, sampler, guide=guidance(5.0))
+    guided = run(NoiseAwareGuidance(unet, classifier, unet.null_label), diffusion, sampler, guide=guidance(5.0))
     assert not torch.allclose(plain[-1].sample, guided[-1].sample)
 
 
@@ -160,7 +160,7 @@ def test_shared_noise_makes_rows_with_equal_scales_identical(model, diffusion, s
 def test_one_guided_ddpm_step_moves_the_mean_by_w_sigma_g(unet, classifier):
     """Dhariwal & Nichol Algorithm 1: mu + w Sigma g. The sampler only picks k_t, so this checks k_t."""
     unet64, classifier64 = copy.deepcopy(unet).double(), copy.deepcopy(classifier).double()
-    model = GuidedDenoiser(unet64, classifier64, unet.null_label)
+    model = NoiseAwareGuidance(unet64, classifier64, unet.null_label)
     diffusion = GaussianDiffusion.from_schedule("linear", 100, steps=10)
     labels, w = torch.tensor([0, 1, 2, 1]), 3.0
     shape = (4, 1, 8, 8)
@@ -186,7 +186,7 @@ def test_one_guided_ddim_step_uses_eps_minus_sqrt_one_minus_alpha_bar_w_g(unet, 
     """Dhariwal & Nichol Algorithm 2: eps-hat = eps - sqrt(1 - alpha-bar_t) w g, so (unclipped)
     x-hat_0 moves by (1 - alpha-bar_t) / sqrt(alpha-bar_t) w g and x_{t-1} by
     sqrt(1 - alpha-bar_t) w g (sqrt(alpha-bar_{t-1} (1 - alpha-bar_t) / alpha-bar_t) - sqrt(1 - alpha-bar_{t-1}))."""
-    model = GuidedDenoiser(copy.deepcopy(unet).double(), copy.deepcopy(classifier).double(), unet.null_label)
+    model = NoiseAwareGuidance(copy.deepcopy(unet).double(), copy.deepcopy(classifier).double(), unet.null_label)
     diffusion = GaussianDiffusion.from_schedule("linear", 100, steps=10)
     labels, w, shape = torch.tensor([0, 1, 2, 1]), 3.0, (4, 1, 8, 8)
 
@@ -219,8 +219,8 @@ def test_nan_raises_non_finite_error_at_that_step(unet, classifier, diffusion, s
             return out * torch.nan if int(t[0]) == bad_t else out
         return forward
 
-    model = (GuidedDenoiser(poisoned(unet), classifier, unet.null_label) if where == "unet"
-             else GuidedDenoiser(unet, poisoned(classifier), unet.null_label))
+    model = (NoiseAwareGuidance(poisoned(unet), classifier, unet.null_label) if where == "unet"
+             else NoiseAwareGuidance(unet, poisoned(classifier), unet.null_label))
     gen = sample_loop(model, diffusion, SHAPE, guidance(1.0), ItemNoise(0, range(4)), sampler)
     done = []
     with pytest.raises(NonFiniteError):
@@ -280,7 +280,7 @@ def gaussian_errors(sampler: str, step_counts=(25, 50, 100, 200)) -> list[float]
     """Max |error| of the sampler's x_0 against the exact ODE solution for Gaussian data, per step count."""
     mu, s = 0.3, 0.5
     full = GaussianDiffusion.from_schedule("cosine", 1000)  # the shipped schedule
-    model = GuidedDenoiser(GaussianDataEps(full, mu, s), None, 0)
+    model = NoiseAwareGuidance(GaussianDataEps(full, mu, s), None, 0)
     shape = (64, 1, 2, 2)
     x_T = ItemNoise(0, range(64))(shape, "cpu").double()
     exact = exact_solution(full, x_T, mu, s)

@@ -138,16 +138,17 @@ def readme_section(results: Results, defaults: Defaults, readme: Path, results_p
     return "\n".join(body)
 
 
-def update_readme(path: Path, section: str) -> bool:
-    """Replace the text between the results markers of path; False when path lacks them."""
+def update_readme(path: Path, section: str, start: str = README_START, end: str = README_END) -> bool:
+    """Replace the text between the markers start and end (default: the results markers) of path;
+    False when path lacks them."""
     if not path.is_file():
         return False
     text = path.read_text()
-    if README_START not in text or README_END not in text:
+    if start not in text or end not in text:
         return False
-    head, rest = text.split(README_START, 1)
-    tail = rest.split(README_END, 1)[1]
-    path.write_text(head + README_START + "\n" + section + "\n" + README_END + tail)
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    path.write_text(head + start + "\n" + section + "\n" + end + tail)
     return True
 
 

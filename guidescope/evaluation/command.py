@@ -12,13 +12,16 @@ Writes OUT/results.json (rewritten after every setting; --resume keeps the setti
 OUT/RESULTS.md and its figures. The model card and defaults.json go beside the checkpoints unless
 that would replace what a larger budget (or a person) wrote; --model-card and --defaults name paths
 that are always written; --readme refreshes the results section of that README. --report-only
-rebuilds every file from OUT/results.json.
+rebuilds every file from OUT/results.json. --training-free searches the setting of training-free
+guidance by the bundle's clean classifier instead (guidescope/evaluation/search.py): OUT/search.json,
+OUT/TRAINING_FREE.md and the defaults' "training_free" record.
 Data: the checkpoints' own "data" record when unet.json has one and no data option is given, else
 the data options (Fashion-MNIST by default).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -37,9 +40,9 @@ from ..networks.backend import BACKENDS
 from ..request import SAMPLING_DEFAULTS
 from ..training import data
 from ..training.data import DataError
-from . import card, report
+from . import card, report, search
 from .defaults import Defaults, choose_defaults
-from .measure import judge, real_reference
+from .measure import Measurement, judge, real_reference
 from .sweeps import BUDGETS, Budget, Results, RunInfo, estimate_seconds, run
 
 
@@ -66,8 +69,27 @@ def parser() -> argparse.ArgumentParser:
     mode.add_argument("--resume", action="store_true", help="keep the settings already in OUT/results.json")
     mode.add_argument("--report-only", action="store_true", help="rebuild every file from OUT/results.json")
     mode.add_argument("--estimate", action="store_true", help="predict the budget's run time here, then stop")
+    mode.add_argument("--training-free", action="store_true",
+                      help="search the setting of training-free guidance by the bundle's clean classifier "
+                           "(guidescope.evaluation.search; resumes from OUT/search.json) and write OUT/TRAINING_FREE.md "
+                           "and the defaults' training_free record")
+    p.add_argument("--structures", help="--training-free: the (DDIM steps, N_recur, N_iter) to search, cheapest first, "
+                   "as STEPSxRECURxITER separated by commas (default: the budget's, guidescope.evaluation.search)")
+    p.add_argument("--skip-methods", action="store_true",
+                   help="--training-free: leave out the named methods' comparison (each at its best strength)")
     data.add_arguments(p)
     return p
+
+
+def parse_structures(text: str) -> tuple[tuple[int, int, int], ...]:
+    """'10x1x1,20x2x1' -> ((10, 1, 1), (20, 2, 1)); ValueError names the form."""
+    try:
+        structures = tuple(tuple(int(v) for v in item.strip().split("x")) for item in text.split(","))
+    except ValueError:
+        structures = ()
+    if not structures or any(len(s) != 3 or s[0] < 1 or s[1] < 1 or s[2] < 0 for s in structures):
+        raise ValueError(f"--structures is STEPSxRECURxITER separated by commas, such as 10x1x1,20x2x1; got {text!r}")
+    return structures
 
 
 def _data_options_given(args: argparse.Namespace) -> bool:
@@ -140,6 +162,43 @@ def measure_all(args: argparse.Namespace, bundle: Bundle, budget: Budget, comman
     return run(bundle, budget, info, reference, path, previous, args.batch_size, decision_reference=decision_reference)
 
 
+def search_training_free(args: argparse.Namespace, bundle: Bundle, budget: Budget, command: str) -> int:
+    """The training-free search (guidescope.evaluation.search) against the bundle's noise-aware
+    default; its page goes to OUT/TRAINING_FREE.md, its record into the defaults (with the budgets
+    that may replace them)."""
+    _, test = load_data(args, bundle)
+    features, _ = judge(bundle.evaluator, held_out(test, budget).images)
+    classes = len(bundle.class_names)
+    sizes = (search.SCREENING * budget.images_per_class, budget.decision_images_per_class)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    found = search.Search(bundle, search.noise_aware_default(bundle.folder), sizes,
+                          tuple(real_reference(features, n * classes) for n in sizes), out / "search.json", args.seed,
+                          budget.resamples)
+    structures = parse_structures(args.structures) if args.structures else search.STRUCTURES[budget.name]
+    choice = search.decide(found, structures)
+    at = search.methods_structure(structures)
+    methods = [] if args.skip_methods else search.compare_methods(found, at)
+    screened = [m for m in (Measurement.from_json(r["measurement"]) for r in found.records
+                            if r["per_class"] == sizes[0]) if m.setting.guide is not None]
+    page = search.results_page(choice, methods, screened, f"{command} ({_device_text(bundle.device)})", at)
+    (out / "TRAINING_FREE.md").write_text(page)
+    if args.readme:
+        readme = Path(args.readme)
+        relative = Path(os.path.relpath(out / "TRAINING_FREE.md", readme.resolve().parent)).as_posix()
+        section = search.readme_table(choice, methods, bundle.folder, relative, at)
+        if card.update_readme(Path(args.readme), section, *search.readme_markers(bundle.folder)):
+            print(f"refreshed the training-free table of {args.readme}")
+    print(f"chosen: {choice.chosen.setting.label()}: {choice.reason}")
+    path = Path(args.defaults) if args.defaults else bundle.folder / "defaults.json"
+    if args.defaults or card.may_replace(path, budget.name):
+        record = json.loads(path.read_text()) if path.exists() else {}
+        record["training_free"] = search.defaults_record(choice)
+        path.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"wrote the training_free record of {path}")
+    return 0
+
+
 def print_estimate(bundle: Bundle, budget: Budget, batch_size: int) -> None:
     w = budget.sampler_scales[len(budget.sampler_scales) // 2]
     guess = Defaults(w, "", "ddim", budget.compare_ddim_steps, "")
@@ -202,6 +261,8 @@ def main(argv=None) -> int:
                 budget = replace(budget, images_per_class=args.images_per_class)
             if args.decision_images_per_class:
                 budget = replace(budget, decision_images_per_class=args.decision_images_per_class)
+            if args.training_free:
+                return search_training_free(args, bundle, budget, command)
             print_estimate(bundle, budget, args.batch_size)  # what the run will take, before it starts
             if args.estimate:
                 return 0

@@ -20,7 +20,7 @@ import torch
 
 from ..bundle import Bundle
 from ..generation import Samples, generate
-from ..guide import Schedule, Threshold
+from ..guide import Schedule, Threshold, TrainingFree
 from ..images import to_model_range
 from ..metrics import CONFIDENCE, RealReference, Scores, bootstrap_scores
 from ..parsing import interval_text
@@ -41,14 +41,17 @@ class Setting:
     schedule: str = "constant"              # guidescope.guide.SCHEDULE_SHAPES
     interval: tuple[int, int] | None = None # original timesteps guided (inclusive); None: all
     threshold: str = "clip"                 # guidescope.guide.THRESHOLDS, on x-hat_0
+    guide: TrainingFree | None = None       # a clean classifier through x-hat_0 (scale is then 0)
 
     def __post_init__(self):
         if self.interval is not None:  # JSON gives a list
             object.__setattr__(self, "interval", tuple(int(t) for t in self.interval))
+        if isinstance(self.guide, dict):  # JSON gives a dict
+            object.__setattr__(self, "guide", TrainingFree(**self.guide))
 
     def row(self, class_label: int, first_image: int) -> Row:
         return Row(class_label, self.scale, self.cfg_scale, Schedule(self.schedule, self.interval),
-                   Threshold(self.threshold), first_image)
+                   Threshold(self.threshold), first_image, self.guide)
 
     @property
     def schedule_name(self) -> str:
@@ -59,7 +62,8 @@ class Setting:
 
     def label(self) -> str:
         cfg = "" if self.cfg_scale is None else f", w_cfg {self.cfg_scale:g}"
-        return (f"{sampler_name(self.sampler)} {self.steps}, w {self.scale:g}{cfg}, {self.schedule_name}, "
+        strength = f"w {self.scale:g}" if self.guide is None else self.guide.describe()
+        return (f"{sampler_name(self.sampler)} {self.steps}, {strength}{cfg}, {self.schedule_name}, "
                 f"{self.threshold}")
 
 

@@ -221,7 +221,7 @@ def _schedules_section(results: Results, d: Defaults) -> list[str]:
     s = rows[0].setting
     lines = ["## Guidance schedules", "",
              f"{setting_name(s)}, unconditional model. A schedule scales w per step "
-             "(guidescope/guide.py Schedule): constant inside an interval of original timesteps and 0 outside it, "
+             "(guidescope/guide/settings.py Schedule): constant inside an interval of original timesteps and 0 outside it, "
              "or a ramp over the whole range (ramp-up: 0 at the noisy end, w at the clean end).", "",
              "![Frechet distance and recall against fidelity, one curve per schedule](schedule_tradeoff.png)", "",
              "Each schedule against constant w at equal fidelity (both curves interpolated linearly in fidelity, "

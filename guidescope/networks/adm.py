@@ -287,7 +287,7 @@ class ADMUNet(_Torso):
 
     @property
     def null_label(self) -> int | None:
-        """The label meaning "no class" (guidescope.guide.GuidedDenoiser): none for a class-conditional
+        """The label meaning "no class" (guidescope.guide.classifier_free): none for a class-conditional
         ADM, trained without label dropout (so no classifier-free guidance); any label for an
         unconditional one, which ignores y (0 stands for them all)."""
         return None if self.config.class_cond else 0

@@ -1,0 +1,255 @@
+"""The evaluation of training-free guidance: a search for its setting, as TFG does (Ye et al. 2024,
+sec. 5: a beam search over rho, mu and gamma-bar at fixed N_recur and N_iter), scored by the
+evaluator and never by the classifier that guides, then the decision on the decision sample.
+
+    python -m guidescope.evaluate --training-free --budget cpu --checkpoints checkpoints/fashion-mnist-latent
+
+For each structure (sampler steps, N_recur, N_iter), cheapest first: start the beam at the
+smallest strengths; each round, every setting of the beam has children with one of rho, mu,
+gamma-bar doubled (or set, from 0); the `beam` best by fidelity (then the lower Frechet distance)
+on the screening images (SCREENING x the budget's images per class) stay. The structure's best is
+then measured on the decision sample (the budget's decision images per class) beside the
+noise-aware default from the same noise; the chosen setting
+is the first (cheapest) whose fidelity reaches FIDELITY_GOAL with a Frechet distance at most
+FD_WITHIN times the noise-aware default's. Every measurement is logged to OUT/search.json, which a
+rerun resumes from; the choice goes to the folder's defaults.json under "training_free"
+(guidescope.evaluation.command).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import NamedTuple
+
+from ..bundle import default_value, read_defaults
+from ..guide import TrainingFree
+from ..guide.training_free import LIBRARY_SETTING, METHODS
+from ..metrics import RealReference
+from .defaults import FIDELITY_GOAL
+from .measure import Measurement, Setting, measure
+
+FD_WITHIN = 1.5               # the training-free default's Frechet distance at most this times the noise-aware one's
+# (DDIM steps, N_recur, N_iter) by budget (guidescope.evaluation.sweeps.BUDGETS), cheapest first
+STRUCTURES = {"smoke": ((2, 1, 1), (2, 2, 1)),
+              "cpu": ((10, 1, 1), (10, 2, 1), (20, 2, 1), (20, 4, 1)),
+              "gpu": ((10, 1, 1), (10, 2, 1), (20, 2, 1), (20, 4, 1), (50, 4, 1), (50, 4, 2))}
+START = {"rho": LIBRARY_SETTING.rho, "mu": LIBRARY_SETTING.mu, "gamma": 0.05}  # gamma-bar: set, from 0
+SCHEDULES = {"rho_schedule": LIBRARY_SETTING.rho_schedule, "mu_schedule": LIBRARY_SETTING.mu_schedule,
+             "gamma_schedule": "decrease"}
+SCREENING = 2                 # the beam's images per class: this times the budget's images_per_class
+BEAM, ROUNDS = 2, 3
+
+
+def children(setting: TrainingFree) -> list[TrainingFree]:
+    """The settings one doubling away (0 -> the start value)."""
+    return [replace(setting, **{name: getattr(setting, name) * 2 if getattr(setting, name) else START[name]})
+            for name in ("rho", "mu", "gamma")]
+
+
+def rank_key(m: Measurement) -> tuple[float, float]:
+    return -m.scores.fidelity, m.scores.fd
+
+
+class Search:
+    """The search's measurements, kept in a JSON log and reused where a rerun asks for them again."""
+
+    def __init__(self, bundle, noise_aware: Setting, sizes: tuple[int, int], references: tuple[RealReference, RealReference],
+                 path: Path, seed: int, resamples: int, log=print):
+        self.bundle, self.noise_aware = bundle, noise_aware
+        self.threshold = noise_aware.threshold  # the noise-aware default's: the latent model needs x-hat_0 thresholded
+        self.screen, self.decision = sizes      # images per class: in the beam, for the decision
+        self.references = dict(zip(sizes, references))  # the real side of the metrics, by images per class
+        self.path, self.seed, self.resamples, self.log = path, seed, resamples, log
+        self.records = json.loads(path.read_text()) if path.exists() else []
+
+    def measured(self, setting: Setting, per_class: int) -> Measurement:
+        """The setting's measurement at per_class images per class: from the log, or made and logged."""
+        for record in self.records:
+            m = Measurement.from_json(record["measurement"])
+            if record["per_class"] == per_class and m.setting == setting:
+                return m
+        m, _ = measure(self.bundle, setting, self.references[per_class], per_class, self.seed, self.resamples)
+        self.records.append({"per_class": per_class, "measurement": m.to_json()})
+        self.path.write_text(json.dumps(self.records, indent=1))
+        self.log(f"{setting.label()} [{per_class}/class]: fidelity {m.show('fidelity')}, Frechet distance "
+                 f"{m.show('fd')} ({m.sample_seconds / m.images:.3f} s/image)")
+        return m
+
+    def beam(self, steps: int, recurrences: int, iterations: int) -> Measurement:
+        """The best setting of one structure on the screening images."""
+        start = TrainingFree.make("tfg", rho=START["rho"], mu=START["mu"], recurrences=recurrences,
+                                  iterations=iterations, **SCHEDULES)
+        beam = [self.measured(Setting("ddim", steps, threshold=self.threshold, guide=start), self.screen)]
+        seen = {start}
+        for _ in range(ROUNDS):
+            found = list(beam)
+            for m in beam:
+                for child in children(m.setting.guide):
+                    if child not in seen:
+                        seen.add(child)
+                        found.append(self.measured(Setting("ddim", steps, threshold=self.threshold, guide=child),
+                                                   self.screen))
+            best = sorted(found, key=rank_key)[:BEAM]
+            if [m.setting for m in best] == [m.setting for m in beam]:
+                break
+            beam = best
+        return beam[0]
+
+
+class Choice(NamedTuple):
+    chosen: Measurement             # on the decision sample
+    reason: str
+    noise_aware: Measurement        # the noise-aware default, on the same images
+    tried: list[Measurement]        # every structure's best, on the decision sample, cheapest first
+
+
+def decide(search: Search, structures: tuple[tuple[int, int, int], ...]) -> Choice:
+    """The first structure (cheapest first) whose best setting reaches the target; else the
+    highest fidelity of them all."""
+    noise_aware = search.measured(search.noise_aware, search.decision)
+    tried = []
+    for steps, recurrences, iterations in structures:
+        best = search.beam(steps, recurrences, iterations)
+        m = search.measured(best.setting, search.decision)
+        tried.append(m)
+        if m.scores.fidelity >= FIDELITY_GOAL and m.scores.fd <= FD_WITHIN * noise_aware.scores.fd:
+            return Choice(m, f"the cheapest searched setting whose fidelity reaches {FIDELITY_GOAL:.0%} with a Frechet distance "
+                       f"at most {FD_WITHIN:g}x the noise-aware default's ({noise_aware.show('fd')}): "
+                       f"{m.show('fidelity')}, {m.show('fd')} on {m.images} images", noise_aware, tried)
+    m = max(tried, key=lambda m: (m.scores.fidelity, -m.scores.fd))
+    return Choice(m, f"no searched setting reached {FIDELITY_GOAL:.0%} fidelity with a Frechet distance at most {FD_WITHIN:g}x "
+               f"the noise-aware default's ({noise_aware.show('fd')}); the highest fidelity: {m.show('fidelity')}, "
+               f"{m.show('fd')} on {m.images} images", noise_aware, tried)
+
+
+LADDER = 6                    # a named method's strengths: START times 2, 4, ... or 1/2, 1/4, ... (at most this many)
+
+
+def method_setting(method: str, structure: tuple[int, int, int], factor: float) -> TrainingFree:
+    """A named method at the chosen structure's repeats where it takes them, TFG's schedules where
+    it takes them, and its strengths at factor times START."""
+    steps, recurrences, iterations = structure
+    free = METHODS[method].free
+    wanted = {"recurrences": recurrences, "iterations": iterations, **SCHEDULES,
+              **{name: factor * START[name] for name in ("rho", "mu")}}
+    return TrainingFree.make(method, **{name: value for name, value in wanted.items() if name in free})
+
+
+def best_of_method(search: Search, method: str, structure: tuple[int, int, int]) -> Measurement:
+    """A named method's best strength on the screening images: from START, doubled while fidelity
+    rises; where the first doubling does not help, halved while it rises (at most LADDER steps)."""
+    def measured(factor: float) -> Measurement:
+        return search.measured(Setting("ddim", structure[0], threshold=search.threshold,
+                                       guide=method_setting(method, structure, factor)), search.screen)
+    start = best = measured(1.0)
+    for direction in (2.0, 0.5):
+        factor = direction
+        for _ in range(LADDER):
+            m = measured(factor)
+            if rank_key(m) >= rank_key(best):  # no better: the last one stays
+                break
+            best, factor = m, factor * direction
+        if best is not start:
+            break
+    return best
+
+
+def methods_structure(structures: tuple[tuple[int, int, int], ...]) -> tuple[int, int, int]:
+    """Where the named methods are compared: the cheapest searched structure that repeats the step
+    (FreeDoM's and Universal Guidance's recurrence is what they are), else the cheapest."""
+    return next((s for s in structures if s[1] > 1), structures[0])
+
+
+def compare_methods(search: Search, structure: tuple[int, int, int]) -> list[Measurement]:
+    """Every named method other than TFG at its best strength on the screening images, at the
+    structure's steps (and its repeats where the method takes them), then on the decision sample."""
+    return [search.measured(best_of_method(search, method, structure).setting, search.decision)
+            for method in METHODS if method != "tfg"]
+
+
+def defaults_record(choice: Choice) -> dict:
+    """defaults.json's "training_free" record of a choice (guidescope.sample reads it)."""
+    m, base = choice.chosen, choice.noise_aware
+    return {"sampler": m.setting.sampler, "steps": m.setting.steps, "threshold": m.setting.threshold,
+            "guide": asdict(m.setting.guide), "fidelity": [round(v, 4) for v in (m.scores.fidelity, *m.interval("fidelity"))],
+            "fd": round(m.scores.fd, 3), "noise_aware_fd": round(base.scores.fd, 3),
+            "seconds_per_image": round(m.sample_seconds / m.images, 5),
+            "noise_aware_seconds_per_image": round(base.sample_seconds / base.images, 5),
+            "decision_images": m.images, "reason": choice.reason}
+
+
+def noise_aware_default(folder: Path) -> Setting:
+    """The noise-aware default of the folder's defaults.json."""
+    chosen = read_defaults(folder)
+    get = {name: default_value(name, chosen.get(name), kind) for name, kind in
+           (("sampler", str), ("steps", int), ("scale", float), ("threshold", str), ("schedule", str))}
+    interval = chosen.get("interval")
+    return Setting(get["sampler"] or "ddim", get["steps"] or 50, get["scale"] or 0.0, None,
+                   get["schedule"] or "constant", tuple(interval) if interval else None, get["threshold"] or "clip")
+
+
+def at_structure(choice: Choice, structure: tuple[int, int, int]) -> list[Measurement]:
+    """TFG's decision measurement at structure, where the search made one."""
+    return [m for m in choice.tried
+            if (m.setting.steps, m.setting.guide.recurrences, m.setting.guide.iterations) == tuple(structure)]
+
+
+def results_page(choice: Choice, methods: list[Measurement], screened: list[Measurement], run: str,
+                 structure: tuple[int, int, int]) -> str:
+    """TRAINING_FREE.md: the decision table (every structure's best on the decision sample, beside
+    the noise-aware default), each named method at its best strength, and the screening
+    measurements."""
+    base = choice.noise_aware
+    base_time = base.sample_seconds / base.images
+
+    def row(m: Measurement) -> str:
+        per_image = m.sample_seconds / m.images
+        return (f"| {m.setting.label()} | {m.show('fidelity')} | {m.show('fd')} | {m.scores.fd / base.scores.fd:.2f} | "
+                f"{per_image:.4f} | {per_image / base_time:.1f}x |")
+    head = ["| setting | fidelity | Frechet distance | FD / noise-aware | s per image | time / noise-aware |",
+            "|---|---:|---:|---:|---:|---:|"]
+    return "\n".join([
+        "# Training-free guidance: the search and the decision", "",
+        f"Run: `{run}`. Scored by the evaluator, never by the clean classifier that guides. "
+        f"Target: fidelity >= {FIDELITY_GOAL:.0%} with a Frechet distance at most {FD_WITHIN:g}x the noise-aware "
+        "default's, on the decision sample; the cheapest structure first. The seconds per image are the search's "
+        "own, taken wherever it ran (other work beside it slows every row alike, so the ratios hold better than the "
+        "seconds); the speed comparison on a quiet machine is `scripts/benchmark_training_free.py`'s "
+        "(`docs/TRAINING_FREE_SPEED.md` for the shipped bundles).", "",
+        f"**Chosen:** {choice.chosen.setting.label()}: {choice.reason}.", "",
+        f"## Decision sample ({base.images} images per setting, the same noise)", "", *head, row(base),
+        *(row(m) for m in choice.tried), "",
+        "## Each named method at its best strength (methods_structure: the cheapest searched structure with "
+        "recurrence; its steps, and its repeats where the method takes them), beside TFG's best there", "",
+        *head, row(base), *(row(m) for m in at_structure(choice, structure) if methods), *(row(m) for m in methods), "",
+        f"## The beam (screening, {screened[0].images if screened else 0} images per setting)", "", *head,
+        *(row(m) for m in screened), ""])
+
+
+def readme_markers(folder: Path) -> tuple[str, str]:
+    """The README markers of a bundle's training-free table."""
+    return f"<!-- training-free:{Path(folder).name}:start -->", f"<!-- training-free:{Path(folder).name}:end -->"
+
+
+def readme_table(choice: Choice, methods: list[Measurement], folder: Path, page: str,
+                 structure: tuple[int, int, int]) -> str:
+    """The README's table for one bundle: the noise-aware default, the chosen training-free setting
+    and each named method at its best strength, on the decision sample; page: the results page's
+    path from the README."""
+    base = choice.noise_aware
+    base_time = base.sample_seconds / base.images
+
+    def row(name: str, m: Measurement) -> str:
+        per_image = m.sample_seconds / m.images
+        return (f"| {name} | {m.setting.label()} | {m.show('fidelity')} | {m.show('fd')} | {per_image:.3f} s | "
+                f"{per_image / base_time:.1f}x |")
+    chosen = choice.chosen
+    return "\n".join([
+        f"`{Path(folder).name}`, {base.images} images per row from the same noise, scored by the evaluator "
+        f"(details: [{Path(page).name}]({page})). Target: fidelity >= {FIDELITY_GOAL:.0%} with a Frechet "
+        f"distance at most {FD_WITHIN:g}x the noise-aware default's. {choice.reason[0].upper()}{choice.reason[1:]}.", "",
+        "| guide | setting | fidelity | Frechet distance | per image | time / noise-aware |", "|---|---|---:|---:|---:|---:|",
+        row("noise-aware default", base), row("training-free default", chosen),
+        *(row("TFG, as the methods below", m) for m in at_structure(choice, structure) if methods and m is not chosen),
+        *(row(m.setting.guide.variant.title, m) for m in methods)])
