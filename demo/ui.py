@@ -165,13 +165,15 @@ def _controls(defaults: AppDefaults, class_names: tuple[str, ...], num_timesteps
 
 def _guide_chosen(handlers: Handlers, name: str, guide: str) -> tuple:
     """What picking a guide changes: the training-free parameters shown or hidden, and the
-    sampler, steps and threshold to the model's defaults for that guide (the clean classifier's
-    recurrence needs a one-step sampler; the evaluation chose its steps)."""
+    sampler, steps, threshold and number of images to the model's defaults for that guide (the
+    clean classifier's recurrence needs a one-step sampler; the evaluation chose its steps; its
+    steps cost tens of plain ones, so fewer images fit the time one request may take)."""
     d = handlers.pick(name).defaults
     if guide == "training-free":
         return (gr.Group(visible=True), d.training_free_sampler, d.training_free_steps, d.training_free_threshold,
-                gr.Slider(interactive=d.training_free_sampler == "ddim"))
-    return gr.Group(visible=False), d.sampler, d.steps, d.threshold, gr.Slider(interactive=d.sampler == "ddim")
+                gr.Slider(interactive=d.training_free_sampler == "ddim"), d.training_free_num_images)
+    return (gr.Group(visible=False), d.sampler, d.steps, d.threshold, gr.Slider(interactive=d.sampler == "ddim"),
+            d.num_images)
 
 
 def _only_when(wanted: str, reset: float | None, chosen: str) -> gr.Slider:
@@ -465,7 +467,8 @@ def _wire(handlers: Handlers, page: Page, concurrency_limit: int) -> None:
                       [*controls.values(), page.info, *generate.captions, *compare.captions, generate.live, compare.live,
                        page.live_note, page.explanation, page.opening, page.method_group], **UNQUEUED)
     controls.guide.input(partial(_guide_chosen, handlers), [page.model, controls.guide],
-                         [page.method_group, controls.sampler, controls.steps, controls.threshold, controls.eta], **UNQUEUED)
+                         [page.method_group, controls.sampler, controls.steps, controls.threshold, controls.eta,
+                          controls.num_images], **UNQUEUED)
     # The label follows the mode however it changes; picking a mode also puts its example in the box.
     page.mode.change(_row_values, page.mode, page.strengths, **UNQUEUED)
     page.mode.input(_row_example, page.mode, page.strengths, **UNQUEUED)
