@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from guidescope.bundle import load_bundle, read_defaults  # noqa: E402
 from guidescope.cli import configure  # noqa: E402
+from guidescope.evaluation.measure import Setting  # noqa: E402
 from guidescope.evaluation.search import method_setting, noise_aware_default  # noqa: E402
 from guidescope.generation import generate  # noqa: E402
 from guidescope.guide import TrainingFree  # noqa: E402
@@ -61,11 +62,11 @@ def settings_of(folder: Path):
     steps, threshold = record.get("steps", 20), record.get("threshold", noise_aware.threshold)
     structure = (steps, guide.recurrences, guide.iterations)
     rows = [("noise-aware default", noise_aware),
-            ("training-free default", noise_aware.__class__("ddim", steps, threshold=threshold, guide=guide))]
+            ("training-free default", Setting("ddim", steps, threshold=threshold, guide=guide))]
     for method in METHODS:
         if method != "tfg":
-            rows.append((METHODS[method].title, noise_aware.__class__(
-                "ddim", steps, threshold=threshold, guide=method_setting(method, structure, 1.0))))
+            rows.append((METHODS[method].title, Setting("ddim", steps, threshold=threshold,
+                                                        guide=method_setting(method, structure, 1.0))))
     return rows
 
 

@@ -42,7 +42,7 @@ from ..training import data
 from ..training.data import DataError
 from . import card, report, search
 from .defaults import Defaults, choose_defaults
-from .measure import Measurement, judge, real_reference
+from .measure import judge, real_reference
 from .sweeps import BUDGETS, Budget, Results, RunInfo, estimate_seconds, run
 
 
@@ -179,8 +179,7 @@ def search_training_free(args: argparse.Namespace, bundle: Bundle, budget: Budge
     choice = search.decide(found, structures)
     at = search.methods_structure(structures)
     methods = [] if args.skip_methods else search.compare_methods(found, at)
-    screened = [m for m in (Measurement.from_json(r["measurement"]) for r in found.records
-                            if r["per_class"] == sizes[0]) if m.setting.guide is not None]
+    screened = [m for (n, setting), m in found.found.items() if n == sizes[0] and setting.guide is not None]
     page = search.results_page(choice, methods, screened, f"{command} ({_device_text(bundle.device)})", at)
     (out / "TRAINING_FREE.md").write_text(page)
     if args.readme:

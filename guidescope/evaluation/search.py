@@ -26,6 +26,7 @@ from ..bundle import default_value, read_defaults
 from ..guide import TrainingFree
 from ..guide.training_free import LIBRARY_SETTING, METHODS
 from ..metrics import RealReference
+from ..parsing import interval_text, parse_interval
 from .defaults import FIDELITY_GOAL
 from .measure import Measurement, Setting, measure
 
@@ -62,14 +63,17 @@ class Search:
         self.references = dict(zip(sizes, references))  # the real side of the metrics, by images per class
         self.path, self.seed, self.resamples, self.log = path, seed, resamples, log
         self.records = json.loads(path.read_text()) if path.exists() else []
+        self.found: dict[tuple[int, Setting], Measurement] = {}  # (images per class, setting) -> measurement
+        for record in self.records:
+            m = Measurement.from_json(record["measurement"])
+            self.found.setdefault((record["per_class"], m.setting), m)
 
     def measured(self, setting: Setting, per_class: int) -> Measurement:
         """The setting's measurement at per_class images per class: from the log, or made and logged."""
-        for record in self.records:
-            m = Measurement.from_json(record["measurement"])
-            if record["per_class"] == per_class and m.setting == setting:
-                return m
+        if (per_class, setting) in self.found:
+            return self.found[per_class, setting]
         m, _ = measure(self.bundle, setting, self.references[per_class], per_class, self.seed, self.resamples)
+        self.found[per_class, setting] = m
         self.records.append({"per_class": per_class, "measurement": m.to_json()})
         self.path.write_text(json.dumps(self.records, indent=1))
         self.log(f"{setting.label()} [{per_class}/class]: fidelity {m.show('fidelity')}, Frechet distance "
@@ -180,13 +184,14 @@ def defaults_record(choice: Choice) -> dict:
 
 
 def noise_aware_default(folder: Path) -> Setting:
-    """The noise-aware default of the folder's defaults.json."""
+    """The noise-aware default of the folder's defaults.json, the evaluation's Setting defaults
+    (the library's) for what it does not name."""
     chosen = read_defaults(folder)
-    get = {name: default_value(name, chosen.get(name), kind) for name, kind in
-           (("sampler", str), ("steps", int), ("scale", float), ("threshold", str), ("schedule", str))}
-    interval = chosen.get("interval")
-    return Setting(get["sampler"] or "ddim", get["steps"] or 50, get["scale"] or 0.0, None,
-                   get["schedule"] or "constant", tuple(interval) if interval else None, get["threshold"] or "clip")
+    base = Setting()
+    get = {name: default_value(name, chosen.get(name), type(getattr(base, name)))
+           for name in ("sampler", "steps", "scale", "threshold", "schedule")}
+    interval = parse_interval(default_value("interval", chosen.get("interval"), str) or interval_text(base.interval))
+    return replace(base, interval=interval, **{name: value for name, value in get.items() if value is not None})
 
 
 def at_structure(choice: Choice, structure: tuple[int, int, int]) -> list[Measurement]:

@@ -46,7 +46,7 @@ from torch import nn
 from ..messages import choice, exact_integer, number
 from .classifier_free import ClassifierFreeGuidance, _as_column, at_step
 from .method import Move, Noise, Prediction
-from .noise_aware import class_log_prob
+from .noise_aware import _clip_norm, class_log_prob
 from .settings import Guidance, NonFiniteError
 
 STRENGTH_SCHEDULES = ("constant", "increase", "decrease")   # s_t = 1, alpha_t, beta_t; mean 1 over the run
@@ -300,9 +300,7 @@ class TrainingFreeGuidance(ClassifierFreeGuidance):
 
 
 def _clipped(term: torch.Tensor, max_norm: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(term, its per-item L2 norm (B,)), scaled down to max_norm where it is over."""
+    """(term, its per-item L2 norm (B,)), scaled down to max_norm where it is over (the noise-aware
+    term's clip, noise_aware._clip_norm)."""
     norm = term.flatten(1).norm(dim=1)
-    if max_norm is None:
-        return term, norm
-    factor = (max_norm / norm.clamp(min=1e-12)).clamp(max=1.0)
-    return term * _as_column(factor, term), norm * factor
+    return (term, norm) if max_norm is None else _clip_norm(term, norm, max_norm)
