@@ -99,9 +99,9 @@ class AppDefaults:
     training_free_sampler: str = "ddim"
     training_free_steps: int = 20
     training_free_threshold: str = "clip"
-    training_free_num_images: int = 2  # a clean classifier's step costs tens of plain ones (docs/TRAINING_FREE_SPEED.md):
-                                    # the shipped latent setting takes about 1.2 s an image here (4.7 s for 4
-                                    # alone, over Limits.max_seconds beside a browser on the same 2 cores)
+    training_free_num_images: int = 2  # a clean classifier's step costs tens of plain ones (docs/TRAINING_FREE_SPEED.md
+                                    # gives the seconds per image of the shipped settings): a few images keep a
+                                    # run within Limits.max_seconds beside a browser on the same 2 cores
 
     def class_name(self, class_names: tuple[str, ...]) -> str:
         return class_names[self.class_index if self.class_index < len(class_names) else 0]

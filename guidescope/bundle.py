@@ -176,7 +176,7 @@ def _guide_classifier(folder: Path, asked: bool, device) -> nn.Module | None:
     if not (folder / "guide_classifier.json").exists():
         if asked:
             raise CheckpointError(f"{folder} holds no guide classifier (guide_classifier.json and .safetensors, "
-                                  "saved by `python -m guidescope.train --task guide_classifier`)")
+                                  "saved by `python -m guidescope.train guide_classifier`)")
         return None
     model, _ = load(folder, "guide_classifier", device)
     model.requires_grad_(False)

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from guidescope.bundle import load_bundle, read_defaults  # noqa: E402
 from guidescope.cli import configure  # noqa: E402
 from guidescope.evaluation.measure import Setting  # noqa: E402
-from guidescope.evaluation.search import method_setting, noise_aware_default  # noqa: E402
+from guidescope.evaluation.search import SAMPLER, method_setting, noise_aware_default  # noqa: E402
 from guidescope.generation import generate  # noqa: E402
 from guidescope.guide import TrainingFree  # noqa: E402
 from guidescope.guide.training_free import LIBRARY_SETTING, METHODS  # noqa: E402
@@ -60,12 +60,13 @@ def settings_of(folder: Path):
     record = read_defaults(folder).get("training_free") or {}
     guide = TrainingFree(**record["guide"]) if "guide" in record else LIBRARY_SETTING
     steps, threshold = record.get("steps", 20), record.get("threshold", noise_aware.threshold)
+    sampler = record.get("sampler", SAMPLER)
     structure = (steps, guide.recurrences, guide.iterations)
     rows = [("noise-aware default", noise_aware),
-            ("training-free default", Setting("ddim", steps, threshold=threshold, guide=guide))]
+            ("training-free default", Setting(sampler, steps, threshold=threshold, guide=guide))]
     for method in METHODS:
         if method != "tfg":
-            rows.append((METHODS[method].title, Setting("ddim", steps, threshold=threshold,
+            rows.append((METHODS[method].title, Setting(sampler, steps, threshold=threshold,
                                                         guide=method_setting(method, structure, 1.0))))
     return rows
 

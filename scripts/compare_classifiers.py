@@ -38,7 +38,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from guidescope import checkpoints
+from guidescope import checkpoints  # noqa: E402
+from guidescope.bundle import load_bundle  # noqa: E402
 from guidescope.cli import configure  # noqa: E402
 from guidescope.evaluation import command as evaluate  # noqa: E402
 from guidescope.evaluation.defaults import FD_MARGIN, FIDELITY_MARGIN, non_inferior, setting_name  # noqa: E402
@@ -78,16 +79,33 @@ def seconds_per_step(bundle, setting: Setting, repeats: int) -> tuple[float, flo
     return statistics.median(g for g, _ in runs), statistics.median(u for _, u in runs)
 
 
+def verdict_text(m: Measurement, shipped: Measurement) -> str:
+    """m against the shipped network's measurement: the paired differences and the verdict."""
+    v = non_inferior(m, shipped)
+    return (f"fidelity {v.fidelity.text(1, percent=True)}; Frechet ratio {v.fd_ratio.value:.3f} "
+            f"[{v.fd_ratio.low:.3f}, {v.fd_ratio.high:.3f}]; {'non-inferior' if v.accepted else 'not non-inferior'}")
+
+
+def comparison_arguments(p: argparse.ArgumentParser, checkpoints: str, kind: str, default: str) -> None:
+    """The options both comparisons take: the bundle, the candidates (folders with KIND.json), the
+    images, threads, backend, batch and the page."""
+    p.add_argument("--checkpoints", default=checkpoints)
+    p.add_argument("--candidate", action="append", default=[], help=f"a folder with {kind}.json (repeatable)")
+    p.add_argument("--images-per-class", type=int, help=f"default: the decision sample of the budget that chose {default}")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--backend", default="auto", help="what runs the UNet (as guidescope.evaluate's --backend)")
+    p.add_argument("--batch-size", type=int, default=evaluate.parser().get_default("batch_size"),
+                   help="images sampled at once (guidescope.evaluate's default)")
+    p.add_argument("--out", help="write the table to this Markdown file")
+
+
 def row(name: str, m: Measurement, correct: list[torch.Tensor], flops: float, step: tuple[float, float],
         shipped: tuple[Measurement, list[torch.Tensor]] | None) -> str:
     low, high = m.interval("fidelity")
     versus = "–"
     if shipped is not None:
-        v = non_inferior(m, shipped[0])
         q3 = [100 * d for d in paired_difference(correct[3], shipped[1][3], seed=SEED)]
-        versus = f"acc q3 {q3[0]:+.1f} pt [{q3[1]:+.1f}, {q3[2]:+.1f}]; fidelity {v.fidelity.text(1, percent=True)}; " \
-                 f"Frechet ratio {v.fd_ratio.value:.3f} [{v.fd_ratio.low:.3f}, {v.fd_ratio.high:.3f}]; " \
-                 f"{'non-inferior' if v.accepted else 'not non-inferior'}"
+        versus = f"acc q3 {q3[0]:+.1f} pt [{q3[1]:+.1f}, {q3[2]:+.1f}]; {verdict_text(m, shipped[0])}"
     acc = [int(c.sum()) / len(c) for c in correct]
     return (f"| {name} | " + " | ".join(f"{a:.1%}" for a in acc) + f" | {m.scores.fidelity:.1%} [{low:.1%}, {high:.1%}] | "
             f"{m.show('fd')} | {versus} | {flops / 1e6:.1f} | {1e3 * (step[0] - step[1]):.2f} of {1e3 * step[0]:.2f} |")
@@ -95,18 +113,10 @@ def row(name: str, m: Measurement, correct: list[torch.Tensor], flops: float, st
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoints", default="checkpoints/fashion-mnist")
-    p.add_argument("--candidate", action="append", default=[], help="a folder with classifier.json (repeatable)")
+    comparison_arguments(p, "checkpoints/fashion-mnist", "classifier", "the default")
     p.add_argument("--scale", type=float, help="classifier guidance w (default: the bundle's default); a better "
                                                  "classifier may reach the fidelity target at a lower w")
-    p.add_argument("--images-per-class", type=int, help="default: the decision sweep's of the budget that chose "
-                                                          "the default")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--backend", default="auto", help="what runs the UNet (as guidescope.evaluate's --backend)")
-    p.add_argument("--batch-size", type=int, default=evaluate.parser().get_default("batch_size"),
-                   help="images sampled at once (guidescope.evaluate's default)")
     p.add_argument("--repeats", type=int, default=5, help="timing runs of each kind")
-    p.add_argument("--out", help="write the table to this Markdown file")
     args = p.parse_args(argv)
     configure("cpu", args.threads)
     load = load_average()
@@ -117,9 +127,9 @@ def main(argv=None) -> int:
     budget = BUDGETS[budget_name]
     candidates = [Path(c) for c in args.candidate]
     try:
-        bundle = checkpoints.load_bundle(folder, need_evaluator=True, backend=args.backend)
+        bundle = load_bundle(folder, need_evaluator=True, backend=args.backend)
         # Each candidate checked as load_bundle checks a folder's own classifier, then put in the bundle.
-        bundles = [bundle] + [replace(bundle, classifier=checkpoints.load_bundle(folder, classifier_folder=c).classifier)
+        bundles = [bundle] + [replace(bundle, classifier=load_bundle(folder, classifier_folder=c).classifier)
                               for c in candidates]
     except checkpoints.CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)

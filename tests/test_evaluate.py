@@ -290,6 +290,11 @@ def test_report_only_rebuilds_the_same_files_and_keeps_a_larger_budgets(smoke_ru
     explicit = out / "elsewhere" / "defaults.json"
     assert evaluate.main(["--report-only", "--out", str(out), "--defaults", str(explicit)]) == 0
     assert json.loads(explicit.read_text())["budget"] == "smoke"
+    # the training-free search's record stays where the evaluation rewrites the rest
+    explicit.write_text(json.dumps({"budget": "smoke", "steps": 3, "training_free": {"steps": 7}}))
+    assert evaluate.main(["--report-only", "--out", str(out), "--defaults", str(explicit)]) == 0
+    rewritten = json.loads(explicit.read_text())
+    assert rewritten["training_free"] == {"steps": 7} and rewritten["steps"] != 3
 
 
 def test_resume_keeps_measured_settings_and_measures_the_rest(smoke_run, tiny, tmp_path, monkeypatch):
@@ -513,16 +518,96 @@ def test_the_training_free_search_decides_and_resumes(tiny, tmp_path):
     guided = [(r["per_class"], Measurement.from_json(r["measurement"])) for r in records
               if r["measurement"]["setting"]["guide"]]
     tfg = [m for _, m in guided if m.setting.guide.method == "tfg"]
-    assert {(m.setting.steps, m.setting.guide.recurrences, m.setting.guide.iterations) for m in tfg} == set(structures)
+    base = search.noise_aware_default(folder)
+    equal = {search.equal_time(m.setting, base) for m in tfg}  # the chosen setting at the noise-aware time
+    assert {(m.setting.steps, m.setting.guide.recurrences, m.setting.guide.iterations) for m in tfg
+            if m.setting not in equal or m.setting.steps in {s for s, _, _ in structures}} == set(structures)
     assert any(m.setting.guide.gamma > 0 for m in tfg) and any(m.setting.guide.rho > search.START["rho"] for m in tfg)
     decided = {m.setting.guide.method for n, m in guided if n == BUDGETS["smoke"].decision_images_per_class}
     assert decided == {"tfg", "dps", "lgd", "freedom", "mpgd", "ug"}  # each named method at its best, decided too
     record = json.loads(defaults.read_text())["training_free"]
     chosen = TrainingFree(**record["guide"])
-    assert record["sampler"] == "ddim" and record["steps"] in {s for s, _, _ in structures} and record["reason"]
+    assert record["sampler"] == "ddpm" and record["steps"] in {s for s, _, _ in structures} and record["reason"]
     page = (out / "TRAINING_FREE.md").read_text()
-    assert f"**Chosen:** DDIM {record['steps']}, {chosen.describe()}" in page and page.count("| DDIM ") >= len(guided)
-    assert all(f"| DDIM {record['steps']}, {title}" in page for title in ("DPS", "LGD", "FreeDoM", "MPGD", "Universal"))
+    assert f"**Chosen:** DDPM {record['steps']}, {chosen.describe()}" in page and page.count("| DDPM ") >= len(guided)
+    assert all(f"| DDPM {record['steps']}, {title}" in page for title in ("DPS", "LGD", "FreeDoM", "MPGD", "Universal"))
+    # each method (and the chosen setting) again at the noise-aware default's time, by the step costs
+    assert "## At the noise-aware default's time per image" in page and "fidelity at the noise-aware time" in table
+    decision = [m.setting for n, m in guided if n == BUDGETS["smoke"].decision_images_per_class]
+    assert replace(Setting("ddpm", record["steps"], threshold=record["threshold"], guide=chosen),
+                   steps=max(1, int(base.steps / chosen.step_cost()))) in decision
+    for method in ("dps", "lgd", "freedom", "mpgd", "ug"):
+        assert any(s.guide.method == method and s.steps == max(1, int(base.steps / s.guide.step_cost()))
+                   for s in decision), method
+    section = page.split("## At the noise-aware default's time per image")[1].split("## The beam")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| setting")]
+    assert len(rows) == 7 and all(f"{title} " in "".join(rows) for title in ("TFG", "DPS", "LGD", "FreeDoM", "MPGD"))
+    assert f"| training-free default | DDPM {record['steps']}, {chosen.describe()}" in table
+    assert f"DDPM {max(1, int(base.steps / chosen.step_cost()))}: " in table.split("| training-free default |")[1]
+    assert "Guided by `" + folder.as_posix() + "/guide_classifier` (timm convnext_atto" in page
     before = (out / "search.json").read_bytes()
     assert smoke(folder, out, "--training-free", "--defaults", defaults) == 0
     assert (out / "search.json").read_bytes() == before
+
+
+def test_the_training_free_search_takes_another_guide_classifier(tiny, tmp_path, capsys):
+    """--guide-classifier DIR: the search guides by DIR's clean classifier, its page says so, and the
+    bundle's own defaults.json is left alone (its training-free record is for its own guide);
+    without --training-free the option is refused."""
+    from guidescope.networks.guide_classifier import GuideClassifier, GuideClassifierConfig
+
+    source, _ = tiny
+    other = tmp_path / "robust"
+    other.mkdir()
+    torch.manual_seed(1)
+    guide = GuideClassifier(GuideClassifierConfig(model_args={"patch_size": 1, "depths": (0, 1, 1, 1), "dims": (8,) * 4},
+                                                  num_classes=len(CLASSES), image_size=8))
+    checkpoints.save(guide, other, "guide_classifier", class_names=list(CLASSES),
+                     training={"test_acc": 0.5, "adversarial_radius": 2.0})
+    defaults_before = (source / "defaults.json").read_bytes() if (source / "defaults.json").exists() else None
+    out = tmp_path / "out"
+    assert smoke(source, out, "--training-free", "--guide-classifier", other, "--structures", "2x1x1",
+                 "--skip-methods") == 0
+    page = (out / "TRAINING_FREE.md").read_text()
+    assert (f"Guided by `{other.as_posix()}/guide_classifier` (timm convnext_atto, held-out accuracy 50.0%, "
+            "adversarially trained within L2 radius 2)") in page
+    assert ((source / "defaults.json").read_bytes() if (source / "defaults.json").exists() else None) == defaults_before
+    assert "wrote the training_free record" not in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        smoke(source, out, "--guide-classifier", other)
+    assert "--guide-classifier goes with --training-free" in capsys.readouterr().err
+    assert smoke(source, out, "--training-free", "--guide-classifier", tmp_path) == 2
+    assert f"{tmp_path} holds no guide classifier" in capsys.readouterr().err
+
+
+def test_the_guide_classifier_comparison_script_pairs_candidates_with_the_shipped_guide(tiny, tmp_path, capsys):
+    """scripts/compare_guide_classifiers.py: each guide at the bundle's training-free default from the
+    same noise, with its training and a paired verdict against the shipped guide; a bundle without
+    a training-free record is refused."""
+    from guidescope.guide import TrainingFree
+    from guidescope.networks.guide_classifier import GuideClassifier, GuideClassifierConfig
+    from scripts import compare_guide_classifiers
+
+    source, _ = tiny
+    folder, other = tmp_path / "checkpoints", tmp_path / "robust"
+    shutil.copytree(source, folder)
+    for seed, where, training in ((0, folder, {"test_acc": 0.9}), (1, other, {"adversarial_radius": 2.0})):
+        torch.manual_seed(seed)
+        guide = GuideClassifier(GuideClassifierConfig(model_args={"patch_size": 1, "depths": (0, 1, 1, 1), "dims": (8,) * 4},
+                                                      num_classes=len(CLASSES), image_size=8))
+        checkpoints.save(guide, where, "guide_classifier", class_names=list(CLASSES), training=training)
+    out = tmp_path / "GUIDES.md"
+    argv = ["--checkpoints", str(folder), "--candidate", str(other), "--images-per-class", "2", "--backend", "torch",
+            "--out", str(out)]
+    assert compare_guide_classifiers.main(argv) == 2
+    assert "has no training_free record" in capsys.readouterr().err
+    setting = TrainingFree.make("tfg", rho=1.0, mu=1.0, iterations=1)
+    (folder / "defaults.json").write_text(json.dumps({"budget": "smoke", "training_free": {
+        "sampler": "ddpm", "steps": 2, "threshold": "clip", "guide": {**setting.__dict__}}}))
+    assert compare_guide_classifiers.main(argv) == 0
+    page = out.read_text()
+    rows = [line for line in page.splitlines() if line.startswith("| shipped") or line.startswith(f"| `{other.as_posix()}`")]
+    assert len(rows) == 4  # the table and the per-class table, each with both guides
+    assert "| timm convnext_atto, plain training |" in rows[0] and rows[0].endswith("| - |")
+    assert "adversarially trained within L2 radius 2" in rows[1] and "non-inferior" in rows[1]
+    assert f"DDPM 2, {setting.describe()}" in page and "on 6 images (2 per class" in page

@@ -332,7 +332,7 @@ def test_the_app_estimates_a_clean_classifier_row_at_its_step_cost():
     from demo.settings import DISPLAY, AppDefaults
     from demo.timing import Timings
 
-    assert TrainingFree.make("tfg", rho=1.0, mu=1.0, iterations=2, recurrences=3).step_cost() == 3 * (4 + 2 * 1.5)
+    assert TrainingFree.make("tfg", rho=1.0, mu=1.0, iterations=2, recurrences=3).step_cost() == 3 * (4 + 1.5)
     assert TrainingFree.make("mpgd", mu=1.0).step_cost() == 1 + 1.5 and TrainingFree().step_cost() == 1
     names = ("a", "b", "c")
     settings = AppDefaults(sampler="ddim", steps=10, num_images=2).settings(names)

@@ -22,7 +22,9 @@ README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 NETWORKS = (("autoencoder", "KL-regularised autoencoder: the latent space z (latent bundles only)"),
             ("unet", "eps-prediction UNet (EMA weights), null label for CFG"),
             ("classifier", "noise-conditioned classifier p(c given x_t or z_t, t), guides"),
-            ("evaluator", "clean-image timm ResNet, judges only"))
+            ("evaluator", "clean-image timm ResNet, judges only"),
+            ("guide_classifier", "clean-image timm classifier p(c given x_0), guides through x-hat_0 (training-free); "
+                                 "never judges"))
 
 
 def _written_by(path: Path) -> str | None:
@@ -152,5 +154,9 @@ def update_readme(path: Path, section: str, start: str = README_START, end: str 
     return True
 
 
-def defaults_json(defaults: Defaults, budget: str) -> str:
-    return json.dumps(defaults.to_json(budget), indent=2) + "\n"
+def defaults_json(defaults: Defaults, budget: str, previous: Path | None = None) -> str:
+    """defaults.json's text: the chosen defaults, and the training-free record of the file at
+    previous where it has one (the training-free search writes that record, not this evaluation)."""
+    record = defaults.to_json(budget)
+    kept = json.loads(previous.read_text()).get("training_free") if previous and previous.exists() else None
+    return json.dumps({**record, **({"training_free": kept} if kept else {})}, indent=2) + "\n"

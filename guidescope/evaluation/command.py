@@ -73,10 +73,15 @@ def parser() -> argparse.ArgumentParser:
                       help="search the setting of training-free guidance by the bundle's clean classifier "
                            "(guidescope.evaluation.search; resumes from OUT/search.json) and write OUT/TRAINING_FREE.md "
                            "and the defaults' training_free record")
-    p.add_argument("--structures", help="--training-free: the (DDIM steps, N_recur, N_iter) to search, cheapest first, "
+    p.add_argument("--structures", help="--training-free: the (DDPM steps, N_recur, N_iter) to search, cheapest first, "
                    "as STEPSxRECURxITER separated by commas (default: the budget's, guidescope.evaluation.search)")
+    p.add_argument("--guide-classifier", metavar="DIR",
+                   help="--training-free: guide with DIR's clean classifier (guide_classifier.json and .safetensors) "
+                        "instead of the bundle's; the bundle's defaults.json is then left alone unless --defaults "
+                        "names a file")
     p.add_argument("--skip-methods", action="store_true",
-                   help="--training-free: leave out the named methods' comparison (each at its best strength)")
+                   help="--training-free: leave out the named methods' comparison (each at its best strength, and "
+                        "at the noise-aware default's time)")
     data.add_arguments(p)
     return p
 
@@ -179,18 +184,21 @@ def search_training_free(args: argparse.Namespace, bundle: Bundle, budget: Budge
     choice = search.decide(found, structures)
     at = search.methods_structure(structures)
     methods = [] if args.skip_methods else search.compare_methods(found, at)
+    equal = {} if args.skip_methods else search.at_equal_time(found, [choice.chosen, *methods])
     screened = [m for (n, setting), m in found.found.items() if n == sizes[0] and setting.guide is not None]
-    page = search.results_page(choice, methods, screened, f"{command} ({_device_text(bundle.device)})", at)
+    guide = Path(args.guide_classifier or bundle.folder)
+    page = search.results_page(choice, methods, screened, f"{command} ({_device_text(bundle.device)})", at,
+                               search.guide_text(guide, read_config(guide, "guide_classifier")), equal)
     (out / "TRAINING_FREE.md").write_text(page)
     if args.readme:
         readme = Path(args.readme)
         relative = Path(os.path.relpath(out / "TRAINING_FREE.md", readme.resolve().parent)).as_posix()
-        section = search.readme_table(choice, methods, bundle.folder, relative, at)
+        section = search.readme_table(choice, methods, bundle.folder, relative, at, equal)
         if card.update_readme(Path(args.readme), section, *search.readme_markers(bundle.folder)):
             print(f"refreshed the training-free table of {args.readme}")
     print(f"chosen: {choice.chosen.setting.label()}: {choice.reason}")
     path = Path(args.defaults) if args.defaults else bundle.folder / "defaults.json"
-    if args.defaults or card.may_replace(path, budget.name):
+    if args.defaults or (not args.guide_classifier and card.may_replace(path, budget.name)):
         record = json.loads(path.read_text()) if path.exists() else {}
         record["training_free"] = search.defaults_record(choice)
         path.write_text(json.dumps(record, indent=2) + "\n")
@@ -220,10 +228,9 @@ def publish(results: Results, args: argparse.Namespace) -> None:
     results.save(out / "results.json", defaults)
     report.write_results_page(results, defaults, out)
     folder, budget, page = Path(results.info.checkpoints), results.info.budget, out / "RESULTS.md"
-    card_path = Path(args.model_card or folder / "README.md")
+    card_path, defaults_path = Path(args.model_card or folder / "README.md"), Path(args.defaults or folder / "defaults.json")
     files = ((card_path, args.model_card, "--model-card", lambda: card.model_card(results, defaults, folder, card_path, page)),
-             (Path(args.defaults or folder / "defaults.json"), args.defaults, "--defaults",
-              lambda: card.defaults_json(defaults, budget)))
+             (defaults_path, args.defaults, "--defaults", lambda: card.defaults_json(defaults, budget, defaults_path)))
     for path, explicit, option, text in files:
         if explicit or card.may_replace(path, budget):
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -254,7 +261,11 @@ def main(argv=None) -> int:
                 p.error("--device cuda: no CUDA device is available")
             configure(device, args.threads)
             backend = "torch" if device.type == "cuda" and args.backend == "auto" else args.backend
-            bundle = load_bundle(args.checkpoints, device, need_evaluator=True, backend=backend)
+            if args.guide_classifier and not args.training_free:
+                p.error("--guide-classifier goes with --training-free (the other measurements never use a clean "
+                        "classifier)")
+            bundle = load_bundle(args.checkpoints, device, need_evaluator=True, backend=backend,
+                                 guide_classifier_folder=args.guide_classifier)
             budget = BUDGETS[args.budget]
             if args.images_per_class:
                 budget = replace(budget, images_per_class=args.images_per_class)

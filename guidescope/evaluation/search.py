@@ -4,7 +4,7 @@ evaluator and never by the classifier that guides, then the decision on the deci
 
     python -m guidescope.evaluate --training-free --budget cpu --checkpoints checkpoints/fashion-mnist-latent
 
-For each structure (sampler steps, N_recur, N_iter), cheapest first: start the beam at the
+For each structure (SAMPLER steps, N_recur, N_iter), cheapest first: start the beam at the
 smallest strengths; each round, every setting of the beam has children with one of rho, mu,
 gamma-bar doubled (or set, from 0); the `beam` best by fidelity (then the lower Frechet distance)
 on the screening images (SCREENING x the budget's images per class) stay. The structure's best is
@@ -27,11 +27,13 @@ from ..guide import TrainingFree
 from ..guide.training_free import LIBRARY_SETTING, METHODS
 from ..metrics import RealReference
 from ..parsing import interval_text, parse_interval
+from ..samplers import sampler_title
 from .defaults import FIDELITY_GOAL
 from .measure import Measurement, Setting, measure
 
 FD_WITHIN = 1.5               # the training-free default's Frechet distance at most this times the noise-aware one's
-# (DDIM steps, N_recur, N_iter) by budget (guidescope.evaluation.sweeps.BUDGETS), cheapest first
+SAMPLER = "ddpm"              # TFG samples with DDIM at eta = 1 (its scripts/*.sh), which is DDPM's ancestral step
+# (steps, N_recur, N_iter) by budget (guidescope.evaluation.sweeps.BUDGETS), cheapest first
 STRUCTURES = {"smoke": ((2, 1, 1), (2, 2, 1)),
               "cpu": ((10, 1, 1), (10, 2, 1), (20, 2, 1), (20, 4, 1)),
               "gpu": ((10, 1, 1), (10, 2, 1), (20, 2, 1), (20, 4, 1), (50, 4, 1), (50, 4, 2))}
@@ -84,7 +86,7 @@ class Search:
         """The best setting of one structure on the screening images."""
         start = TrainingFree.make("tfg", rho=START["rho"], mu=START["mu"], recurrences=recurrences,
                                   iterations=iterations, **SCHEDULES)
-        beam = [self.measured(Setting("ddim", steps, threshold=self.threshold, guide=start), self.screen)]
+        beam = [self.measured(Setting(SAMPLER, steps, threshold=self.threshold, guide=start), self.screen)]
         seen = {start}
         for _ in range(ROUNDS):
             found = list(beam)
@@ -92,7 +94,7 @@ class Search:
                 for child in children(m.setting.guide):
                     if child not in seen:
                         seen.add(child)
-                        found.append(self.measured(Setting("ddim", steps, threshold=self.threshold, guide=child),
+                        found.append(self.measured(Setting(SAMPLER, steps, threshold=self.threshold, guide=child),
                                                    self.screen))
             best = sorted(found, key=rank_key)[:BEAM]
             if [m.setting for m in best] == [m.setting for m in beam]:
@@ -144,7 +146,7 @@ def best_of_method(search: Search, method: str, structure: tuple[int, int, int])
     """A named method's best strength on the screening images: from START, doubled while fidelity
     rises; where the first doubling does not help, halved while it rises (at most LADDER steps)."""
     def measured(factor: float) -> Measurement:
-        return search.measured(Setting("ddim", structure[0], threshold=search.threshold,
+        return search.measured(Setting(SAMPLER, structure[0], threshold=search.threshold,
                                        guide=method_setting(method, structure, factor)), search.screen)
     start = best = measured(1.0)
     for direction in (2.0, 0.5):
@@ -170,6 +172,20 @@ def compare_methods(search: Search, structure: tuple[int, int, int]) -> list[Mea
     structure's steps (and its repeats where the method takes them), then on the decision sample."""
     return [search.measured(best_of_method(search, method, structure).setting, search.decision)
             for method in METHODS if method != "tfg"]
+
+
+def equal_time(setting: Setting, noise_aware: Setting) -> Setting:
+    """setting with the steps the noise-aware default's time per image buys (at least one), by
+    the step costs: a noise-aware step is one plain guided step, a training-free one
+    TrainingFree.step_cost of them."""
+    return replace(setting, steps=max(1, int(noise_aware.steps / setting.guide.step_cost())))
+
+
+def at_equal_time(search: Search, measurements: list[Measurement]) -> dict[Setting, Measurement]:
+    """Each guided setting's measurement at the noise-aware default's time (equal_time), on the
+    decision sample."""
+    return {m.setting: search.measured(equal_time(m.setting, search.noise_aware), search.decision)
+            for m in measurements}
 
 
 def defaults_record(choice: Choice) -> dict:
@@ -200,10 +216,23 @@ def at_structure(choice: Choice, structure: tuple[int, int, int]) -> list[Measur
             if (m.setting.steps, m.setting.guide.recurrences, m.setting.guide.iterations) == tuple(structure)]
 
 
+def guide_text(folder: Path, record: dict) -> str:
+    """'checkpoints/x/guide_classifier (timm convnext_atto, held-out accuracy 88.5%, adversarially
+    trained within L2 radius 2)': which clean classifier guided, from its JSON."""
+    training = record.get("training", {})
+    words = [f"timm {record['config']['architecture']}"]
+    if "test_acc" in training:
+        words.append(f"held-out accuracy {training['test_acc']:.1%}")
+    if training.get("adversarial_radius"):
+        words.append(f"adversarially trained within L2 radius {training['adversarial_radius']:g}")
+    return f"`{Path(folder).as_posix()}/guide_classifier` ({', '.join(words)})"
+
+
 def results_page(choice: Choice, methods: list[Measurement], screened: list[Measurement], run: str,
-                 structure: tuple[int, int, int]) -> str:
+                 structure: tuple[int, int, int], guide: str, equal: dict[Setting, Measurement]) -> str:
     """TRAINING_FREE.md: the decision table (every structure's best on the decision sample, beside
-    the noise-aware default), each named method at its best strength, and the screening
+    the noise-aware default), each named method at its best strength, the chosen setting and each
+    method at the noise-aware default's time (equal: at_equal_time's), and the screening
     measurements."""
     base = choice.noise_aware
     base_time = base.sample_seconds / base.images
@@ -216,7 +245,7 @@ def results_page(choice: Choice, methods: list[Measurement], screened: list[Meas
             "|---|---:|---:|---:|---:|---:|"]
     return "\n".join([
         "# Training-free guidance: the search and the decision", "",
-        f"Run: `{run}`. Scored by the evaluator, never by the clean classifier that guides. "
+        f"Run: `{run}`. Guided by {guide}; scored by the evaluator, never by the clean classifier that guides. "
         f"Target: fidelity >= {FIDELITY_GOAL:.0%} with a Frechet distance at most {FD_WITHIN:g}x the noise-aware "
         "default's, on the decision sample; the cheapest structure first. The seconds per image are the search's "
         "own, taken wherever it ran (other work beside it slows every row alike, so the ratios hold better than the "
@@ -228,6 +257,9 @@ def results_page(choice: Choice, methods: list[Measurement], screened: list[Meas
         "## Each named method at its best strength (methods_structure: the cheapest searched structure with "
         "recurrence; its steps, and its repeats where the method takes them), beside TFG's best there", "",
         *head, row(base), *(row(m) for m in at_structure(choice, structure) if methods), *(row(m) for m in methods), "",
+        *([f"## At the noise-aware default's time per image (the steps its {base.setting.steps} buy, by "
+           "TrainingFree.step_cost), each at the strengths above", "", *head, row(base),
+           *(row(m) for m in equal.values()), ""] if equal else []),
         f"## The beam (screening, {screened[0].images if screened else 0} images per setting)", "", *head,
         *(row(m) for m in screened), ""])
 
@@ -238,23 +270,27 @@ def readme_markers(folder: Path) -> tuple[str, str]:
 
 
 def readme_table(choice: Choice, methods: list[Measurement], folder: Path, page: str,
-                 structure: tuple[int, int, int]) -> str:
+                 structure: tuple[int, int, int], equal: dict[Setting, Measurement]) -> str:
     """The README's table for one bundle: the noise-aware default, the chosen training-free setting
-    and each named method at its best strength, on the decision sample; page: the results page's
+    and each named method at its best strength, on the decision sample, with the fidelity each
+    reaches at the noise-aware default's time (equal: at_equal_time's); page: the results page's
     path from the README."""
     base = choice.noise_aware
     base_time = base.sample_seconds / base.images
 
     def row(name: str, m: Measurement) -> str:
         per_image = m.sample_seconds / m.images
+        same = equal.get(m.setting)
+        at_equal = f"{sampler_title(same.setting.sampler)} {same.setting.steps}: {same.scores.fidelity:.1%}" if same else "-"
         return (f"| {name} | {m.setting.label()} | {m.show('fidelity')} | {m.show('fd')} | {per_image:.3f} s | "
-                f"{per_image / base_time:.1f}x |")
+                f"{per_image / base_time:.1f}x | {at_equal} |")
     chosen = choice.chosen
     return "\n".join([
         f"`{Path(folder).name}`, {base.images} images per row from the same noise, scored by the evaluator "
         f"(details: [{Path(page).name}]({page})). Target: fidelity >= {FIDELITY_GOAL:.0%} with a Frechet "
         f"distance at most {FD_WITHIN:g}x the noise-aware default's. {choice.reason[0].upper()}{choice.reason[1:]}.", "",
-        "| guide | setting | fidelity | Frechet distance | per image | time / noise-aware |", "|---|---|---:|---:|---:|---:|",
+        "| guide | setting | fidelity | Frechet distance | per image | time / noise-aware | fidelity at the noise-aware "
+        "time |", "|---|---|---:|---:|---:|---:|---:|",
         row("noise-aware default", base), row("training-free default", chosen),
         *(row("TFG, as the methods below", m) for m in at_structure(choice, structure) if methods and m is not chosen),
         *(row(m.setting.guide.variant.title, m) for m in methods)])

@@ -146,9 +146,11 @@ class TrainingFree:
         """About how many plain guided steps (a UNet forward pass and a classifier's backward pass)
         one step of this setting costs, for estimates before a run: a gradient through the UNet
         about 4 (forward, backward at about twice, the decoder and classifier), each step on x-hat_0
-        about 1.5 (the decoder and the classifier, forward and backward), all N_recur times."""
+        about 1.5 (the decoder and the classifier, forward and backward; the first one's gradient
+        comes with the one through the UNet where there is one), all N_recur times."""
         through_unet = 4.0 if self.rho else 1.0
-        return self.recurrences * (through_unet + 1.5 * self.iterations * (self.mu > 0))
+        on_x0 = max(self.iterations - bool(self.rho), 0) if self.mu else 0
+        return self.recurrences * (through_unet + 1.5 * on_x0)
 
     def describe(self) -> str:
         """'TFG rho 2 (increase) mu 2 (increase) N_recur 2 N_iter 1': the method and the parameters a
@@ -249,16 +251,20 @@ class TrainingFreeGuidance(ClassifierFreeGuidance):
         labels = guidance.class_labels.to(x.device)
         gamma = _smoothing(diffusion, i, setting)
         draws = [gamma * noise(x.shape, x.device) for _ in range(setting.mc_samples)] if gamma else []
+        iterations = setting.iterations if (mu != 0).any() else 0
         if (rho != 0).any():
-            delta_t, eps, v, x0 = self._through_unet(diffusion, x, t, timestep, guidance, draws, labels)
+            delta_t, eps, v, x0, grad_x0 = self._through_unet(diffusion, x, t, timestep, guidance, draws, labels,
+                                                              with_x0=iterations > 0)
             delta_t = _as_column(rho, x) * delta_t
         else:
             with torch.no_grad():
                 eps, v = self.network_output(x, timestep, guidance)
             x0, delta_t = guidance.threshold(diffusion.predict_xstart_from_eps(x, t, eps)), torch.zeros_like(x)
+            grad_x0 = None
         x0_new = x0
-        for _ in range(setting.iterations if (mu != 0).any() else 0):
-            x0_new = x0_new + _as_column(mu, x) * self._grad(x0_new, draws, labels)
+        for _ in range(iterations):
+            grad = self._grad(x0_new, draws, labels) if grad_x0 is None else grad_x0  # the first: from the UNet's pass
+            x0_new, grad_x0 = x0_new + _as_column(mu, x) * grad, None
         delta_0 = x0_new - x0
         abar, abar_prev = float(diffusion.alphas_cumprod[i]), float(diffusion.alphas_cumprod_prev[i])
         if form.time == "eps":  # Universal Guidance: both shifts on eps, and the step from eps-hat
@@ -273,15 +279,17 @@ class TrainingFreeGuidance(ClassifierFreeGuidance):
             pred_xstart = x0_new
         return sample, Prediction(pred_xstart, v, None, norm, term)
 
-    def _through_unet(self, diffusion, x, t, timestep, guidance, draws, labels):
-        """(grad_{x_t} log f~(x-hat_0(x_t)), normalised as the method says, eps, v, x-hat_0): the
-        gradient runs back through the threshold, the UNet and the decoder."""
+    def _through_unet(self, diffusion, x, t, timestep, guidance, draws, labels, with_x0: bool):
+        """(grad_{x_t} log f~(x-hat_0(x_t)), normalised as the method says, eps, v, x-hat_0, and with
+        with_x0 grad_{x-hat_0} log f~(x-hat_0), else None): the gradient runs back through the
+        threshold, the UNet and the decoder; the one at x-hat_0 is a stop on the way (the first step
+        on x-hat_0 needs it, at no second pass through the decoder and the classifier)."""
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
             eps, v = self.network_output(x_in, timestep, guidance)
             x0 = guidance.threshold(diffusion.predict_xstart_from_eps(x_in, t, eps))
             log_f = self.log_f(x0, draws, labels)
-            grad = torch.autograd.grad(log_f.sum(), x_in)[0]
+            grad, *grad_x0 = torch.autograd.grad(log_f.sum(), (x_in, x0) if with_x0 else (x_in,))
         normalise = self.setting.variant.form.normalise
         if normalise == "log-prob":
             grad = grad / _as_column(log_f.detach().abs(), grad)
@@ -289,7 +297,7 @@ class TrainingFreeGuidance(ClassifierFreeGuidance):
             grad = grad / max(len(draws), 1)
         if not torch.isfinite(grad).all():
             raise NonFiniteError("the clean classifier's gradient through x-hat_0 is not finite")
-        return grad, eps.detach(), None if v is None else v.detach(), x0.detach()
+        return grad, eps.detach(), None if v is None else v.detach(), x0.detach(), (grad_x0 or [None])[0]
 
     def _noisy_log_prob(self, x, timestep, labels, guidance) -> torch.Tensor | None:
         """log p_phi(c | x_t, t) of the noise-aware classifier, for the charts only."""

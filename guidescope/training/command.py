@@ -83,6 +83,9 @@ NETWORK_OPTIONS = {
     "input_size": "the side the guide classifier's timm network sees (images are resized to it)",
     "crop_padding": "guide classifier augmentation: random crops of the image padded by this many pixels",
     "label_smoothing": "label smoothing of the guide classifier's cross-entropy",
+    "adversarial_radius": "adversarial training of the guide classifier: L2 radius of each image's move, "
+                          "in [-1, 1] units (0: none)",
+    "adversarial_steps": "steps of projected gradient ascent per adversarial move",
 }
 
 

@@ -212,21 +212,36 @@ class GuideClassifierTask(_CleanClassifierTask):
     random crop of the image padded by crop_padding black pixels and a horizontal flip with
     probability 1/2, cross-entropy with label smoothing, AdamW with the cosine schedule. The
     network fields left at None keep GuideClassifierConfig's defaults; an architecture given
-    without model_args gets timm's own defaults (the shipped arguments are the shipped ConvNeXt's)."""
+    without model_args gets timm's own defaults (the shipped arguments are the shipped ConvNeXt's).
+
+    With adversarial_radius r > 0 it is adversarially trained (Madry et al. 2018): each augmented
+    image is first moved by adversarial_steps steps of projected gradient ascent on the loss
+    within an L2 ball of radius r (in the [-1, 1] units of the images), from the image itself,
+    each step 2.5 r / steps long along the normalised gradient, and the network learns from the
+    moved images. A robust classifier's input gradients point at features of the class rather
+    than at imperceptible patterns (Santurkar et al. 2019, Kawar et al. 2022), which is what
+    training-free guidance follows; it still never sees a noisy x_t."""
     name: ClassVar[str] = "guide_classifier"
-    loss_name: ClassVar[str] = "cross-entropy with label smoothing on clean images, randomly cropped and flipped"
+    loss_name: ClassVar[str] = ("cross-entropy with label smoothing on clean images, randomly cropped and flipped "
+                                "(and moved adversarially within an L2 ball where adversarial_radius > 0)")
     lr: float = 2e-3
     architecture: str | None = None  # a timm model name
     model_args: dict | None = None  # more keyword arguments of timm.create_model
     input_size: int | None = None   # the side the timm network sees (None: the images')
     crop_padding: int = 2           # random crops of the image padded by this many pixels each side
     label_smoothing: float = 0.1
+    adversarial_radius: float = 0.0  # L2 radius of the adversarial moves (0: none)
+    adversarial_steps: int = 3      # steps of projected gradient ascent per move
 
     def __post_init__(self):
         if self.crop_padding < 0:
             raise ValueError(f"crop_padding must not be negative, got {self.crop_padding}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not (math.isfinite(self.adversarial_radius) and self.adversarial_radius >= 0):
+            raise ValueError(f"adversarial_radius must be a finite number >= 0, got {self.adversarial_radius}")
+        if self.adversarial_steps < 1:
+            raise ValueError(f"adversarial_steps must be at least 1, got {self.adversarial_steps}")
 
     def build(self, num_classes, image_size, channels):
         network = {"architecture": self.architecture, "model_args": {}} if self.architecture else {}
@@ -244,7 +259,25 @@ class GuideClassifierTask(_CleanClassifierTask):
         shifts, flips = draws
         x = translate_each(x0, shifts, self.crop_padding, fill=-1.0)  # -1: black, Fashion-MNIST's background
         x = torch.where(flips[:, None, None, None], x.flip(-1), x)
+        if self.adversarial_radius:
+            x = self.adversarial(getattr(net, "module", net), x, y)  # the bare network: no gradient exchange
         return F.cross_entropy(net(x), y, label_smoothing=self.label_smoothing)
+
+    def adversarial(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x moved within the L2 ball of radius adversarial_radius around each image (and within
+        [-1, 1]) to raise the loss: projected gradient ascent from x, detached."""
+        radius, steps = self.adversarial_radius, self.adversarial_steps
+        delta = torch.zeros_like(x)
+        for _ in range(steps):
+            delta.requires_grad_(True)
+            loss = F.cross_entropy(net(x + delta), y, label_smoothing=self.label_smoothing)
+            grad = torch.autograd.grad(loss, delta)[0]
+            with torch.no_grad():
+                direction = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None, None]
+                delta = delta + 2.5 * radius / steps * direction
+                delta = delta * (radius / delta.flatten(1).norm(dim=1).clamp_min(radius))[:, None, None, None]
+                delta = (x + delta).clamp(-1, 1) - x
+        return (x + delta).detach()
 
 
 @dataclass(frozen=True)
