@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -28,12 +29,11 @@ from torch.utils.flop_counter import flop_registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from guidescope.bundle import load_bundle, read_defaults  # noqa: E402
+from guidescope.bundle import load_bundle  # noqa: E402
 from guidescope.cli import configure  # noqa: E402
 from guidescope.evaluation.measure import Setting  # noqa: E402
-from guidescope.evaluation.search import SAMPLER, method_setting, noise_aware_default  # noqa: E402
+from guidescope.evaluation.search import SAMPLER, method_setting, noise_aware_default, training_free_default  # noqa: E402
 from guidescope.generation import generate  # noqa: E402
-from guidescope.guide import TrainingFree  # noqa: E402
 from guidescope.guide.training_free import LIBRARY_SETTING, METHODS  # noqa: E402
 from guidescope.request import Request  # noqa: E402
 from scripts.machine import load_average, load_line  # noqa: E402
@@ -57,17 +57,13 @@ def sgemm_rate(threads: int) -> float:
 def settings_of(folder: Path):
     """[(name, evaluation Setting)]: the noise-aware default, the training-free default, each named method."""
     noise_aware = noise_aware_default(folder)
-    record = read_defaults(folder).get("training_free") or {}
-    guide = TrainingFree(**record["guide"]) if "guide" in record else LIBRARY_SETTING
-    steps, threshold = record.get("steps", 20), record.get("threshold", noise_aware.threshold)
-    sampler = record.get("sampler", SAMPLER)
-    structure = (steps, guide.recurrences, guide.iterations)
-    rows = [("noise-aware default", noise_aware),
-            ("training-free default", Setting(sampler, steps, threshold=threshold, guide=guide))]
+    chosen = training_free_default(folder) or Setting(SAMPLER, 20, threshold=noise_aware.threshold,
+                                                      guide=LIBRARY_SETTING)
+    structure = (chosen.steps, chosen.guide.recurrences, chosen.guide.iterations)
+    rows = [("noise-aware default", noise_aware), ("training-free default", chosen)]
     for method in METHODS:
         if method != "tfg":
-            rows.append((METHODS[method].title, Setting(sampler, steps, threshold=threshold,
-                                                        guide=method_setting(method, structure, 1.0))))
+            rows.append((METHODS[method].title, replace(chosen, guide=method_setting(method, structure, 1.0))))
     return rows
 
 

@@ -99,6 +99,13 @@ def comparison_arguments(p: argparse.ArgumentParser, checkpoints: str, kind: str
     p.add_argument("--out", help="write the table to this Markdown file")
 
 
+def write_page(path: str | None, lines: list[str]) -> None:
+    """The comparison's Markdown page, where --out names a file."""
+    if path:
+        Path(path).write_text("\n".join(lines))
+        print(f"wrote {path}")
+
+
 def row(name: str, m: Measurement, correct: list[torch.Tensor], flops: float, step: tuple[float, float],
         shipped: tuple[Measurement, list[torch.Tensor]] | None) -> str:
     low, high = m.interval("fidelity")
@@ -179,9 +186,7 @@ def main(argv=None) -> int:
             "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|", *lines, "",
             f"Per-class fidelity at {at}:", "", "| classifier | " + " | ".join(bundle.class_names) + " |",
             "|---|" + "---:|" * classes, *per_class, ""]
-    if args.out:
-        Path(args.out).write_text("\n".join(page))
-        print(f"wrote {args.out}")
+    write_page(args.out, page)
     return 0
 
 

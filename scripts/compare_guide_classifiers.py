@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -28,46 +29,31 @@ from guidescope.bundle import load_bundle, read_defaults  # noqa: E402
 from guidescope.checkpoints import CheckpointError, read_config  # noqa: E402
 from guidescope.cli import configure  # noqa: E402
 from guidescope.evaluation import command as evaluate  # noqa: E402
+from guidescope.evaluation import search  # noqa: E402
 from guidescope.evaluation.defaults import FD_MARGIN, FIDELITY_MARGIN  # noqa: E402
 from guidescope.evaluation.measure import Measurement, Setting, judge, measure, real_reference  # noqa: E402
 from guidescope.evaluation.sweeps import BUDGETS  # noqa: E402
-from guidescope.guide import TrainingFree  # noqa: E402
-from scripts.compare_classifiers import comparison_arguments, verdict_text  # noqa: E402
+from guidescope.training.tasks import TASKS  # noqa: E402
+from scripts.compare_classifiers import comparison_arguments, verdict_text, write_page  # noqa: E402
 from scripts.machine import load_average, load_line  # noqa: E402
 
 SEED = evaluate.parser().get_default("seed")  # the evaluation's: the shipped row repeats the search's decision row
 
 
 def training_free_default(folder: Path) -> tuple[Setting, str]:
-    """The bundle's training-free default as the evaluation's Setting, and the budget that chose it."""
-    defaults = read_defaults(folder)
-    record = defaults.get("training_free")
-    if not record:
+    """The bundle's training-free default as the evaluation's Setting, and the budget that chose the
+    defaults; refused where defaults.json has no training-free record."""
+    setting = search.training_free_default(folder)
+    if setting is None:
         raise CheckpointError(f"{folder / 'defaults.json'} has no training_free record: run "
                               "python -m guidescope.evaluate --training-free first")
-    setting = Setting(record["sampler"], record["steps"], threshold=record["threshold"],
-                      guide=TrainingFree(**record["guide"]))
-    return setting, defaults.get("budget", "cpu")
-
-
-@torch.no_grad()
-def clean_accuracy(guide, images: torch.Tensor, labels: torch.Tensor) -> float:
-    correct = sum(int((guide(x).argmax(1) == y).sum()) for x, y in zip(images.split(500), labels.split(500)))
-    return correct / len(labels)
-
-
-def training_text(record: dict) -> str:
-    training = record.get("training", {})
-    radius = training.get("adversarial_radius")
-    return (f"timm {record['config']['architecture']}, "
-            + (f"adversarially trained within L2 radius {radius:g}" if radius else "plain training")
-            + (", fine-tuned from another" if training.get("init") else ""))
+    return setting, read_defaults(folder).get("budget", "cpu")
 
 
 def row(name: str, record: dict, accuracy: float, m: Measurement, shipped: Measurement | None) -> str:
     low, high = m.interval("fidelity")
     versus = "-" if shipped is None else verdict_text(m, shipped)
-    return (f"| {name} | {training_text(record)} | {accuracy:.1%} | {m.scores.fidelity:.1%} [{low:.1%}, {high:.1%}] | "
+    return (f"| {name} | {search.guide_training(record)} | {accuracy:.1%} | {m.scores.fidelity:.1%} [{low:.1%}, {high:.1%}] | "
             f"{m.show('fd')} | {versus} |")
 
 
@@ -81,13 +67,15 @@ def main(argv=None) -> int:
     folders = [folder, *map(Path, args.candidate)]
     try:
         setting, budget_name = training_free_default(folder)
-        bundles = [load_bundle(folder, need_evaluator=True, backend=args.backend,
-                               guide_classifier_folder=None if f == folder else f) for f in folders]
+        bundle = load_bundle(folder, need_evaluator=True, backend=args.backend)
+        # Each candidate checked as load_bundle checks a folder's own guide, then put in the bundle.
+        bundles = [bundle] + [replace(bundle, guide_classifier=load_bundle(folder, guide_classifier_folder=f).guide_classifier)
+                              for f in folders[1:]]
         records = [read_config(f, "guide_classifier") for f in folders]
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    bundle, budget = bundles[0], BUDGETS[budget_name]
+    budget = BUDGETS[budget_name]
     _, every_test = evaluate.load_data(evaluate.parser().parse_args(["--checkpoints", str(folder)]), bundle)
     features, _ = judge(bundle.evaluator, evaluate.held_out(every_test, budget).images)
     classes = len(bundle.class_names)
@@ -97,7 +85,7 @@ def main(argv=None) -> int:
     names = [f"shipped (`{folder.as_posix()}`)"] + [f"`{f.as_posix()}`" for f in folders[1:]]
     lines, per_class, shipped = [], [], None
     for name, b, record in zip(names, bundles, records):
-        accuracy = clean_accuracy(b.guide_classifier, every_test.images, every_test.labels)
+        accuracy = TASKS["guide_classifier"]().held_out(b.guide_classifier, every_test, len(every_test.labels))["test_acc"]
         m, _ = measure(b, setting, reference, n, SEED, budget.resamples, args.batch_size)
         lines.append(row(name, record, accuracy, m, shipped))
         print(lines[-1], flush=True)
@@ -116,9 +104,7 @@ def main(argv=None) -> int:
             "|---|---|---:|---:|---:|---|", *lines, "",
             "Per-class fidelity:", "", "| guide classifier | " + " | ".join(bundle.class_names) + " |",
             "|---|" + "---:|" * classes, *per_class, ""]
-    if args.out:
-        Path(args.out).write_text("\n".join(page))
-        print(f"wrote {args.out}")
+    write_page(args.out, page)
     return 0
 
 

@@ -569,8 +569,8 @@ def test_the_training_free_search_takes_another_guide_classifier(tiny, tmp_path,
     assert smoke(source, out, "--training-free", "--guide-classifier", other, "--structures", "2x1x1",
                  "--skip-methods") == 0
     page = (out / "TRAINING_FREE.md").read_text()
-    assert (f"Guided by `{other.as_posix()}/guide_classifier` (timm convnext_atto, held-out accuracy 50.0%, "
-            "adversarially trained within L2 radius 2)") in page
+    assert (f"Guided by `{other.as_posix()}/guide_classifier` (timm convnext_atto, adversarially trained within "
+            "L2 radius 2, held-out accuracy 50.0%)") in page
     assert ((source / "defaults.json").read_bytes() if (source / "defaults.json").exists() else None) == defaults_before
     assert "wrote the training_free record" not in capsys.readouterr().out
     with pytest.raises(SystemExit):

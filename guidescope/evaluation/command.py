@@ -251,6 +251,8 @@ def main(argv=None) -> int:
     p = parser()
     args = p.parse_args(argv)
     cli.require_positive(p, args, "threads", "batch_size", "images_per_class", "decision_images_per_class")
+    if args.guide_classifier and not args.training_free:
+        p.error("--guide-classifier goes with --training-free (the other measurements never use a clean classifier)")
     command = "python -m guidescope.evaluate " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
         if args.report_only:
@@ -261,9 +263,6 @@ def main(argv=None) -> int:
                 p.error("--device cuda: no CUDA device is available")
             configure(device, args.threads)
             backend = "torch" if device.type == "cuda" and args.backend == "auto" else args.backend
-            if args.guide_classifier and not args.training_free:
-                p.error("--guide-classifier goes with --training-free (the other measurements never use a clean "
-                        "classifier)")
             bundle = load_bundle(args.checkpoints, device, need_evaluator=True, backend=backend,
                                  guide_classifier_folder=args.guide_classifier)
             budget = BUDGETS[args.budget]

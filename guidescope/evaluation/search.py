@@ -210,22 +210,37 @@ def noise_aware_default(folder: Path) -> Setting:
     return replace(base, interval=interval, **{name: value for name, value in get.items() if value is not None})
 
 
+def training_free_default(folder: Path) -> Setting | None:
+    """The training-free record of the folder's defaults.json (defaults_record's) as the
+    evaluation's Setting; None where it has none."""
+    record = read_defaults(folder).get("training_free")
+    if not record:
+        return None
+    return Setting(record["sampler"], record["steps"], threshold=record["threshold"], guide=TrainingFree(**record["guide"]))
+
+
 def at_structure(choice: Choice, structure: tuple[int, int, int]) -> list[Measurement]:
     """TFG's decision measurement at structure, where the search made one."""
     return [m for m in choice.tried
             if (m.setting.steps, m.setting.guide.recurrences, m.setting.guide.iterations) == tuple(structure)]
 
 
-def guide_text(folder: Path, record: dict) -> str:
-    """'checkpoints/x/guide_classifier (timm convnext_atto, held-out accuracy 88.5%, adversarially
-    trained within L2 radius 2)': which clean classifier guided, from its JSON."""
+def guide_training(record: dict) -> str:
+    """'timm convnext_atto, adversarially trained within L2 radius 4, fine-tuned from another': how
+    a clean guide classifier was made, from its JSON."""
     training = record.get("training", {})
-    words = [f"timm {record['config']['architecture']}"]
-    if "test_acc" in training:
-        words.append(f"held-out accuracy {training['test_acc']:.1%}")
-    if training.get("adversarial_radius"):
-        words.append(f"adversarially trained within L2 radius {training['adversarial_radius']:g}")
-    return f"`{Path(folder).as_posix()}/guide_classifier` ({', '.join(words)})"
+    radius = training.get("adversarial_radius")
+    return (f"timm {record['config']['architecture']}, "
+            + (f"adversarially trained within L2 radius {radius:g}" if radius else "plain training")
+            + (", fine-tuned from another" if training.get("init") else ""))
+
+
+def guide_text(folder: Path, record: dict) -> str:
+    """'checkpoints/x/guide_classifier (guide_training's words, held-out accuracy 88.5%)': which
+    clean classifier guided, from its JSON."""
+    accuracy = record.get("training", {}).get("test_acc")
+    held_out = "" if accuracy is None else f", held-out accuracy {accuracy:.1%}"
+    return f"`{Path(folder).as_posix()}/guide_classifier` ({guide_training(record)}{held_out})"
 
 
 def results_page(choice: Choice, methods: list[Measurement], screened: list[Measurement], run: str,

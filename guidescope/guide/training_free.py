@@ -262,9 +262,10 @@ class TrainingFreeGuidance(ClassifierFreeGuidance):
             x0, delta_t = guidance.threshold(diffusion.predict_xstart_from_eps(x, t, eps)), torch.zeros_like(x)
             grad_x0 = None
         x0_new = x0
-        for _ in range(iterations):
-            grad = self._grad(x0_new, draws, labels) if grad_x0 is None else grad_x0  # the first: from the UNet's pass
-            x0_new, grad_x0 = x0_new + _as_column(mu, x) * grad, None
+        for j in range(iterations):
+            first = j == 0 and grad_x0 is not None  # at x-hat_0 itself: the gradient of the pass through the UNet
+            grad = grad_x0 if first else self._grad(x0_new, draws, labels)
+            x0_new = x0_new + _as_column(mu, x) * grad
         delta_0 = x0_new - x0
         abar, abar_prev = float(diffusion.alphas_cumprod[i]), float(diffusion.alphas_cumprod_prev[i])
         if form.time == "eps":  # Universal Guidance: both shifts on eps, and the step from eps-hat
@@ -289,7 +290,8 @@ class TrainingFreeGuidance(ClassifierFreeGuidance):
             eps, v = self.network_output(x_in, timestep, guidance)
             x0 = guidance.threshold(diffusion.predict_xstart_from_eps(x_in, t, eps))
             log_f = self.log_f(x0, draws, labels)
-            grad, *grad_x0 = torch.autograd.grad(log_f.sum(), (x_in, x0) if with_x0 else (x_in,))
+            grads = torch.autograd.grad(log_f.sum(), (x_in, x0) if with_x0 else (x_in,))
+        grad, grad_x0 = grads[0], grads[1] if with_x0 else None
         normalise = self.setting.variant.form.normalise
         if normalise == "log-prob":
             grad = grad / _as_column(log_f.detach().abs(), grad)
@@ -297,7 +299,7 @@ class TrainingFreeGuidance(ClassifierFreeGuidance):
             grad = grad / max(len(draws), 1)
         if not torch.isfinite(grad).all():
             raise NonFiniteError("the clean classifier's gradient through x-hat_0 is not finite")
-        return grad, eps.detach(), None if v is None else v.detach(), x0.detach(), (grad_x0 or [None])[0]
+        return grad, eps.detach(), None if v is None else v.detach(), x0.detach(), grad_x0
 
     def _noisy_log_prob(self, x, timestep, labels, guidance) -> torch.Tensor | None:
         """log p_phi(c | x_t, t) of the noise-aware classifier, for the charts only."""
