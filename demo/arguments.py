@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Callable, NamedTuple
 
 from guidescope.guide import SCHEDULE_SHAPES, THRESHOLDS, Threshold, TrainingFree
-from guidescope.guide.training_free import LIBRARY_SETTING, METHODS
+from guidescope.guide.training_free import LIBRARY_SETTING, METHODS, STRENGTH_SCHEDULES
 from guidescope.messages import choice, finite_number, integer, shown
 from guidescope.parsing import (class_index, interval_text, parse_classes, parse_interval, parse_intervals, parse_list,
                                 parse_numbers)
@@ -26,7 +26,7 @@ from .settings import (COMPARE_CHOICES, GUIDE_CHOICES, LIMITS, ROW_VALUES, UNET_
 
 UNETS = tuple(value for _, value in UNET_CHOICES)
 GUIDES = tuple(value for _, value in GUIDE_CHOICES)
-PAGE_METHOD_PARAMETERS = ("rho", "mu", "recurrences", "iterations")  # the training-free parameters on the page
+PAGE_METHOD_PARAMETERS = ("rho", "mu", "recurrences", "iterations", "gamma")  # the training-free numbers on the page
 COMPARE_MODES = tuple(value for _, value in COMPARE_CHOICES)
 
 
@@ -112,7 +112,8 @@ def training_free_of_page(s: Settings) -> TrainingFree:
     each number the page shows is checked, once, whichever guide and method the rows take (a row
     takes the method's part of it, TrainingFree.as_method). ValueError names a bad value."""
     page = {"rho": _real(s.rho), "mu": _real(s.mu), "recurrences": _whole(s.recurrences),
-            "iterations": _whole(s.iterations)}
+            "iterations": _whole(s.iterations), "gamma": _real(s.gamma)}
+    page["rho_schedule"] = page["mu_schedule"] = choice(s.strength_schedule, "strength schedule", STRENGTH_SCHEDULES)
     return TrainingFree.make("tfg", **{name: page.get(name, getattr(LIBRARY_SETTING, name))
                                        for name in METHODS["tfg"].free})
 
@@ -155,11 +156,11 @@ def _unet_label(row: Row) -> tuple[str, str]:
 
 
 def method_label(setting: TrainingFree) -> str:
-    """'TFG ρ=2 μ=2 N_recur=2': a training-free row's name on the page: its page parameters, the
-    repeats only where they are not 1."""
-    symbols = {"rho": "ρ", "mu": "μ", "recurrences": "N_recur", "iterations": "N_iter"}
+    """'TFG ρ=2 μ=2 N_recur=2': a training-free row's name on the page: its page numbers, the
+    repeats only where they are not 1, the smoothing where it is not 0."""
+    symbols = {"rho": "ρ", "mu": "μ", "recurrences": "N_recur", "iterations": "N_iter", "gamma": "γ̄"}
     shown = [name for name in PAGE_METHOD_PARAMETERS if name in setting.variant.free
-             and (name in ("rho", "mu") or getattr(setting, name) != 1)]
+             and (name in ("rho", "mu") or getattr(setting, name) != (0 if name == "gamma" else 1))]
     return " ".join([setting.variant.title, *(f"{symbols[name]}={getattr(setting, name):g}" for name in shown)])
 
 

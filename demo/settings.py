@@ -95,11 +95,15 @@ class AppDefaults:
     mu: float = LIBRARY_SETTING.mu
     recurrences: int = LIBRARY_SETTING.recurrences
     iterations: int = LIBRARY_SETTING.iterations
+    strength_schedule: str = LIBRARY_SETTING.mu_schedule  # rho_t's and mu_t's (the page sets both alike)
+    gamma: float = LIBRARY_SETTING.gamma
     # What the page switches to with the training-free guide (its recurrence needs a one-step sampler).
     training_free_sampler: str = "ddim"
     training_free_steps: int = 20
     training_free_threshold: str = "clip"
-    training_free_num_images: int = 2  # a clean classifier's step costs tens of plain ones (docs/TRAINING_FREE_SPEED.md
+    training_free_interval: str = "full"
+    training_free_schedule: str = "constant"
+    training_free_num_images: int = 2  # a clean classifier's step costs several plain ones (docs/TRAINING_FREE_SPEED.md
                                     # gives the seconds per image of the shipped settings): a few images keep a
                                     # run within Limits.max_seconds beside a browser on the same 2 cores
 
@@ -137,6 +141,8 @@ class Settings:
     mu: Any = AppDefaults.mu
     recurrences: Any = AppDefaults.recurrences
     iterations: Any = AppDefaults.iterations
+    strength_schedule: Any = AppDefaults.strength_schedule
+    gamma: Any = AppDefaults.gamma
 
     def values(self) -> list:
         """The values (or components) in the endpoints' order."""
@@ -178,8 +184,9 @@ class Display:
     gif_hold_s: float = 1.5
     scale_slider_max: float = 30.0  # slider tops; the API and Compare accept up to the library's limits
     cfg_slider_max: float = 10.0
-    strength_slider_max: float = 32.0  # rho and mu of the training-free methods (the API takes up to the library's)
+    strength_slider_max: float = 64.0  # rho and mu of the training-free methods (the API takes up to the library's)
     repeat_slider_max: int = 8      # N_recur and N_iter
+    gamma_slider_max: float = 1.0   # gamma-bar (the API takes up to the library's)
     live_max_seconds: float = 1.0   # live mode is offered where one run at the defaults takes at most this
 
 
@@ -209,9 +216,11 @@ def app_defaults(folder: str | Path | None) -> AppDefaults:
     chosen = defaults_record(folder)
     training_free = chosen.get("training_free") if isinstance(chosen.get("training_free"), dict) else {}
     guide = training_free.get("guide") if isinstance(training_free.get("guide"), dict) else {}
-    chosen = {**{f"training_free_{name}": training_free[name] for name in ("sampler", "steps", "threshold")
-                 if name in training_free},
-              **{name: guide[name] for name in ("method", "rho", "mu", "recurrences", "iterations") if name in guide},
+    chosen = {**{f"training_free_{name}": training_free[name]
+                 for name in ("sampler", "steps", "threshold", "interval", "schedule") if name in training_free},
+              **{name: guide[name] for name in ("method", "rho", "mu", "recurrences", "iterations", "gamma")
+                 if name in guide},
+              **({"strength_schedule": guide["mu_schedule"]} if "mu_schedule" in guide else {}),
               **chosen}
     names = {f.name for f in fields(AppDefaults)}
     values = {name: default_value(name, value, type(getattr(AppDefaults, name)))

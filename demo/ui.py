@@ -9,6 +9,7 @@ from typing import NamedTuple
 import gradio as gr
 
 from guidescope.guide import TrainingFreeGuidance
+from guidescope.guide.training_free import STRENGTH_SCHEDULES
 from guidescope.request import MAX_SCALE, MAX_SEED
 
 from . import render
@@ -123,6 +124,13 @@ def _controls(defaults: AppDefaults, class_names: tuple[str, ...], num_timesteps
                                 label="N_recur: repeat each step", info="re-noise and redo it (time travel); TFG, FreeDoM, UG")
         iterations = gr.Slider(0, DISPLAY.repeat_slider_max, value=d.iterations, step=1, elem_id="iterations",
                                label="N_iter: steps on x̂_0 per step", info="TFG, UG")
+        strength_schedule = gr.Radio(list(STRENGTH_SCHEDULES), value=d.strength_schedule, elem_id="strength-schedule",
+                                     label="ρ_t, μ_t over the steps",
+                                     info="constant, or weighted by α_t (increase) or 1 - α_t (decrease), mean 1; "
+                                          "TFG, FreeDoM")
+        gamma = gr.Slider(0, DISPLAY.gamma_slider_max, value=d.gamma, step=0.01, elem_id="gamma",
+                          label="γ̄: smoothing of p(c | x̂_0)",
+                          info="a Monte Carlo mean over x̂_0 + γ_t δ, γ_t = γ̄ sqrt(1 - ᾱ_t); TFG")
     scale = gr.Slider(0, DISPLAY.scale_slider_max, value=d.scale, step=0.25, label="classifier guidance w",
                       info=f"the noise-aware classifier's; 0 = off; Compare and the API accept up to {MAX_SCALE:g}",
                       elem_id="scale")
@@ -160,20 +168,23 @@ def _controls(defaults: AppDefaults, class_names: tuple[str, ...], num_timesteps
     return Controls(class_name=class_name, scale=scale, unet=unet, cfg_scale=cfg_scale, steps=steps, sampler=sampler,
                     eta=eta, num_images=num_images, seed=seed, interval=interval, schedule=schedule,
                     threshold=threshold, threshold_percentile=threshold_percentile, guide=guide, method=method, rho=rho,
-                    mu=mu, recurrences=recurrences, iterations=iterations), method_group
+                    mu=mu, recurrences=recurrences, iterations=iterations, strength_schedule=strength_schedule,
+                    gamma=gamma), method_group
 
 
 def _guide_chosen(handlers: Handlers, name: str, guide: str) -> tuple:
     """What picking a guide changes: the training-free parameters shown or hidden, and the
-    sampler, steps, threshold and number of images to the model's defaults for that guide (the
-    clean classifier's recurrence needs a one-step sampler; the evaluation chose its steps; its
-    steps cost tens of plain ones, so fewer images fit the time one request may take)."""
+    sampler, steps, threshold, guidance interval and schedule and number of images to the model's
+    defaults for that guide (the clean classifier's recurrence needs a one-step sampler; the
+    evaluation chose its steps and interval; its steps cost several plain ones, so fewer images fit
+    the time one request may take)."""
     d = handlers.pick(name).defaults
     if guide == "training-free":
         return (gr.Group(visible=True), d.training_free_sampler, d.training_free_steps, d.training_free_threshold,
-                gr.Slider(interactive=d.training_free_sampler == "ddim"), d.training_free_num_images)
+                gr.Slider(interactive=d.training_free_sampler == "ddim"), d.training_free_num_images,
+                d.training_free_interval, d.training_free_schedule)
     return (gr.Group(visible=False), d.sampler, d.steps, d.threshold, gr.Slider(interactive=d.sampler == "ddim"),
-            d.num_images)
+            d.num_images, d.interval, d.schedule)
 
 
 def _only_when(wanted: str, reset: float | None, chosen: str) -> gr.Slider:
@@ -416,7 +427,8 @@ def _switch(handlers: Handlers, name: str) -> list:
         eta=gr.Slider(value=d.eta, interactive=d.sampler == "ddim"), num_images=d.num_images, seed=gr.update(),
         interval=d.interval, schedule=d.schedule, threshold=d.threshold,
         threshold_percentile=gr.Slider(value=d.threshold_percentile, interactive=d.threshold == "dynamic"),
-        guide=d.guide, method=d.method, rho=d.rho, mu=d.mu, recurrences=d.recurrences, iterations=d.iterations)
+        guide=d.guide, method=d.method, rho=d.rho, mu=d.mu, recurrences=d.recurrences, iterations=d.iterations,
+        strength_schedule=d.strength_schedule, gamma=d.gamma)
     captions = [SAMPLE_CAPTIONS[b.space], XSTART_CAPTIONS[b.space], PUSH_CAPTIONS[b.space]] * 2
     toggles = [gr.Checkbox(interactive=True) if live else gr.Checkbox(value=False, interactive=False)] * 2 + [note]
     return [*controls.values(), _info(model, handlers.timings.step_seconds.get(model.name)), *captions, *toggles,
@@ -468,7 +480,7 @@ def _wire(handlers: Handlers, page: Page, concurrency_limit: int) -> None:
                        page.live_note, page.explanation, page.opening, page.method_group], **UNQUEUED)
     controls.guide.input(partial(_guide_chosen, handlers), [page.model, controls.guide],
                          [page.method_group, controls.sampler, controls.steps, controls.threshold, controls.eta,
-                          controls.num_images], **UNQUEUED)
+                          controls.num_images, controls.interval, controls.schedule], **UNQUEUED)
     # The label follows the mode however it changes; picking a mode also puts its example in the box.
     page.mode.change(_row_values, page.mode, page.strengths, **UNQUEUED)
     page.mode.input(_row_example, page.mode, page.strengths, **UNQUEUED)

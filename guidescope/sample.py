@@ -139,11 +139,13 @@ def fill_unset(args: argparse.Namespace, chosen: dict) -> dict[str, str]:
 
 def training_free_defaults(chosen: dict) -> dict:
     """What a --guide training-free run takes from a bundle's defaults.json: its "training_free"
-    record (sampler, steps, threshold and the setting) and, from the top, SHARED_WITH_NOISE_AWARE."""
+    record (sampler, steps, threshold, the guidance schedule and interval, and the setting) and,
+    from the top, SHARED_WITH_NOISE_AWARE."""
     record = chosen.get("training_free")
     record = record if isinstance(record, dict) else {}
     return {**{name: chosen[name] for name in SHARED_WITH_NOISE_AWARE if name in chosen},
-            **{name: record[name] for name in ("sampler", "steps", "threshold", "guide") if name in record}}
+            **{name: record[name] for name in ("sampler", "steps", "threshold", "schedule", "interval", "guide")
+               if name in record}}
 
 
 def training_free_setting(args, chosen: dict) -> TrainingFree:

@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from guidescope.bundle import load_bundle  # noqa: E402
 from guidescope.cli import configure  # noqa: E402
 from guidescope.evaluation.measure import Setting  # noqa: E402
-from guidescope.evaluation.search import SAMPLER, method_setting, noise_aware_default, training_free_default  # noqa: E402
+from guidescope.evaluation.search import (SAMPLER, Structure, method_setting, noise_aware_default,  # noqa: E402
+                                         training_free_default)
 from guidescope.generation import generate  # noqa: E402
 from guidescope.guide.training_free import LIBRARY_SETTING, METHODS  # noqa: E402
 from guidescope.request import Request  # noqa: E402
@@ -59,7 +60,7 @@ def settings_of(folder: Path):
     noise_aware = noise_aware_default(folder)
     chosen = training_free_default(folder) or Setting(SAMPLER, 20, threshold=noise_aware.threshold,
                                                       guide=LIBRARY_SETTING)
-    structure = (chosen.steps, chosen.guide.recurrences, chosen.guide.iterations)
+    structure = Structure(chosen.steps, chosen.guide.recurrences, chosen.guide.iterations, chosen.guide.rho > 0)
     rows = [("noise-aware default", noise_aware), ("training-free default", chosen)]
     for method in METHODS:
         if method != "tfg":

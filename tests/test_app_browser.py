@@ -200,14 +200,18 @@ def test_stop_ends_a_run_midway_and_nothing_moves_after(page, app_server):
 
 
 def test_choosing_what_compare_rows_vary_rewrites_the_text_box(page):
+    from playwright.sync_api import expect
     page.get_by_role("tab", name="Compare").click()
     rows = page.locator("#compare-rows textarea")
     assert rows.input_value() == ROW_VALUES["classifier"].example
+    # The label and the example come by two events of the click: wait for both (else a late example
+    # would overwrite what is typed next).
     page.get_by_role("radio", name="guidance interval").click()
     page.get_by_label(ROW_VALUES["interval"].label).wait_for(timeout=10_000)
-    assert rows.input_value() == ROW_VALUES["interval"].example
+    expect(rows).to_have_value(ROW_VALUES["interval"].example, timeout=10_000)
     page.get_by_role("radio", name="target class").click()
     page.get_by_label(ROW_VALUES["class"].label).wait_for(timeout=10_000)
+    expect(rows).to_have_value(ROW_VALUES["class"].example, timeout=10_000)
     rows.fill("Bag, sneaker")
     set_number(page, "steps", 3)
     set_number(page, "images", 1)

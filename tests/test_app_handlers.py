@@ -43,7 +43,8 @@ def make_handlers(bundle, tmp_path, display: Display = EVERY_STEP) -> Handlers:
     return Handlers(bundle, display=display, downloads=tmp_path / "downloads")
 
 
-TRAINING_FREE_ARGS = dict(guide="noise-aware", method="tfg", rho=2.0, mu=2.0, recurrences=1, iterations=1)
+TRAINING_FREE_ARGS = dict(guide="noise-aware", method="tfg", rho=2.0, mu=2.0, recurrences=1, iterations=1,
+                          strength_schedule="increase", gamma=0.0)
 
 
 def gen_args(**changes) -> dict:

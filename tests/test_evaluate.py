@@ -520,22 +520,31 @@ def test_the_training_free_search_decides_and_resumes(tiny, tmp_path):
     tfg = [m for _, m in guided if m.setting.guide.method == "tfg"]
     base = search.noise_aware_default(folder)
     equal = {search.equal_time(m.setting, base) for m in tfg}  # the chosen setting at the noise-aware time
-    assert {(m.setting.steps, m.setting.guide.recurrences, m.setting.guide.iterations) for m in tfg
-            if m.setting not in equal or m.setting.steps in {s for s, _, _ in structures}} == set(structures)
+    searched = [m for m in tfg if m.setting not in equal or m.setting.steps in {s.steps for s in structures}]
+    assert all(sum(s.holds(m.setting) for s in structures) == 1 for m in searched)  # each in one structure
+    assert all(any(s.holds(m.setting) for m in searched) for s in structures)  # every structure searched
+    # the beam's moves: each strength doubled, the schedules made constant, guided later (T = 100 here)
     assert any(m.setting.guide.gamma > 0 for m in tfg) and any(m.setting.guide.rho > search.START["rho"] for m in tfg)
+    assert any(m.setting.guide.mu_schedule == "constant" for m in tfg)
+    assert {m.setting.interval for m in searched} >= {None, (20, 99)}
+    assert any(m.setting.guide.rho == 0 and m.setting.guide.mu > search.START["mu"] for m in tfg)
     decided = {m.setting.guide.method for n, m in guided if n == BUDGETS["smoke"].decision_images_per_class}
     assert decided == {"tfg", "dps", "lgd", "freedom", "mpgd", "ug"}  # each named method at its best, decided too
     record = json.loads(defaults.read_text())["training_free"]
     chosen = TrainingFree(**record["guide"])
-    assert record["sampler"] == "ddpm" and record["steps"] in {s for s, _, _ in structures} and record["reason"]
+    assert record["sampler"] == "ddpm" and record["steps"] in {s.steps for s in structures} and record["reason"]
+    chosen_setting = Setting("ddpm", record["steps"], threshold=record["threshold"], schedule=record["schedule"],
+                             interval=search.parse_interval(record["interval"]), guide=chosen)
+    (tmp_path / "record").mkdir()
+    shutil.copy(defaults, tmp_path / "record" / "defaults.json")
+    assert search.training_free_default(tmp_path / "record") == chosen_setting  # read back as the chosen Setting
     page = (out / "TRAINING_FREE.md").read_text()
     assert f"**Chosen:** DDPM {record['steps']}, {chosen.describe()}" in page and page.count("| DDPM ") >= len(guided)
     assert all(f"| DDPM {record['steps']}, {title}" in page for title in ("DPS", "LGD", "FreeDoM", "MPGD", "Universal"))
     # each method (and the chosen setting) again at the noise-aware default's time, by the step costs
     assert "## At the noise-aware default's time per image" in page and "fidelity at the noise-aware time" in table
     decision = [m.setting for n, m in guided if n == BUDGETS["smoke"].decision_images_per_class]
-    assert replace(Setting("ddpm", record["steps"], threshold=record["threshold"], guide=chosen),
-                   steps=max(1, int(base.steps / chosen.step_cost()))) in decision
+    assert replace(chosen_setting, steps=max(1, int(base.steps / chosen.step_cost()))) in decision
     for method in ("dps", "lgd", "freedom", "mpgd", "ug"):
         assert any(s.guide.method == method and s.steps == max(1, int(base.steps / s.guide.step_cost()))
                    for s in decision), method
@@ -548,6 +557,66 @@ def test_the_training_free_search_decides_and_resumes(tiny, tmp_path):
     before = (out / "search.json").read_bytes()
     assert smoke(folder, out, "--training-free", "--defaults", defaults) == 0
     assert (out / "search.json").read_bytes() == before
+
+
+def test_a_searched_structure_is_read_from_its_text_and_ordered_by_cost(capsys):
+    """--structures: STEPSxRECURxITER, -x0 where rho stays 0; cheapest first whatever the order
+    given; anything else refused before anything loads."""
+    from guidescope.evaluation import search
+    assert search.structures("20x2x1,10x1x1-x0,10x1x1") == (search.Structure(10, 1, 1, False),
+                                                            search.Structure(10, 1, 1), search.Structure(20, 2, 1))
+    assert [str(s) for s in search.STRUCTURES["cpu"]] == sorted(map(str, search.STRUCTURES["cpu"]),
+                                                                key=lambda t: search.Structure.parse(t).cost())
+    for text in ("10x1", "10x0x1", "ax1x1", "10x1x0-x0", "10x1x1x"):
+        with pytest.raises(ValueError, match="a structure is STEPSxRECURxITER"):
+            search.Structure.parse(text)
+    with pytest.raises(SystemExit):
+        evaluate.main(["--training-free", "--structures", "10x1x0-x0"])
+    assert "--structures: a structure is STEPSxRECURxITER" in capsys.readouterr().err
+
+
+def test_the_beams_children_double_flatten_and_guide_later():
+    from guidescope.evaluation import search
+    from guidescope.guide import TrainingFree
+    start = Setting("ddpm", 10, guide=TrainingFree.make("tfg", mu=2.0, iterations=1, **search.SCHEDULES))
+    kids = search.children(start, search.Structure(10, 1, 1, False), 1000)
+    assert [(k.guide.rho, k.guide.mu, k.guide.gamma, k.guide.mu_schedule, k.interval) for k in kids] == [
+        (0.0, 4.0, 0.0, "increase", None), (0.0, 2.0, search.START["gamma"], "increase", None),
+        (0.0, 2.0, 0.0, "constant", None), (0.0, 2.0, 0.0, "increase", (200, 999))]
+    assert kids[2].guide.rho_schedule == start.guide.rho_schedule  # rho is 0: its schedule is left alone
+    last = replace(start, interval=(600, 999), guide=replace(start.guide, mu_schedule="constant"))
+    assert [k.interval for k in search.children(last, search.Structure(10, 1, 1), 1000)] == [(600, 999)] * 3
+    assert search.later(replace(start, interval=(400, 999)), 1000).interval == (600, 999)
+
+
+def screened(tmp_path, scores: list[tuple[float, float]]):
+    """A Search whose noise-aware default scored FD 4.0 on the screening images (the bound: 6.0), and
+    training-free screening measurements with the given (fidelity, Frechet distance)."""
+    from guidescope.evaluation import search
+    from guidescope.guide import TrainingFree
+    base = Setting("unipc", 8, scale=8.0)
+    found = search.Search(None, base, (2, 4), (None, None), tmp_path / "search.json", 0, 10)
+    found.found[2, base] = fake(base, 0.95, 4.0)
+    guide = TrainingFree.make("tfg", mu=2.0, iterations=1)
+    return found, [fake(Setting("ddpm", steps, guide=guide), fidelity, fd) for steps, (fidelity, fd) in enumerate(scores, 1)]
+
+
+def test_the_beam_ranks_settings_within_the_frechet_bound_first(tmp_path):
+    """Search.rank: a setting whose Frechet distance is within FD_WITHIN x the noise-aware default's
+    (on the same screening images) ranks above any outside it, however high that one's fidelity;
+    within each side, the higher fidelity first, then the lower distance."""
+    found, (far, near, nearer, same) = screened(tmp_path, [(0.99, 6.1), (0.90, 5.9), (0.90, 5.0), (0.80, 1.0)])
+    assert sorted([far, same, near, nearer], key=found.rank) == [nearer, near, same, far]
+
+
+def test_the_beam_keeps_a_place_for_the_highest_fidelity(tmp_path):
+    """Search.kept: the first by rank, then the highest fidelity even outside the Frechet bound (a
+    later move may bring it back within), then by rank; none twice."""
+    from guidescope.evaluation import search
+    found, (strong, near, weak, weaker) = screened(tmp_path, [(0.99, 9.0), (0.90, 5.9), (0.80, 5.0), (0.70, 1.0)])
+    assert search.BEAM == 2
+    assert found.kept([weaker, weak, strong, near]) == [near, strong]
+    assert found.kept([weaker, near, weak]) == [near, weak]  # the highest fidelity is the first: the next by rank
 
 
 def test_the_training_free_search_takes_another_guide_classifier(tiny, tmp_path, capsys):

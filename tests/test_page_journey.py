@@ -17,7 +17,10 @@ from app_fixtures import CLASS_NAMES, NUM_TIMESTEPS, RUN_LINE, Server, checkpoin
 from demo import arguments
 from demo.settings import COMPARE_CHOICES, DISPLAY, ROW_VALUES, AppDefaults, Settings
 
-LATENT_DEFAULTS = {"sampler": "unipc", "steps": 5, "scale": 3.0}  # the tiny latent bundle's defaults.json
+LATENT_DEFAULTS = {"sampler": "unipc", "steps": 5, "scale": 3.0,  # the tiny latent bundle's defaults.json
+                   "training_free": {"sampler": "ddim", "steps": 4, "threshold": "clip", "interval": "400-999",
+                                     "guide": {"method": "tfg", "rho": 2.0, "mu": 2.0, "iterations": 1,
+                                               "mu_schedule": "constant"}}}
 PIXEL = AppDefaults()  # the tiny pixel bundle has none: the app's own
 SIZE = 16  # the tiny bundles' images
 
@@ -262,6 +265,9 @@ def test_choosing_the_clean_classifier_shows_its_parameters_and_a_one_step_sampl
     while not page.locator("#sampler").get_by_label("DDIM", exact=True).is_checked():
         assert time.monotonic() < deadline
         time.sleep(0.05)
+    # the evaluated training-free setting: its interval and strength schedule, beside the sampler
+    assert page.locator("#interval textarea, #interval input").first.input_value() == "400-999"
+    assert page.locator("#strength-schedule").get_by_label("constant", exact=True).is_checked()
     set_number(page, "steps", 3)
     set_number(page, "rho", 3)
     status = run(page, "generate")
@@ -270,3 +276,4 @@ def test_choosing_the_clean_classifier_shows_its_parameters_and_a_one_step_sampl
     page.locator("#guide").get_by_label("noise-aware classifier p(c | x_t, t)").check()
     page.locator(".method-group").first.wait_for(state="hidden")
     assert page.locator("#sampler").get_by_label("UniPC", exact=True).is_checked()
+    assert page.locator("#interval textarea, #interval input").first.input_value() == "full"

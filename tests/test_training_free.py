@@ -14,7 +14,7 @@ from tfg_fixtures import make_networks
 
 from app_fixtures import bundle, checkpoint_dir  # noqa: F401
 from guidescope.diffusion import GaussianDiffusion
-from guidescope.guide import Guidance, Threshold, TrainingFree, TrainingFreeGuidance
+from guidescope.guide import Guidance, Schedule, Threshold, TrainingFree, TrainingFreeGuidance
 from guidescope.request import Request, Row, check
 from guidescope.samplers import make_solver
 
@@ -309,6 +309,17 @@ def test_the_command_line_samples_at_the_bundles_training_free_setting(checkpoin
     assert "FreeDoM rho 0.9 N_recur 2" in capsys.readouterr().out
     assert _cli(folder, "--guide", "training-free", "--method", "mpgd", "--mu", "2", "--out", str(tmp_path / "c.npz")) == 0
     assert "MPGD mu 2 (clean" in capsys.readouterr().out
+    # the record's guidance interval (the search's) is the training-free run's own
+    record = json.loads((folder / "defaults.json").read_text())
+    record["training_free"].update(schedule="constant", interval="40-99")
+    (folder / "defaults.json").write_text(json.dumps(record))
+    assert _cli(folder, "--guide", "training-free", "--out", str(tmp_path / "d.npz"), "--seed", "3") == 0
+    assert "guidance constant over t 40-99, none threshold" in capsys.readouterr().out
+    later = generate(load_bundle(folder), Request((Row(1, guide=chosen, threshold=Threshold("none"),
+                                                      schedule=Schedule("constant", (40, 99))),),
+                                                  images_per_row=2, steps=3, sampler="ddpm", seed=3)).images
+    assert np.array_equal(np.load(tmp_path / "d.npz")["images"], later.numpy()[:, 0])
+    assert not np.array_equal(later.numpy(), expected.numpy())
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -365,13 +376,20 @@ def test_the_step_on_x0_raises_the_clean_classifiers_log_probability(index):
 def test_the_page_starts_its_training_free_settings_from_the_bundles_record(tmp_path):
     from demo.settings import AppDefaults, app_defaults
 
-    chosen = TrainingFree.make("tfg", rho=4.0, mu=8.0, recurrences=4, iterations=2, rho_schedule="increase")
-    (tmp_path / "defaults.json").write_text(json.dumps({"scale": 8, "sampler": "unipc", "training_free": {
-        "sampler": "ddpm", "steps": 30, "threshold": "dynamic", "guide": chosen.__dict__}}))
+    from demo.arguments import training_free_of_page
+
+    chosen = TrainingFree.make("tfg", rho=4.0, mu=8.0, recurrences=4, iterations=2, gamma=0.1,
+                               gamma_schedule="decrease")
+    (tmp_path / "defaults.json").write_text(json.dumps({"scale": 8, "sampler": "unipc", "interval": "0-500",
+                                                        "training_free": {
+        "sampler": "ddpm", "steps": 30, "threshold": "dynamic", "schedule": "constant", "interval": "400-999",
+        "guide": chosen.__dict__}}))
     d = app_defaults(tmp_path)
-    assert (d.scale, d.sampler, d.guide) == (8.0, "unipc", "noise-aware")  # the page opens on the noise-aware guide
-    assert (d.method, d.rho, d.mu, d.recurrences, d.iterations) == ("tfg", 4.0, 8.0, 4, 2)
-    assert (d.training_free_sampler, d.training_free_steps, d.training_free_threshold) == ("ddpm", 30, "dynamic")
+    assert (d.scale, d.sampler, d.guide, d.interval) == (8.0, "unipc", "noise-aware", "0-500")  # opens on noise-aware
+    assert (d.method, d.rho, d.mu, d.recurrences, d.iterations, d.gamma) == ("tfg", 4.0, 8.0, 4, 2, 0.1)
+    assert (d.training_free_sampler, d.training_free_steps, d.training_free_threshold, d.training_free_interval,
+            d.training_free_schedule) == ("ddpm", 30, "dynamic", "400-999", "constant")
+    assert training_free_of_page(d.settings(("a", "b"))) == chosen  # the page's numbers are the evaluated setting
     assert app_defaults(tmp_path / "none") == AppDefaults()
 
 

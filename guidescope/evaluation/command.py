@@ -73,8 +73,9 @@ def parser() -> argparse.ArgumentParser:
                       help="search the setting of training-free guidance by the bundle's clean classifier "
                            "(guidescope.evaluation.search; resumes from OUT/search.json) and write OUT/TRAINING_FREE.md "
                            "and the defaults' training_free record")
-    p.add_argument("--structures", help="--training-free: the (DDPM steps, N_recur, N_iter) to search, cheapest first, "
-                   "as STEPSxRECURxITER separated by commas (default: the budget's, guidescope.evaluation.search)")
+    p.add_argument("--structures", help="--training-free: the (DDPM steps, N_recur, N_iter) to search, as STEPSxRECURxITER "
+                   "separated by commas, with -x0 where rho stays 0 (MPGD's shape), e.g. 10x1x1-x0,20x2x1 "
+                   "(default: the budget's, guidescope.evaluation.search)")
     p.add_argument("--guide-classifier", metavar="DIR",
                    help="--training-free: guide with DIR's clean classifier (guide_classifier.json and .safetensors) "
                         "instead of the bundle's; the bundle's defaults.json is then left alone unless --defaults "
@@ -84,17 +85,6 @@ def parser() -> argparse.ArgumentParser:
                         "at the noise-aware default's time)")
     data.add_arguments(p)
     return p
-
-
-def parse_structures(text: str) -> tuple[tuple[int, int, int], ...]:
-    """'10x1x1,20x2x1' -> ((10, 1, 1), (20, 2, 1)); ValueError names the form."""
-    try:
-        structures = tuple(tuple(int(v) for v in item.strip().split("x")) for item in text.split(","))
-    except ValueError:
-        structures = ()
-    if not structures or any(len(s) != 3 or s[0] < 1 or s[1] < 1 or s[2] < 0 for s in structures):
-        raise ValueError(f"--structures is STEPSxRECURxITER separated by commas, such as 10x1x1,20x2x1; got {text!r}")
-    return structures
 
 
 def _data_options_given(args: argparse.Namespace) -> bool:
@@ -180,7 +170,7 @@ def search_training_free(args: argparse.Namespace, bundle: Bundle, budget: Budge
     found = search.Search(bundle, search.noise_aware_default(bundle.folder), sizes,
                           tuple(real_reference(features, n * classes) for n in sizes), out / "search.json", args.seed,
                           budget.resamples)
-    structures = parse_structures(args.structures) if args.structures else search.STRUCTURES[budget.name]
+    structures = search.structures(args.structures) if args.structures else search.STRUCTURES[budget.name]
     choice = search.decide(found, structures)
     at = search.methods_structure(structures)
     methods = [] if args.skip_methods else search.compare_methods(found, at)
@@ -253,6 +243,11 @@ def main(argv=None) -> int:
     cli.require_positive(p, args, "threads", "batch_size", "images_per_class", "decision_images_per_class")
     if args.guide_classifier and not args.training_free:
         p.error("--guide-classifier goes with --training-free (the other measurements never use a clean classifier)")
+    if args.structures:
+        try:
+            search.structures(args.structures)
+        except ValueError as err:
+            p.error(f"--structures: {err}")
     command = "python -m guidescope.evaluate " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
         if args.report_only:

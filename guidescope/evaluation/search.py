@@ -4,14 +4,19 @@ evaluator and never by the classifier that guides, then the decision on the deci
 
     python -m guidescope.evaluate --training-free --budget cpu --checkpoints checkpoints/fashion-mnist-latent
 
-For each structure (SAMPLER steps, N_recur, N_iter), cheapest first: start the beam at the
-smallest strengths; each round, every setting of the beam has children with one of rho, mu,
-gamma-bar doubled (or set, from 0); the `beam` best by fidelity (then the lower Frechet distance)
-on the screening images (SCREENING x the budget's images per class) stay. The structure's best is
-then measured on the decision sample (the budget's decision images per class) beside the
-noise-aware default from the same noise; the chosen setting
-is the first (cheapest) whose fidelity reaches FIDELITY_GOAL with a Frechet distance at most
-FD_WITHIN times the noise-aware default's. Every measurement is logged to OUT/search.json, which a
+For each structure (SAMPLER steps, N_recur, N_iter, and whether rho is searched or held at 0, MPGD's
+shape with no gradient through the UNet), cheapest first by TrainingFree.step_cost: start the beam
+at the smallest strengths, guided at every step. Each round, every setting of the beam has
+children: one of rho, mu, gamma-bar doubled (or set, from 0); constant strength schedules (where
+it has TFG's, SCHEDULES); guided INTERVAL_STEP x T timesteps less at the clean end (from at most
+LATEST_START x T). The `beam` best on the screening images (SCREENING x the budget's images per
+class) stay, in Search.rank's order (those within FD_WITHIN x the noise-aware default's Frechet
+distance on the same images first, then by fidelity, then the lower Frechet distance), one place
+kept for the highest fidelity of all: a stronger setting may be outside the bound until a later
+move (a later interval) brings it back. The structure's best (first by rank) is then measured on
+the decision sample (the budget's decision images per class) beside the noise-aware default from
+the same noise; the chosen setting is the first (cheapest) whose fidelity reaches FIDELITY_GOAL with
+a Frechet distance at most FD_WITHIN times the noise-aware default's. Every measurement is logged to OUT/search.json, which a
 rerun resumes from; the choice goes to the folder's defaults.json under "training_free"
 (guidescope.evaluation.command).
 """
@@ -33,25 +38,80 @@ from .measure import Measurement, Setting, measure
 
 FD_WITHIN = 1.5               # the training-free default's Frechet distance at most this times the noise-aware one's
 SAMPLER = "ddpm"              # TFG samples with DDIM at eta = 1 (its scripts/*.sh), which is DDPM's ancestral step
-# (steps, N_recur, N_iter) by budget (guidescope.evaluation.sweeps.BUDGETS), cheapest first
-STRUCTURES = {"smoke": ((2, 1, 1), (2, 2, 1)),
-              "cpu": ((10, 1, 1), (10, 2, 1), (20, 2, 1), (20, 4, 1)),
-              "gpu": ((10, 1, 1), (10, 2, 1), (20, 2, 1), (20, 4, 1), (50, 4, 1), (50, 4, 2))}
+
+
+class Structure(NamedTuple):
+    """What the beam holds fixed: SAMPLER's steps, N_recur, N_iter, and whether it searches rho (a
+    gradient through the UNet) or holds it at 0 (MPGD's shape: steps on x-hat_0 alone)."""
+    steps: int
+    recurrences: int
+    iterations: int
+    through_unet: bool = True
+
+    @classmethod
+    def parse(cls, text: str) -> "Structure":
+        """'20x2x1' (rho searched) or '20x2x1-x0' (rho held at 0); ValueError names the form."""
+        body, on_x0 = (text.strip()[:-3], True) if text.strip().endswith("-x0") else (text.strip(), False)
+        try:
+            steps, recurrences, iterations = (int(v) for v in body.split("x"))
+        except ValueError:
+            steps = 0
+        if steps < 1 or recurrences < 1 or iterations < 0 or (on_x0 and iterations < 1):
+            raise ValueError(f"a structure is STEPSxRECURxITER, with -x0 to hold rho at 0 (then ITER >= 1), such as "
+                             f"10x1x1 or 20x2x1-x0; got {text!r}")
+        return cls(steps, recurrences, iterations, not on_x0)
+
+    def __str__(self) -> str:
+        return f"{self.steps}x{self.recurrences}x{self.iterations}" + ("" if self.through_unet else "-x0")
+
+    def cost(self) -> float:
+        """Plain guided steps per image (TrainingFree.step_cost), for the cheapest-first order."""
+        return self.steps * TrainingFree(rho=float(self.through_unet), mu=1.0, recurrences=self.recurrences,
+                                         iterations=self.iterations).step_cost()
+
+    def holds(self, setting: Setting) -> bool:
+        guide = setting.guide
+        return (setting.steps, guide.recurrences, guide.iterations, guide.rho > 0) == tuple(self)
+
+
+def structures(texts: str) -> tuple[Structure, ...]:
+    """'10x1x1-x0,20x2x1' as Structures, cheapest first."""
+    return tuple(sorted((Structure.parse(text) for text in texts.split(",")), key=Structure.cost))
+
+
+# by budget (guidescope.evaluation.sweeps.BUDGETS); the CPU's stop at 20 steps x 2: 20x4x1 costs twice 20x2x1,
+# past the time a training-free default may take (15x the noise-aware default's on the latent bundle), and its
+# beam takes about an hour here
+STRUCTURES = {"smoke": structures("2x1x1-x0,2x1x1,2x2x1"),
+              "cpu": structures("10x1x1-x0,10x1x1,10x2x1-x0,10x2x1,20x2x1-x0,20x2x1"),
+              "gpu": structures("10x1x1-x0,10x1x1,10x2x1-x0,10x2x1,20x2x1-x0,20x2x1,20x4x1,50x4x1,50x4x2")}
 START = {"rho": LIBRARY_SETTING.rho, "mu": LIBRARY_SETTING.mu, "gamma": 0.05}  # gamma-bar: set, from 0
 SCHEDULES = {"rho_schedule": LIBRARY_SETTING.rho_schedule, "mu_schedule": LIBRARY_SETTING.mu_schedule,
-             "gamma_schedule": "decrease"}
+             "gamma_schedule": LIBRARY_SETTING.gamma_schedule}
+INTERVAL_STEP, LATEST_START = 0.2, 0.6  # of T: guided over t in [0, T), [0.2 T, T), [0.4 T, T) or [0.6 T, T)
 SCREENING = 2                 # the beam's images per class: this times the budget's images_per_class
-BEAM, ROUNDS = 2, 3
+BEAM, ROUNDS = 2, 8
 
 
-def children(setting: TrainingFree) -> list[TrainingFree]:
-    """The settings one doubling away (0 -> the start value)."""
-    return [replace(setting, **{name: getattr(setting, name) * 2 if getattr(setting, name) else START[name]})
-            for name in ("rho", "mu", "gamma")]
+def later(setting: Setting, num_timesteps: int) -> Setting | None:
+    """setting guided INTERVAL_STEP x T timesteps less at the clean end; None past LATEST_START x T."""
+    start = (setting.interval[0] if setting.interval else 0) + round(INTERVAL_STEP * num_timesteps)
+    if start > round(LATEST_START * num_timesteps):
+        return None
+    return replace(setting, interval=(start, num_timesteps - 1))
 
 
-def rank_key(m: Measurement) -> tuple[float, float]:
-    return -m.scores.fidelity, m.scores.fd
+def children(setting: Setting, structure: Structure, num_timesteps: int) -> list[Setting]:
+    """The settings one doubling away (0 -> the start value; rho stays 0 where the structure holds
+    it there), the one with constant strength schedules, and the one guided later."""
+    names = ("rho", "mu", "gamma") if structure.through_unet else ("mu", "gamma")
+    guide = setting.guide
+    doubled = [replace(setting, guide=replace(guide, **{name: getattr(guide, name) * 2 if getattr(guide, name)
+                                                        else START[name]}))
+               for name in names]
+    flat = replace(setting, guide=replace(guide, mu_schedule="constant",
+                                          **({"rho_schedule": "constant"} if guide.rho else {})))
+    return [*doubled, *([flat] if flat != setting else []), *filter(None, [later(setting, num_timesteps)])]
 
 
 class Search:
@@ -70,6 +130,21 @@ class Search:
             m = Measurement.from_json(record["measurement"])
             self.found.setdefault((record["per_class"], m.setting), m)
 
+    def rank(self, m: Measurement) -> tuple[bool, float, float]:
+        """The beam's order of screening measurements: within FD_WITHIN x the noise-aware default's
+        Frechet distance on the same images first, then the higher fidelity, then the lower FD."""
+        bound = FD_WITHIN * self.measured(self.noise_aware, self.screen).scores.fd
+        return m.scores.fd > bound, -m.scores.fidelity, m.scores.fd
+
+    def kept(self, found: list[Measurement]) -> list[Measurement]:
+        """The next beam: the first by rank, the highest fidelity of all, then by rank up to BEAM."""
+        by_rank = sorted(found, key=self.rank)
+        kept = [by_rank[0]]
+        for m in [min(found, key=by_fidelity), *by_rank[1:]]:
+            if len(kept) < BEAM and all(m.setting != k.setting for k in kept):
+                kept.append(m)
+        return kept
+
     def measured(self, setting: Setting, per_class: int) -> Measurement:
         """The setting's measurement at per_class images per class: from the log, or made and logged."""
         if (per_class, setting) in self.found:
@@ -82,21 +157,21 @@ class Search:
                  f"{m.show('fd')} ({m.sample_seconds / m.images:.3f} s/image)")
         return m
 
-    def beam(self, steps: int, recurrences: int, iterations: int) -> Measurement:
+    def beam(self, structure: Structure) -> Measurement:
         """The best setting of one structure on the screening images."""
-        start = TrainingFree.make("tfg", rho=START["rho"], mu=START["mu"], recurrences=recurrences,
-                                  iterations=iterations, **SCHEDULES)
-        beam = [self.measured(Setting(SAMPLER, steps, threshold=self.threshold, guide=start), self.screen)]
+        guide = TrainingFree.make("tfg", rho=START["rho"] if structure.through_unet else 0.0, mu=START["mu"],
+                                  recurrences=structure.recurrences, iterations=structure.iterations, **SCHEDULES)
+        start = Setting(SAMPLER, structure.steps, threshold=self.threshold, guide=guide)
+        beam = [self.measured(start, self.screen)]
         seen = {start}
         for _ in range(ROUNDS):
             found = list(beam)
             for m in beam:
-                for child in children(m.setting.guide):
+                for child in children(m.setting, structure, self.bundle.num_timesteps):
                     if child not in seen:
                         seen.add(child)
-                        found.append(self.measured(Setting(SAMPLER, steps, threshold=self.threshold, guide=child),
-                                                   self.screen))
-            best = sorted(found, key=rank_key)[:BEAM]
+                        found.append(self.measured(child, self.screen))
+            best = self.kept(found)
             if [m.setting for m in best] == [m.setting for m in beam]:
                 break
             beam = best
@@ -110,13 +185,13 @@ class Choice(NamedTuple):
     tried: list[Measurement]        # every structure's best, on the decision sample, cheapest first
 
 
-def decide(search: Search, structures: tuple[tuple[int, int, int], ...]) -> Choice:
+def decide(search: Search, structures: tuple[Structure, ...]) -> Choice:
     """The first structure (cheapest first) whose best setting reaches the target; else the
     highest fidelity of them all."""
     noise_aware = search.measured(search.noise_aware, search.decision)
     tried = []
-    for steps, recurrences, iterations in structures:
-        best = search.beam(steps, recurrences, iterations)
+    for structure in sorted(structures, key=Structure.cost):
+        best = search.beam(structure)
         m = search.measured(best.setting, search.decision)
         tried.append(m)
         if m.scores.fidelity >= FIDELITY_GOAL and m.scores.fd <= FD_WITHIN * noise_aware.scores.fd:
@@ -132,42 +207,54 @@ def decide(search: Search, structures: tuple[tuple[int, int, int], ...]) -> Choi
 LADDER = 6                    # a named method's strengths: START times 2, 4, ... or 1/2, 1/4, ... (at most this many)
 
 
-def method_setting(method: str, structure: tuple[int, int, int], factor: float) -> TrainingFree:
-    """A named method at the chosen structure's repeats where it takes them, TFG's schedules where
-    it takes them, and its strengths at factor times START."""
-    steps, recurrences, iterations = structure
+def method_setting(method: str, structure: Structure, factor: float) -> TrainingFree:
+    """A named method at the structure's repeats where it takes them, TFG's schedules where it
+    takes them, and its strengths at factor times START."""
     free = METHODS[method].free
-    wanted = {"recurrences": recurrences, "iterations": iterations, **SCHEDULES,
+    wanted = {"recurrences": structure.recurrences, "iterations": structure.iterations, **SCHEDULES,
               **{name: factor * START[name] for name in ("rho", "mu")}}
     return TrainingFree.make(method, **{name: value for name, value in wanted.items() if name in free})
 
 
-def best_of_method(search: Search, method: str, structure: tuple[int, int, int]) -> Measurement:
-    """A named method's best strength on the screening images: from START, doubled while fidelity
-    rises; where the first doubling does not help, halved while it rises (at most LADDER steps)."""
+def by_fidelity(m: Measurement) -> tuple[float, float]:
+    """The higher fidelity first, then the lower Frechet distance (TFG's comparison of methods)."""
+    return -m.scores.fidelity, m.scores.fd
+
+
+def best_of_method(search: Search, method: str, structure: Structure) -> Measurement:
+    """A named method's best strength on the screening images, by fidelity (by_fidelity; a weak
+    setting is never best only for staying near the data): from START, doubled while it ranks
+    higher; where the first doubling does not, halved while it does (at most LADDER steps); then
+    guided later (later) while that ranks higher."""
     def measured(factor: float) -> Measurement:
-        return search.measured(Setting(SAMPLER, structure[0], threshold=search.threshold,
+        return search.measured(Setting(SAMPLER, structure.steps, threshold=search.threshold,
                                        guide=method_setting(method, structure, factor)), search.screen)
     start = best = measured(1.0)
     for direction in (2.0, 0.5):
         factor = direction
         for _ in range(LADDER):
             m = measured(factor)
-            if rank_key(m) >= rank_key(best):  # no better: the last one stays
+            if by_fidelity(m) >= by_fidelity(best):  # no better: the last one stays
                 break
             best, factor = m, factor * direction
         if best is not start:
             break
+    while (setting := later(best.setting, search.bundle.num_timesteps)) is not None:
+        m = search.measured(setting, search.screen)
+        if by_fidelity(m) >= by_fidelity(best):
+            break
+        best = m
     return best
 
 
-def methods_structure(structures: tuple[tuple[int, int, int], ...]) -> tuple[int, int, int]:
+def methods_structure(structures: tuple[Structure, ...]) -> Structure:
     """Where the named methods are compared: the cheapest searched structure that repeats the step
     (FreeDoM's and Universal Guidance's recurrence is what they are), else the cheapest."""
-    return next((s for s in structures if s[1] > 1), structures[0])
+    ordered = sorted(structures, key=Structure.cost)
+    return next((s for s in ordered if s.recurrences > 1), ordered[0])
 
 
-def compare_methods(search: Search, structure: tuple[int, int, int]) -> list[Measurement]:
+def compare_methods(search: Search, structure: Structure) -> list[Measurement]:
     """Every named method other than TFG at its best strength on the screening images, at the
     structure's steps (and its repeats where the method takes them), then on the decision sample."""
     return [search.measured(best_of_method(search, method, structure).setting, search.decision)
@@ -192,6 +279,7 @@ def defaults_record(choice: Choice) -> dict:
     """defaults.json's "training_free" record of a choice (guidescope.sample reads it)."""
     m, base = choice.chosen, choice.noise_aware
     return {"sampler": m.setting.sampler, "steps": m.setting.steps, "threshold": m.setting.threshold,
+            "schedule": m.setting.schedule, "interval": interval_text(m.setting.interval),
             "guide": asdict(m.setting.guide), "fidelity": [round(v, 4) for v in (m.scores.fidelity, *m.interval("fidelity"))],
             "fd": round(m.scores.fd, 3), "noise_aware_fd": round(base.scores.fd, 3),
             "seconds_per_image": round(m.sample_seconds / m.images, 5),
@@ -216,13 +304,14 @@ def training_free_default(folder: Path) -> Setting | None:
     record = read_defaults(folder).get("training_free")
     if not record:
         return None
-    return Setting(record["sampler"], record["steps"], threshold=record["threshold"], guide=TrainingFree(**record["guide"]))
+    return Setting(record["sampler"], record["steps"], threshold=record["threshold"],
+                   schedule=record.get("schedule", "constant"), interval=parse_interval(record.get("interval", "full")),
+                   guide=TrainingFree(**record["guide"]))
 
 
-def at_structure(choice: Choice, structure: tuple[int, int, int]) -> list[Measurement]:
+def at_structure(choice: Choice, structure: Structure) -> list[Measurement]:
     """TFG's decision measurement at structure, where the search made one."""
-    return [m for m in choice.tried
-            if (m.setting.steps, m.setting.guide.recurrences, m.setting.guide.iterations) == tuple(structure)]
+    return [m for m in choice.tried if structure.holds(m.setting)]
 
 
 def guide_training(record: dict) -> str:
@@ -244,7 +333,7 @@ def guide_text(folder: Path, record: dict) -> str:
 
 
 def results_page(choice: Choice, methods: list[Measurement], screened: list[Measurement], run: str,
-                 structure: tuple[int, int, int], guide: str, equal: dict[Setting, Measurement]) -> str:
+                 structure: Structure, guide: str, equal: dict[Setting, Measurement]) -> str:
     """TRAINING_FREE.md: the decision table (every structure's best on the decision sample, beside
     the noise-aware default), each named method at its best strength, the chosen setting and each
     method at the noise-aware default's time (equal: at_equal_time's), and the screening
@@ -285,7 +374,7 @@ def readme_markers(folder: Path) -> tuple[str, str]:
 
 
 def readme_table(choice: Choice, methods: list[Measurement], folder: Path, page: str,
-                 structure: tuple[int, int, int], equal: dict[Setting, Measurement]) -> str:
+                 structure: Structure, equal: dict[Setting, Measurement]) -> str:
     """The README's table for one bundle: the noise-aware default, the chosen training-free setting
     and each named method at its best strength, on the decision sample, with the fidelity each
     reaches at the noise-aware default's time (equal: at_equal_time's); page: the results page's

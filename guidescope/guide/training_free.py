@@ -172,7 +172,8 @@ class TrainingFree:
 # Where a bundle's defaults.json has no evaluated training-free setting: TFG's schedules (rho_t and
 # mu_t grow as alpha_t does: small at the noisy end, where the gradient through x-hat_0 is large and a
 # constant rho throws x_t far off), one step on x-hat_0, strengths where the search starts.
-LIBRARY_SETTING = TrainingFree("tfg", rho=2.0, mu=2.0, iterations=1, rho_schedule="increase", mu_schedule="increase")
+LIBRARY_SETTING = TrainingFree("tfg", rho=2.0, mu=2.0, iterations=1, rho_schedule="increase", mu_schedule="increase",
+                               gamma_schedule="decrease")
 
 
 def _variant(method: str) -> Variant:
