@@ -27,6 +27,7 @@ from .settings import (COMPARE_CHOICES, GUIDE_CHOICES, LIMITS, ROW_VALUES, UNET_
 UNETS = tuple(value for _, value in UNET_CHOICES)
 GUIDES = tuple(value for _, value in GUIDE_CHOICES)
 PAGE_METHOD_PARAMETERS = ("rho", "mu", "recurrences", "iterations", "gamma")  # the training-free numbers on the page
+UNSHOWN_AT = {"recurrences": 1, "iterations": 1, "gamma": 0}  # a row's name leaves these out at this value
 COMPARE_MODES = tuple(value for _, value in COMPARE_CHOICES)
 
 
@@ -159,8 +160,8 @@ def method_label(setting: TrainingFree) -> str:
     """'TFG ρ=2 μ=2 N_recur=2': a training-free row's name on the page: its page numbers, the
     repeats only where they are not 1, the smoothing where it is not 0."""
     symbols = {"rho": "ρ", "mu": "μ", "recurrences": "N_recur", "iterations": "N_iter", "gamma": "γ̄"}
-    shown = [name for name in PAGE_METHOD_PARAMETERS if name in setting.variant.free
-             and (name in ("rho", "mu") or getattr(setting, name) != (0 if name == "gamma" else 1))]
+    shown = [name for name in PAGE_METHOD_PARAMETERS
+             if name in setting.variant.free and getattr(setting, name) != UNSHOWN_AT.get(name)]
     return " ".join([setting.variant.title, *(f"{symbols[name]}={getattr(setting, name):g}" for name in shown)])
 
 

@@ -16,9 +16,9 @@ kept for the highest fidelity of all: a stronger setting may be outside the boun
 move (a later interval) brings it back. The structure's best (first by rank) is then measured on
 the decision sample (the budget's decision images per class) beside the noise-aware default from
 the same noise; the chosen setting is the first (cheapest) whose fidelity reaches FIDELITY_GOAL with
-a Frechet distance at most FD_WITHIN times the noise-aware default's. Every measurement is logged to OUT/search.json, which a
-rerun resumes from; the choice goes to the folder's defaults.json under "training_free"
-(guidescope.evaluation.command).
+a Frechet distance at most FD_WITHIN times the noise-aware default's. Every measurement is logged
+to OUT/search.json, which a rerun resumes from; the choice goes to the folder's defaults.json under
+"training_free" (guidescope.evaluation.command).
 """
 from __future__ import annotations
 
@@ -114,6 +114,11 @@ def children(setting: Setting, structure: Structure, num_timesteps: int) -> list
     return [*doubled, *([flat] if flat != setting else []), *filter(None, [later(setting, num_timesteps)])]
 
 
+def by_fidelity(m: Measurement) -> tuple[float, float]:
+    """The higher fidelity first, then the lower Frechet distance (TFG's comparison of methods)."""
+    return -m.scores.fidelity, m.scores.fd
+
+
 class Search:
     """The search's measurements, kept in a JSON log and reused where a rerun asks for them again."""
 
@@ -186,11 +191,11 @@ class Choice(NamedTuple):
 
 
 def decide(search: Search, structures: tuple[Structure, ...]) -> Choice:
-    """The first structure (cheapest first) whose best setting reaches the target; else the
-    highest fidelity of them all."""
+    """The first structure (cheapest first, as structures() orders them) whose best setting reaches
+    the target; else the highest fidelity of them all."""
     noise_aware = search.measured(search.noise_aware, search.decision)
     tried = []
-    for structure in sorted(structures, key=Structure.cost):
+    for structure in structures:
         best = search.beam(structure)
         m = search.measured(best.setting, search.decision)
         tried.append(m)
@@ -198,7 +203,7 @@ def decide(search: Search, structures: tuple[Structure, ...]) -> Choice:
             return Choice(m, f"the cheapest searched setting whose fidelity reaches {FIDELITY_GOAL:.0%} with a Frechet distance "
                        f"at most {FD_WITHIN:g}x the noise-aware default's ({noise_aware.show('fd')}): "
                        f"{m.show('fidelity')}, {m.show('fd')} on {m.images} images", noise_aware, tried)
-    m = max(tried, key=lambda m: (m.scores.fidelity, -m.scores.fd))
+    m = min(tried, key=by_fidelity)
     return Choice(m, f"no searched setting reached {FIDELITY_GOAL:.0%} fidelity with a Frechet distance at most {FD_WITHIN:g}x "
                f"the noise-aware default's ({noise_aware.show('fd')}); the highest fidelity: {m.show('fidelity')}, "
                f"{m.show('fd')} on {m.images} images", noise_aware, tried)
@@ -214,11 +219,6 @@ def method_setting(method: str, structure: Structure, factor: float) -> Training
     wanted = {"recurrences": structure.recurrences, "iterations": structure.iterations, **SCHEDULES,
               **{name: factor * START[name] for name in ("rho", "mu")}}
     return TrainingFree.make(method, **{name: value for name, value in wanted.items() if name in free})
-
-
-def by_fidelity(m: Measurement) -> tuple[float, float]:
-    """The higher fidelity first, then the lower Frechet distance (TFG's comparison of methods)."""
-    return -m.scores.fidelity, m.scores.fd
 
 
 def best_of_method(search: Search, method: str, structure: Structure) -> Measurement:
@@ -248,10 +248,10 @@ def best_of_method(search: Search, method: str, structure: Structure) -> Measure
 
 
 def methods_structure(structures: tuple[Structure, ...]) -> Structure:
-    """Where the named methods are compared: the cheapest searched structure that repeats the step
-    (FreeDoM's and Universal Guidance's recurrence is what they are), else the cheapest."""
-    ordered = sorted(structures, key=Structure.cost)
-    return next((s for s in ordered if s.recurrences > 1), ordered[0])
+    """Where the named methods are compared: the cheapest searched structure (structures() orders
+    them) that repeats the step (FreeDoM's and Universal Guidance's recurrence is what they are),
+    else the cheapest."""
+    return next((s for s in structures if s.recurrences > 1), structures[0])
 
 
 def compare_methods(search: Search, structure: Structure) -> list[Measurement]:
