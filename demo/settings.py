@@ -184,7 +184,7 @@ class Display:
     gif_hold_s: float = 1.5
     scale_slider_max: float = 30.0  # slider tops; the API and Compare accept up to the library's limits
     cfg_slider_max: float = 10.0
-    strength_slider_max: float = 64.0  # rho and mu of the training-free methods (the API takes up to the library's)
+    strength_slider_max: float = 256.0  # rho and mu of the training-free methods, above each shipped default (the API takes up to the library's)
     repeat_slider_max: int = 8      # N_recur and N_iter
     gamma_slider_max: float = 1.0   # gamma-bar (the API takes up to the library's)
     live_max_seconds: float = 1.0   # live mode is offered where one run at the defaults takes at most this

@@ -509,7 +509,8 @@ def test_the_training_free_search_decides_and_resumes(tiny, tmp_path):
     out, defaults, readme = tmp_path / "out", tmp_path / "defaults.json", tmp_path / "README.md"
     start, end = search.readme_markers(folder)
     readme.write_text(f"intro\n{start}\nstale\n{end}\noutro\n")
-    assert smoke(folder, out, "--training-free", "--defaults", defaults, "--readme", readme) == 0
+    # a screening sample (2 x 1 per class) smaller than the decision sample (4 per class), as in the real budgets
+    assert smoke(folder, out, "--training-free", "--defaults", defaults, "--readme", readme, "--images-per-class", 1) == 0
     table = readme.read_text()
     assert "stale" not in table and table.startswith("intro\n") and table.endswith("outro\n")
     assert all(f"| {name} |" in table for name in ("noise-aware default", "training-free default", "DPS", "MPGD"))
@@ -526,10 +527,18 @@ def test_the_training_free_search_decides_and_resumes(tiny, tmp_path):
     # the beam's moves: each strength doubled, the schedules made constant, guided later (T = 100 here)
     assert any(m.setting.guide.gamma > 0 for m in tfg) and any(m.setting.guide.rho > search.START["rho"] for m in tfg)
     assert any(m.setting.guide.mu_schedule == "constant" for m in tfg)
-    assert {m.setting.interval for m in searched} >= {None, (20, 99)}
+    assert {m.setting.interval for m in searched} >= {None, (10, 99)}
     assert any(m.setting.guide.rho == 0 and m.setting.guide.mu > search.START["mu"] for m in tfg)
     decided = {m.setting.guide.method for n, m in guided if n == BUDGETS["smoke"].decision_images_per_class}
     assert decided == {"tfg", "dps", "lgd", "freedom", "mpgd", "ug"}  # each named method at its best, decided too
+    # each structure's final beam (BEAM settings) on the decision sample, not its first setting alone
+    on_decision = [m.setting for n, m in guided if n == BUDGETS["smoke"].decision_images_per_class and m in searched]
+    assert [sum(s.holds(setting) for setting in on_decision) for s in structures] == [search.BEAM] * len(structures)
+    # a beam starts also at the cheaper structure's decided setting of the same shape, at its own repeats
+    cheaper, dearer = structures[1], structures[2]  # 2x1x1 and 2x2x1, rho searched in both
+    assert cheaper.through_unet and dearer.through_unet and dearer.recurrences == 2
+    started = {m.setting for m in searched if dearer.holds(m.setting)}
+    assert any(replace(s, guide=replace(s.guide, recurrences=2)) in started for s in on_decision if cheaper.holds(s))
     record = json.loads(defaults.read_text())["training_free"]
     chosen = TrainingFree(**record["guide"])
     assert record["sampler"] == "ddpm" and record["steps"] in {s.steps for s in structures} and record["reason"]
@@ -539,7 +548,7 @@ def test_the_training_free_search_decides_and_resumes(tiny, tmp_path):
     shutil.copy(defaults, tmp_path / "record" / "defaults.json")
     assert search.training_free_default(tmp_path / "record") == chosen_setting  # read back as the chosen Setting
     page = (out / "TRAINING_FREE.md").read_text()
-    assert f"**Chosen:** DDPM {record['steps']}, {chosen.describe()}" in page and page.count("| DDPM ") >= len(guided)
+    assert f"**Chosen:** DDPM {record['steps']}, {chosen.describe()}" in page and page.count("| DDPM ") + page.count("| **DDPM ") >= len(guided)
     assert all(f"| DDPM {record['steps']}, {title}" in page for title in ("DPS", "LGD", "FreeDoM", "MPGD", "Universal"))
     # each method (and the chosen setting) again at the noise-aware default's time, by the step costs
     assert "## At the noise-aware default's time per image" in page and "fidelity at the noise-aware time" in table
@@ -555,7 +564,7 @@ def test_the_training_free_search_decides_and_resumes(tiny, tmp_path):
     assert f"DDPM {max(1, int(base.steps / chosen.step_cost()))}: " in table.split("| training-free default |")[1]
     assert "Guided by `" + folder.as_posix() + "/guide_classifier` (timm convnext_atto" in page
     before = (out / "search.json").read_bytes()
-    assert smoke(folder, out, "--training-free", "--defaults", defaults) == 0
+    assert smoke(folder, out, "--training-free", "--defaults", defaults, "--images-per-class", 1) == 0
     assert (out / "search.json").read_bytes() == before
 
 
@@ -575,18 +584,20 @@ def test_a_searched_structure_is_read_from_its_text_and_ordered_by_cost(capsys):
     assert "--structures: a structure is STEPSxRECURxITER" in capsys.readouterr().err
 
 
-def test_the_beams_children_double_flatten_and_guide_later():
+def test_the_beams_children_double_flatten_and_guide_later_or_earlier():
     from guidescope.evaluation import search
     from guidescope.guide import TrainingFree
     start = Setting("ddpm", 10, guide=TrainingFree.make("tfg", mu=2.0, iterations=1, **search.SCHEDULES))
     kids = search.children(start, search.Structure(10, 1, 1, False), 1000)
     assert [(k.guide.rho, k.guide.mu, k.guide.gamma, k.guide.mu_schedule, k.interval) for k in kids] == [
         (0.0, 4.0, 0.0, "increase", None), (0.0, 2.0, search.START["gamma"], "increase", None),
-        (0.0, 2.0, 0.0, "constant", None), (0.0, 2.0, 0.0, "increase", (200, 999))]
+        (0.0, 2.0, 0.0, "constant", None), (0.0, 2.0, 0.0, "increase", (100, 999))]  # none earlier than 0
     assert kids[2].guide.rho_schedule == start.guide.rho_schedule  # rho is 0: its schedule is left alone
     last = replace(start, interval=(600, 999), guide=replace(start.guide, mu_schedule="constant"))
-    assert [k.interval for k in search.children(last, search.Structure(10, 1, 1), 1000)] == [(600, 999)] * 3
-    assert search.later(replace(start, interval=(400, 999)), 1000).interval == (600, 999)
+    assert [k.interval for k in search.children(last, search.Structure(10, 1, 1), 1000)] == [(600, 999)] * 3 + [
+        (500, 999)]  # none later than LATEST_START
+    assert search.later(replace(start, interval=(400, 999)), 1000).interval == (500, 999)
+    assert search.later(replace(start, interval=(100, 999)), 1000, by=-1).interval is None  # from 0: no interval
 
 
 def screened(tmp_path, scores: list[tuple[float, float]]):
@@ -617,6 +628,15 @@ def test_the_beam_keeps_a_place_for_the_highest_fidelity(tmp_path):
     assert search.BEAM == 2
     assert found.kept([weaker, weak, strong, near]) == [near, strong]
     assert found.kept([weaker, near, weak]) == [near, weak]  # the highest fidelity is the first: the next by rank
+
+
+def test_short_of_the_target_the_closest_setting_is_chosen(tmp_path):
+    """search.toward_target: where none reaches the whole target, a setting reaching the fidelity
+    goal comes first (the lower Frechet distance first), however far its distance; then the rest by
+    the higher fidelity."""
+    from guidescope.evaluation import search
+    _, (sharp, near, closer, weak) = screened(tmp_path, [(0.97, 9.0), (0.95, 7.0), (0.94, 3.0), (0.80, 1.0)])
+    assert sorted([weak, closer, sharp, near], key=search.toward_target) == [near, sharp, closer, weak]
 
 
 def test_the_training_free_search_takes_another_guide_classifier(tiny, tmp_path, capsys):

@@ -5,6 +5,7 @@ normal call still succeeds, paths that must never be served, and the extreme str
 allow, which must give images (no NaN, not black)."""
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import random
 import re
@@ -125,13 +126,27 @@ def outcomes(client: Client, calls: list[tuple[str, dict]], timeout_s: float = 6
     """Each call's gr.Error message, or its last output when it succeeded; BATCH calls at a time."""
     results = []
     for start in range(0, len(calls), BATCH):
-        jobs = [client.submit(*args.values(), api_name=api_name) for api_name, args in calls[start:start + BATCH]]
-        for job in jobs:
-            try:
-                results.append(job.result(timeout=timeout_s))
-            except AppError as err:
-                results.append(str(err))
+        batch = calls[start:start + BATCH]
+        jobs = [client.submit(*args.values(), api_name=api_name) for api_name, args in batch]
+        results += [answer(client, call, job, timeout_s) for call, job in zip(batch, jobs)]
     return results
+
+
+def answer(client: Client, call: tuple[str, dict], job, timeout_s: float, asks: int = 3) -> str | tuple:
+    """The server's answer to one submitted call: its gr.Error message or its last output. Where
+    gradio_client's shared event stream closed before the answer reached this job (its reader's
+    race when calls in flight finish together, seen on a loaded machine as CancelledError), the
+    call is asked again, at most `asks` times in all: the server's answer is what is checked."""
+    api_name, args = call
+    for ask in range(asks):
+        try:
+            return job.result(timeout=timeout_s)
+        except AppError as err:
+            return str(err)
+        except concurrent.futures.CancelledError:
+            if ask == asks - 1:
+                raise
+            job = client.submit(*args.values(), api_name=api_name)
 
 
 def every_case() -> list[tuple[str, dict, str]]:

@@ -393,6 +393,17 @@ def test_the_page_starts_its_training_free_settings_from_the_bundles_record(tmp_
     assert app_defaults(tmp_path / "none") == AppDefaults()
 
 
+@pytest.mark.parametrize("shipped", ["fashion-mnist", "fashion-mnist-latent"])
+def test_the_pages_sliders_reach_each_shipped_bundles_evaluated_setting(shipped):
+    """The method group's sliders open at the bundle's evaluated training-free setting, so each
+    value lies within its slider (a value past a slider's top would be refused when it is sent)."""
+    from demo.settings import DISPLAY, app_defaults
+    d = app_defaults(Path(__file__).resolve().parents[1] / "checkpoints" / shipped)
+    assert d.training_free_sampler == "ddpm"  # the record is there: the values below are the evaluated ones
+    assert max(d.rho, d.mu) <= DISPLAY.strength_slider_max and d.gamma <= DISPLAY.gamma_slider_max
+    assert 1 <= d.recurrences <= DISPLAY.repeat_slider_max and d.iterations <= DISPLAY.repeat_slider_max
+
+
 def test_a_setting_as_another_method_keeps_what_that_method_takes():
     page = TrainingFree.make("tfg", rho=3.0, mu=4.0, recurrences=2, iterations=3, rho_schedule="increase")
     assert page.as_method("dps") == TrainingFree.make("dps", rho=3.0)
