@@ -361,10 +361,10 @@ def guide_text(folder: Path, record: dict) -> str:
 
 def results_page(choice: Choice, methods: list[Measurement], screened: list[Measurement], run: str,
                  structure: Structure, guide: str, equal: dict[Setting, Measurement]) -> str:
-    """TRAINING_FREE.md: the decision table (every structure's best on the decision sample, beside
-    the noise-aware default), each named method at its best strength, the chosen setting and each
-    method at the noise-aware default's time (equal: at_equal_time's), and the screening
-    measurements."""
+    """TRAINING_FREE.md: the decision table (every structure's final beam on the decision sample,
+    its best in bold, beside the noise-aware default), each named method at its best strength, the
+    chosen setting and each method at the noise-aware default's time (equal: at_equal_time's), and
+    the screening measurements."""
     base = choice.noise_aware
     base_time = base.sample_seconds / base.images
 
