@@ -170,7 +170,7 @@ def search_training_free(args: argparse.Namespace, bundle: Bundle, budget: Budge
     found = search.Search(bundle, search.noise_aware_default(bundle.folder), sizes,
                           tuple(real_reference(features, n * classes) for n in sizes), out / "search.json", args.seed,
                           budget.resamples)
-    structures = search.structures(args.structures) if args.structures else search.STRUCTURES[budget.name]
+    structures = args.structures or search.STRUCTURES[budget.name]
     choice = search.decide(found, structures)
     at = search.methods_structure(structures)
     methods = [] if args.skip_methods else search.compare_methods(found, at)
@@ -243,9 +243,9 @@ def main(argv=None) -> int:
     cli.require_positive(p, args, "threads", "batch_size", "images_per_class", "decision_images_per_class")
     if args.guide_classifier and not args.training_free:
         p.error("--guide-classifier goes with --training-free (the other measurements never use a clean classifier)")
-    if args.structures:
+    if args.structures:  # read here, once: a bad one is refused before anything loads
         try:
-            search.structures(args.structures)
+            args.structures = search.structures(args.structures)
         except ValueError as err:
             p.error(f"--structures: {err}")
     command = "python -m guidescope.evaluate " + shlex.join(sys.argv[1:] if argv is None else argv)

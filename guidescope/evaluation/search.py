@@ -14,11 +14,12 @@ INTERVAL_STEP x T timesteps later (up to LATEST_START x T) or earlier. The `beam
 screening images (SCREENING x the budget's images per class) stay, in Search.rank's order (those
 within FD_WITHIN x the noise-aware default's Frechet distance on the same images first, then by
 fidelity, then the lower Frechet distance), one place kept for the highest fidelity of all: a
-stronger setting may be outside the bound until a later move (a later interval) brings it back. The final beam is then measured on the decision sample
-(the budget's decision images per class) beside the noise-aware default from the same noise: the
-best of a few screening estimates is the luckiest of them, and the decision sample says which
-holds. The chosen setting is the first (cheapest) whose fidelity reaches FIDELITY_GOAL with a
-Frechet distance at most FD_WITHIN times the noise-aware default's. Every measurement is logged
+stronger setting may be outside the bound until a later move (a later interval) brings it back.
+The final beam is then measured on the decision sample (the budget's decision images per class)
+beside the noise-aware default from the same noise: the best of a few screening estimates is the
+luckiest of them, and the decision sample says which holds. The chosen setting is the first
+(cheapest) whose fidelity reaches FIDELITY_GOAL with a Frechet distance at most FD_WITHIN times the
+noise-aware default's; where none does, the closest (toward_target). Every measurement is logged
 to OUT/search.json, which a rerun resumes from; the choice goes to the folder's defaults.json under
 "training_free" (guidescope.evaluation.command).
 """
