@@ -26,8 +26,9 @@ from .settings import (COMPARE_CHOICES, GUIDE_CHOICES, LIMITS, ROW_VALUES, UNET_
 
 UNETS = tuple(value for _, value in UNET_CHOICES)
 GUIDES = tuple(value for _, value in GUIDE_CHOICES)
-PAGE_METHOD_PARAMETERS = ("rho", "mu", "recurrences", "iterations", "gamma")  # the training-free numbers on the page
-UNSHOWN_AT = {"recurrences": 1, "iterations": 1, "gamma": 0}  # a row's name leaves these out at this value
+# The training-free numbers on the page, and the values at which a row's name leaves them out.
+PAGE_METHOD_PARAMETERS = ("rho", "mu", "recurrences", "iterations", "gamma", "stop_at")
+UNSHOWN_AT = {"recurrences": 1, "iterations": 1, "gamma": 0, "stop_at": 1}
 COMPARE_MODES = tuple(value for _, value in COMPARE_CHOICES)
 
 
@@ -113,7 +114,7 @@ def training_free_of_page(s: Settings) -> TrainingFree:
     each number the page shows is checked, once, whichever guide and method the rows take (a row
     takes the method's part of it, TrainingFree.as_method). ValueError names a bad value."""
     page = {"rho": _real(s.rho), "mu": _real(s.mu), "recurrences": _whole(s.recurrences),
-            "iterations": _whole(s.iterations), "gamma": _real(s.gamma)}
+            "iterations": _whole(s.iterations), "gamma": _real(s.gamma), "stop_at": _real(s.stop_at)}
     page["rho_schedule"] = page["mu_schedule"] = choice(s.strength_schedule, "strength schedule", STRENGTH_SCHEDULES)
     return TrainingFree.make("tfg", **{name: page.get(name, getattr(LIBRARY_SETTING, name))
                                        for name in METHODS["tfg"].free})
@@ -158,8 +159,9 @@ def _unet_label(row: Row) -> tuple[str, str]:
 
 def method_label(setting: TrainingFree) -> str:
     """'TFG ρ=2 μ=2 N_recur=2': a training-free row's name on the page: its page numbers, the
-    repeats only where they are not 1, the smoothing where it is not 0."""
-    symbols = {"rho": "ρ", "mu": "μ", "recurrences": "N_recur", "iterations": "N_iter", "gamma": "γ̄"}
+    repeats only where they are not 1, the smoothing where it is not 0, the stop where it is not 1."""
+    symbols = {"rho": "ρ", "mu": "μ", "recurrences": "N_recur", "iterations": "N_iter", "gamma": "γ̄",
+               "stop_at": "stop at p"}
     shown = [name for name in PAGE_METHOD_PARAMETERS
              if name in setting.variant.free and getattr(setting, name) != UNSHOWN_AT.get(name)]
     return " ".join([setting.variant.title, *(f"{symbols[name]}={getattr(setting, name):g}" for name in shown)])

@@ -25,7 +25,10 @@ PARAMETERS_KEY = "parameters"   # the PNG text chunk that holds Run.parameters()
 CHART_X, CHART_Y, CHART_COLOR = "step", "probability", "row"  # plain names: Vega-Lite reads fields
 NORM_Y = "norm"                 # the guidance norm chart's value field
 CHART_MAX_STEPS = 200           # chart points per row; longer runs are thinned evenly
-CHART_WIDTH = 340               # CSS px of the plotting area: two charts side by side fit a 1400 px page
+CHART_WIDTH = 340               # CSS px of a whole chart, axes and padding in: it fits a 420 px screen's panel
+                                # (354 px), and two side by side a 1400 px page
+CHART_PADDING = {"top": 30, "left": 5, "right": 5, "bottom": 5}  # CSS px around the chart: the panel's label
+                                # floats over its top 26 px, where the lines near p = 1 would run under it
 LEGEND_WIDTH = 200              # CSS px of a legend label before it is cut ("TFG ρ=2 μ=2 (unconditional)" fits);
                                 # the legend sits under the plot, two labels a line, so long labels fit the panel
 CHART_RAMPS = {"w": ((0x8e, 0xc0, 0xe4), (0x08, 0x30, 0x6b)),      # light to dark blue
@@ -209,7 +212,8 @@ def line_chart(recording: Recording, data: pd.DataFrame, y: str, title: str, y_d
         y=alt.Y(f"{y}:Q", title=title, scale=alt.Scale(domain=y_domain) if y_domain else alt.Undefined),
         color=alt.Color(f"{CHART_COLOR}:N", title="row", sort=rows, legend=alt.Legend(labelLimit=LEGEND_WIDTH, orient="bottom", columns=2),
                         scale=alt.Scale(domain=rows, range=[colors[row] for row in rows])),
-    ).properties(width=CHART_WIDTH, height=200, usermeta={"embedOptions": {"renderer": "svg"}})  # lines a test can read
+    ).properties(width=CHART_WIDTH, height=200, padding=CHART_PADDING, autosize={"type": "fit-x", "contains": "padding"},
+                 usermeta={"embedOptions": {"renderer": "svg"}})  # lines a test can read
 
 
 def chart(recording: Recording, upto: int | None = None) -> pd.DataFrame:

@@ -97,6 +97,7 @@ class AppDefaults:
     iterations: int = LIBRARY_SETTING.iterations
     strength_schedule: str = LIBRARY_SETTING.mu_schedule  # rho_t's and mu_t's (the page sets both alike)
     gamma: float = LIBRARY_SETTING.gamma
+    stop_at: float = LIBRARY_SETTING.stop_at
     # What the page switches to with the training-free guide (its recurrence needs a one-step sampler).
     training_free_sampler: str = "ddim"
     training_free_steps: int = 20
@@ -143,6 +144,7 @@ class Settings:
     iterations: Any = AppDefaults.iterations
     strength_schedule: Any = AppDefaults.strength_schedule
     gamma: Any = AppDefaults.gamma
+    stop_at: Any = AppDefaults.stop_at
 
     def values(self) -> list:
         """The values (or components) in the endpoints' order."""
@@ -218,7 +220,7 @@ def app_defaults(folder: str | Path | None) -> AppDefaults:
     guide = training_free.get("guide") if isinstance(training_free.get("guide"), dict) else {}
     chosen = {**{f"training_free_{name}": training_free[name]
                  for name in ("sampler", "steps", "threshold", "interval", "schedule") if name in training_free},
-              **{name: guide[name] for name in ("method", "rho", "mu", "recurrences", "iterations", "gamma")
+              **{name: guide[name] for name in ("method", "rho", "mu", "recurrences", "iterations", "gamma", "stop_at")
                  if name in guide},
               **({"strength_schedule": guide["mu_schedule"]} if "mu_schedule" in guide else {}),
               **chosen}

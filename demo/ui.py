@@ -9,7 +9,7 @@ from typing import NamedTuple
 import gradio as gr
 
 from guidescope.guide import TrainingFreeGuidance
-from guidescope.guide.training_free import STRENGTH_SCHEDULES
+from guidescope.guide.training_free import MIN_STOP_AT, STRENGTH_SCHEDULES
 from guidescope.request import MAX_SCALE, MAX_SEED
 
 from . import render
@@ -131,6 +131,10 @@ def _controls(defaults: AppDefaults, class_names: tuple[str, ...], num_timesteps
         gamma = gr.Slider(0, DISPLAY.gamma_slider_max, value=d.gamma, step=0.01, elem_id="gamma",
                           label="γ̄: smoothing of p(c | x̂_0)",
                           info="a Monte Carlo mean over x̂_0 + γ_t δ, γ_t = γ̄ sqrt(1 - ᾱ_t); TFG")
+        stop_at = gr.Slider(MIN_STOP_AT, 1, value=d.stop_at, step=0.05, elem_id="stop-at",
+                            label="stop at p(c | x̂_0)",
+                            info="no push on an image the clean classifier already believes this much, which keeps "
+                                 "the samples varied; 1 = always push (TFG's)")
     scale = gr.Slider(0, DISPLAY.scale_slider_max, value=d.scale, step=0.25, label="classifier guidance w",
                       info=f"the noise-aware classifier's; 0 = off; Compare and the API accept up to {MAX_SCALE:g}",
                       elem_id="scale")
@@ -169,7 +173,7 @@ def _controls(defaults: AppDefaults, class_names: tuple[str, ...], num_timesteps
                     eta=eta, num_images=num_images, seed=seed, interval=interval, schedule=schedule,
                     threshold=threshold, threshold_percentile=threshold_percentile, guide=guide, method=method, rho=rho,
                     mu=mu, recurrences=recurrences, iterations=iterations, strength_schedule=strength_schedule,
-                    gamma=gamma), method_group
+                    gamma=gamma, stop_at=stop_at), method_group
 
 
 def _guide_chosen(handlers: Handlers, name: str, guide: str) -> tuple:
@@ -428,7 +432,7 @@ def _switch(handlers: Handlers, name: str) -> list:
         interval=d.interval, schedule=d.schedule, threshold=d.threshold,
         threshold_percentile=gr.Slider(value=d.threshold_percentile, interactive=d.threshold == "dynamic"),
         guide=d.guide, method=d.method, rho=d.rho, mu=d.mu, recurrences=d.recurrences, iterations=d.iterations,
-        strength_schedule=d.strength_schedule, gamma=d.gamma)
+        strength_schedule=d.strength_schedule, gamma=d.gamma, stop_at=d.stop_at)
     captions = [SAMPLE_CAPTIONS[b.space], XSTART_CAPTIONS[b.space], PUSH_CAPTIONS[b.space]] * 2
     toggles = [gr.Checkbox(interactive=True) if live else gr.Checkbox(value=False, interactive=False)] * 2 + [note]
     return [*controls.values(), _info(model, handlers.timings.step_seconds.get(model.name)), *captions, *toggles,

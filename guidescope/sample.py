@@ -46,7 +46,7 @@ GUIDES = ("noise-aware", "training-free")
 # The training-free setting's flags by field (guidescope.guide.TrainingFree), with their types.
 METHOD_FLAGS = {"rho": float, "mu": float, "gamma": float, "recurrences": int, "iterations": int, "mc_samples": int,
                 "rho_schedule": STRENGTH_SCHEDULES, "mu_schedule": STRENGTH_SCHEDULES,
-                "gamma_schedule": SMOOTHING_SCHEDULES}
+                "gamma_schedule": SMOOTHING_SCHEDULES, "stop_at": float}
 # What a training-free run takes from the top of defaults.json (the noise-aware setting's interval,
 # schedule and w are not its own).
 SHARED_WITH_NOISE_AWARE = ("unet", "cfg_scale", "eta", "seed", "threshold_percentile")

@@ -44,7 +44,7 @@ def make_handlers(bundle, tmp_path, display: Display = EVERY_STEP) -> Handlers:
 
 
 TRAINING_FREE_ARGS = dict(guide="noise-aware", method="tfg", rho=2.0, mu=2.0, recurrences=1, iterations=1,
-                          strength_schedule="increase", gamma=0.0)
+                          strength_schedule="increase", gamma=0.0, stop_at=1.0)
 
 
 def gen_args(**changes) -> dict:

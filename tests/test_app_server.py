@@ -50,7 +50,7 @@ def test_the_api_names_generate_and_compare_with_the_new_arguments_last(client):
     names = [p["parameter_name"] for p in api["/generate"]["parameters"]]
     assert names == ["class_name", "scale", "unet", "cfg_scale", "steps", "sampler", "eta", "num_images", "seed",
                      "interval", "schedule", "threshold", "threshold_percentile", "guide", "method", "rho", "mu",
-                     "recurrences", "iterations", "strength_schedule", "gamma", "model"]
+                     "recurrences", "iterations", "strength_schedule", "gamma", "stop_at", "model"]
     assert [p["parameter_name"] for p in api["/compare"]["parameters"]] == names[:1] + ["strengths", "mode"] + names[1:]
 
 
@@ -147,7 +147,7 @@ def test_the_server_refuses_non_finite_numbers_sent_as_raw_json(app_url, value):
     """JSON has no NaN, so clients cannot send one; Python's parser accepts the literal anyway."""
     events = raw_call_events(app_url, "generate", f'["Bag", {value}, "unconditional", 0, 10, "ddim", 0, 2, 0, '
                                                   f'"full", "constant", "clip", 0.995, "noise-aware", "tfg", 2, 2, 1, 1, "increase", 0, '
-                                                  'null]')
+                                                  '1, null]')
     assert "event: error" in events and "w must be a number from 0 to 100" in events
 
 

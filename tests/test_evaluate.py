@@ -584,20 +584,32 @@ def test_a_searched_structure_is_read_from_its_text_and_ordered_by_cost(capsys):
     assert "--structures: a structure is STEPSxRECURxITER" in capsys.readouterr().err
 
 
-def test_the_beams_children_double_flatten_and_guide_later_or_earlier():
+def test_the_beams_children_double_flatten_stop_and_guide_later_or_earlier():
     from guidescope.evaluation import search
     from guidescope.guide import TrainingFree
     start = Setting("ddpm", 10, guide=TrainingFree.make("tfg", mu=2.0, iterations=1, **search.SCHEDULES))
     kids = search.children(start, search.Structure(10, 1, 1, False), 1000)
-    assert [(k.guide.rho, k.guide.mu, k.guide.gamma, k.guide.mu_schedule, k.interval) for k in kids] == [
-        (0.0, 4.0, 0.0, "increase", None), (0.0, 2.0, search.START["gamma"], "increase", None),
-        (0.0, 2.0, 0.0, "constant", None), (0.0, 2.0, 0.0, "increase", (100, 999))]  # none earlier than 0
+    assert [(k.guide.rho, k.guide.mu, k.guide.gamma, k.guide.mu_schedule, k.guide.stop_at, k.interval)
+            for k in kids] == [
+        (0.0, 4.0, 0.0, "increase", 1.0, None), (0.0, 2.0, search.START["gamma"], "increase", 1.0, None),
+        (0.0, 2.0, 0.0, "constant", 1.0, None), (0.0, 2.0, 0.0, "increase", search.STOP_AT, None),
+        (0.0, 2.0, 0.0, "increase", 1.0, (100, 999))]  # none earlier than 0
     assert kids[2].guide.rho_schedule == start.guide.rho_schedule  # rho is 0: its schedule is left alone
     last = replace(start, interval=(600, 999), guide=replace(start.guide, mu_schedule="constant"))
-    assert [k.interval for k in search.children(last, search.Structure(10, 1, 1), 1000)] == [(600, 999)] * 3 + [
+    assert [k.interval for k in search.children(last, search.Structure(10, 1, 1), 1000)] == [(600, 999)] * 4 + [
         (500, 999)]  # none later than LATEST_START
+    stopped = replace(start, guide=replace(start.guide, stop_at=0.5))
+    assert [k.guide.stop_at for k in search.children(stopped, search.Structure(10, 1, 1), 1000)
+            if k.guide.stop_at != 0.5] == [0.6, 0.4]
     assert search.later(replace(start, interval=(400, 999)), 1000).interval == (500, 999)
     assert search.later(replace(start, interval=(100, 999)), 1000, by=-1).interval is None  # from 0: no interval
+
+
+@pytest.mark.parametrize("stop_at, moves", [(1.0, [0.5]), (0.5, [0.6, 0.4]), (0.9, [1.0, 0.8]), (0.3, [0.4, 0.2]),
+                                            (0.1, [0.2])])
+def test_the_stop_probability_moves_a_step_either_way_within_its_range(stop_at, moves):
+    from guidescope.evaluation import search
+    assert search.stops(stop_at) == moves
 
 
 def screened(tmp_path, scores: list[tuple[float, float]]):
@@ -610,6 +622,19 @@ def screened(tmp_path, scores: list[tuple[float, float]]):
     found.found[2, base] = fake(base, 0.95, 4.0)
     guide = TrainingFree.make("tfg", mu=2.0, iterations=1)
     return found, [fake(Setting("ddpm", steps, guide=guide), fidelity, fd) for steps, (fidelity, fd) in enumerate(scores, 1)]
+
+
+def test_the_chosen_setting_that_stops_is_measured_again_never_stopping(tmp_path):
+    from guidescope.evaluation import search
+    found, (m,) = screened(tmp_path, [(0.9, 5.0)])
+    assert search.unstopped(found, m) is None  # it never stops already: nothing to compare
+    stopping = fake(replace(m.setting, guide=replace(m.setting.guide, stop_at=0.5)), 0.95, 4.0)
+    never = fake(m.setting, 0.96, 7.0)
+    found.found[4, m.setting] = never  # the decision sample's (4 per class), from the log
+    assert search.unstopped(found, stopping) is never
+    page = search.results_page(search.Choice(stopping, "why", fake(found.noise_aware, 0.95, 4.0), [stopping], [stopping]),
+                               [], [], "run", search.Structure(1, 1, 1), "guide", {}, never)
+    assert "## The stop:" in page and never.setting.label() in page.split("## The stop:")[1]
 
 
 def test_the_beam_ranks_settings_within_the_frechet_bound_first(tmp_path):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app_fixtures import UNBOUNDED
 from guidescope.training import command as train
 from guidescope.training import data
 
@@ -72,7 +73,7 @@ def test_all_writes_the_evaluation(trained):
 def running_app(checkpoints: Path):
     from scripts.launcher import running_app as launcher
 
-    return launcher(checkpoints, threads=1)
+    return launcher(checkpoints, threads=1, extra_args=UNBOUNDED)
 
 
 def test_the_app_serves_the_folder_in_colour(trained):

@@ -35,7 +35,7 @@ BATCH = 12  # calls in flight at once: below the queue's maximum size, so none i
 # The smallest valid calls; each case below changes one argument.
 GUIDANCE = dict(interval="full", schedule="constant", threshold="clip", threshold_percentile=0.995, guide="noise-aware",
                 method="tfg", rho=2.0, mu=2.0, recurrences=1, iterations=1, strength_schedule="increase", gamma=0.0,
-                model=None)
+                stop_at=1.0, model=None)
 GENERATE = dict(class_name="Bag", scale=1.0, unet="unconditional", cfg_scale=0.0, steps=2, sampler="ddim",
                 eta=0.0, num_images=1, seed=0, **GUIDANCE)
 COMPARE = dict(class_name="Bag", strengths="0, 2", mode="classifier", scale=0.0, unet="unconditional",
@@ -60,6 +60,7 @@ RHO, MU = "rho must be a number from 0 to 10000", "mu must be a number from 0 to
 RECUR, ITER = "recurrences must be an integer from 1 to 16", "iterations must be an integer from 0 to 16"
 STRENGTH_SCHEDULE = "strength schedule must be one of constant, increase, decrease"
 GAMMA = "gamma must be a number from 0 to 10000"
+STOP_AT = "stop at must be a number from 0.01 to 1"
 
 # (argument, bad value, what the error must say), for the arguments both endpoints take.
 SHARED_CASES = [
@@ -99,6 +100,7 @@ SHARED_CASES = [
     ("strength_schedule", "linear", STRENGTH_SCHEDULE), ("strength_schedule", None, STRENGTH_SCHEDULE),
     ("strength_schedule", ["constant"], STRENGTH_SCHEDULE),
     ("gamma", -0.1, GAMMA), ("gamma", 1e5, GAMMA), ("gamma", "0.1", GAMMA), ("gamma", None, GAMMA),
+    ("stop_at", 0, STOP_AT), ("stop_at", 1.5, STOP_AT), ("stop_at", "0.5", STOP_AT), ("stop_at", None, STOP_AT),
 ]
 # Cases that need more than one argument changed: (changes, what the error must say).
 GENERATE_CASES = [

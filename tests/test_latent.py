@@ -169,7 +169,7 @@ class Session:
 
 
 LIVE_VALUES = ("Bag", 3.0, "unconditional", 0.0, 4, "unipc", 0.0, 2, 1, "full", "constant", "clip", 0.995, "noise-aware",
-               "tfg", 2.0, 2.0, 1, 1, "increase", 0.0, None)
+               "tfg", 2.0, 2.0, 1, 1, "increase", 0.0, 1.0, None)
 
 
 def test_a_live_run_sends_its_final_frame_only(latent_dir, tmp_path):

@@ -15,7 +15,7 @@ import pytest
 from gradio_client import Client
 from test_app_browser import COUNT_FRAMES, browser  # noqa: F401
 
-from app_fixtures import (CLASS_NAMES, RUN_LINE, Server, checkpoint_dir, fetch_image, make_latent_checkpoints,  # noqa: F401
+from app_fixtures import (CLASS_NAMES, RUN_LINE, UNBOUNDED, Server, checkpoint_dir, fetch_image, make_latent_checkpoints,  # noqa: F401
                           pixels_match)
 from demo import render, runs
 from demo.launch import parse_args
@@ -39,8 +39,8 @@ def server(checkpoint_dir, latent_dir, tmp_path_factory):  # noqa: F811
     from scripts.launcher import running_app
 
     log = tmp_path_factory.mktemp("latent-server") / "app.log"
-    with running_app([checkpoint_dir, latent_dir], threads=1, extra_args=("--frame-interval", "0", "--live", "on"),
-                     log_path=log) as url:
+    with running_app([checkpoint_dir, latent_dir], threads=1, extra_args=("--frame-interval", "0", "--live", "on",
+                                                                          *UNBOUNDED), log_path=log) as url:
         yield Server(url, log)
 
 

@@ -13,7 +13,15 @@ import time
 import pytest
 from test_app_browser import COUNT_FRAMES, browser, set_number  # noqa: F401
 
-from app_fixtures import CLASS_NAMES, NUM_TIMESTEPS, RUN_LINE, Server, checkpoint_dir, make_latent_checkpoints  # noqa: F401
+from app_fixtures import (  # noqa: F401
+    CLASS_NAMES,
+    NUM_TIMESTEPS,
+    RUN_LINE,
+    UNBOUNDED,
+    Server,
+    checkpoint_dir,
+    make_latent_checkpoints,
+)
 from demo import arguments
 from demo.settings import COMPARE_CHOICES, DISPLAY, ROW_VALUES, AppDefaults, Settings
 
@@ -33,7 +41,7 @@ def server(checkpoint_dir, tmp_path_factory):  # noqa: F811
     make_latent_checkpoints(latent, evaluator_from=checkpoint_dir)
     (latent / "defaults.json").write_text(json.dumps(LATENT_DEFAULTS))
     log = tmp_path_factory.mktemp("journey-server") / "app.log"
-    with running_app([latent, checkpoint_dir], threads=1, extra_args=("--live", "on"), log_path=log) as url:
+    with running_app([latent, checkpoint_dir], threads=1, extra_args=("--live", "on", *UNBOUNDED), log_path=log) as url:
         yield Server(url, log)
 
 
@@ -198,6 +206,14 @@ def test_on_a_narrow_screen_the_run_button_and_the_images_come_before_the_settin
     for elem_id in ("generate-stop", "generate-xt", "generate-x0", "generate-push"):  # nothing runs off the screen
         box = page.locator(f"#{elem_id}").bounding_box()
         assert box["x"] >= 0 and box["x"] + box["width"] <= 420, elem_id
+    for elem_id in ("generate-chart", "generate-norm-chart"):  # each chart whole in its panel, below the panel's label
+        panel = page.locator(f"#{elem_id}").bounding_box()
+        chart = page.locator(f"#{elem_id} svg.marks").bounding_box()
+        label = page.locator(f"#{elem_id} label").first.bounding_box()
+        highest = page.locator(f"#{elem_id} .role-axis-label text").evaluate_all(
+            "texts => Math.min(...texts.map(t => t.getBoundingClientRect().top))")
+        assert chart["x"] >= panel["x"] and chart["x"] + chart["width"] <= panel["x"] + panel["width"], elem_id
+        assert highest >= label["y"] + label["height"], elem_id
     page.close()
 
 

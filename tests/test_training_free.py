@@ -168,6 +168,25 @@ def test_tfg_special_cases_are_the_named_methods(index):
     torch.testing.assert_close(tfg, lgd)
 
 
+@pytest.mark.parametrize("index", [4, 7, 8])  # where x-hat_0 of these tiny networks moves the classifier
+def test_stop_at_leaves_an_image_the_guide_believes_alone_and_pushes_the_others_as_tfg(index):
+    """With stop_at between the items' f(c | x-hat_0), the step on x-hat_0 is TFG's for those below
+    it and none for those above: min(log f, log stop_at) has no gradient there."""
+    unet, log_f, x0_of, *_ = _closed_form_parts(index)
+    x = TENSORS["x"]
+    p = log_f(x0_of(x)).exp()
+    stop_at = float(p.sort().values[1:].mean())  # between the middle item's and the highest's
+    below = p < stop_at
+    assert below.any() and not below.all()
+    tfg, plain = (one_step(TrainingFree.make("tfg", mu=0.3, iterations=1), x, index, 0.0, None),
+                  one_step(TrainingFree(), x, index, 0.0, None))
+    stopped = one_step(TrainingFree.make("tfg", mu=0.3, iterations=1, stop_at=stop_at), x, index, 0.0, None)
+    torch.testing.assert_close(stopped[below], tfg[below])
+    torch.testing.assert_close(stopped[~below], plain[~below])
+    assert not torch.allclose(tfg[~below], plain[~below])  # TFG's own step does push them
+    assert torch.equal(one_step(TrainingFree.make("tfg", mu=0.3, iterations=1, stop_at=1.0), x, index, 0.0, None), tfg)
+
+
 def test_no_strength_is_the_unguided_step():
     x = TENSORS["x"]
     plain = one_step(TrainingFree(), x, 4, 0.0, None)
@@ -185,6 +204,9 @@ def test_no_strength_is_the_unguided_step():
     ("tfg", {"recurrences": 0}, "recurrences must be an integer from 1 to 16, got 0"),
     ("tfg", {"rho_schedule": "up"}, "rho schedule must be one of constant, increase, decrease; got 'up'"),
     ("mpgd", {"mu": 1.0, "speed": 2}, "MPGD takes mu; got speed"),
+    ("tfg", {"stop_at": 0}, "stop at must be a number from 0.01 to 1, got 0"),
+    ("tfg", {"stop_at": 1.5}, "stop at must be a number from 0.01 to 1, got 1.5"),
+    ("mpgd", {"mu": 1.0, "stop_at": 0.5}, "MPGD takes mu; got stop_at"),
 ])
 def test_a_bad_method_or_parameter_is_refused_with_one_message(method, params, message):
     with pytest.raises(ValueError) as err:
@@ -328,6 +350,7 @@ def test_the_command_line_samples_at_the_bundles_training_free_setting(checkpoin
     (("--guide", "training-free", "--scale", "3"), "--scale is the noise-aware classifier's strength"),
     (("--guide", "training-free", "--sampler", "unipc"), "runs with the DDIM or DDPM sampler; got unipc"),
     (("--guide", "training-free", "--recurrences", "0"), "recurrences must be an integer from 1 to 16, got 0"),
+    (("--guide", "training-free", "--method", "tfg", "--stop-at", "0"), "stop at must be a number from 0.01 to 1, got 0"),
 ])
 def test_the_command_line_refuses_a_bad_training_free_flag(checkpoint_dir, tmp_path, capsys, extra, message):  # noqa: F811
     with pytest.raises(SystemExit) as exit_:
@@ -379,14 +402,14 @@ def test_the_page_starts_its_training_free_settings_from_the_bundles_record(tmp_
     from demo.arguments import training_free_of_page
 
     chosen = TrainingFree.make("tfg", rho=4.0, mu=8.0, recurrences=4, iterations=2, gamma=0.1,
-                               gamma_schedule="decrease")
+                               gamma_schedule="decrease", stop_at=0.6)
     (tmp_path / "defaults.json").write_text(json.dumps({"scale": 8, "sampler": "unipc", "interval": "0-500",
                                                         "training_free": {
         "sampler": "ddpm", "steps": 30, "threshold": "dynamic", "schedule": "constant", "interval": "400-999",
         "guide": chosen.__dict__}}))
     d = app_defaults(tmp_path)
     assert (d.scale, d.sampler, d.guide, d.interval) == (8.0, "unipc", "noise-aware", "0-500")  # opens on noise-aware
-    assert (d.method, d.rho, d.mu, d.recurrences, d.iterations, d.gamma) == ("tfg", 4.0, 8.0, 4, 2, 0.1)
+    assert (d.method, d.rho, d.mu, d.recurrences, d.iterations, d.gamma, d.stop_at) == ("tfg", 4.0, 8.0, 4, 2, 0.1, 0.6)
     assert (d.training_free_sampler, d.training_free_steps, d.training_free_threshold, d.training_free_interval,
             d.training_free_schedule) == ("ddpm", 30, "dynamic", "400-999", "constant")
     assert training_free_of_page(d.settings(("a", "b"))) == chosen  # the page's numbers are the evaluated setting

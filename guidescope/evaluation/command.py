@@ -175,15 +175,16 @@ def search_training_free(args: argparse.Namespace, bundle: Bundle, budget: Budge
     at = search.methods_structure(structures)
     methods = [] if args.skip_methods else search.compare_methods(found, at)
     equal = {} if args.skip_methods else search.at_equal_time(found, [choice.chosen, *methods])
+    never_stops = search.unstopped(found, choice.chosen)
     screened = [m for (n, setting), m in found.found.items() if n == sizes[0] and setting.guide is not None]
     guide = Path(args.guide_classifier or bundle.folder)
     page = search.results_page(choice, methods, screened, f"{command} ({_device_text(bundle.device)})", at,
-                               search.guide_text(guide, read_config(guide, "guide_classifier")), equal)
+                               search.guide_text(guide, read_config(guide, "guide_classifier")), equal, never_stops)
     (out / "TRAINING_FREE.md").write_text(page)
     if args.readme:
         readme = Path(args.readme)
         relative = Path(os.path.relpath(out / "TRAINING_FREE.md", readme.resolve().parent)).as_posix()
-        section = search.readme_table(choice, methods, bundle.folder, relative, at, equal)
+        section = search.readme_table(choice, methods, bundle.folder, relative, at, equal, never_stops)
         if card.update_readme(Path(args.readme), section, *search.readme_markers(bundle.folder)):
             print(f"refreshed the training-free table of {args.readme}")
     print(f"chosen: {choice.chosen.setting.label()}: {choice.reason}")

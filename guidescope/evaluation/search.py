@@ -9,7 +9,8 @@ shape with no gradient through the UNet), cheapest first by TrainingFree.step_co
 at the smallest strengths, guided at every step, and at the setting decided for the cheaper
 structure of the same shape (its strengths, schedules and interval at this structure's steps and
 repeats). Each round, every setting of the beam has children: one of rho, mu, gamma-bar doubled
-(or set, from 0); constant strength schedules (where it has TFG's, SCHEDULES); guided from
+(or set, from 0); constant strength schedules (where it has TFG's, SCHEDULES); stop_at a step
+lower or higher (STOP_AT from 1: the push ends once the guide believes the image); guided from
 INTERVAL_STEP x T timesteps later (up to LATEST_START x T) or earlier. The `beam` best on the
 screening images (SCREENING x the budget's images per class) stay, in Search.rank's order (those
 within FD_WITHIN x the noise-aware default's Frechet distance on the same images first, then by
@@ -89,6 +90,7 @@ STRUCTURES = {"smoke": structures("2x1x1-x0,2x1x1,2x2x1"),
               "cpu": structures("10x1x1-x0,10x1x1,10x2x1-x0,10x2x1,20x2x1-x0,30x2x1-x0"),
               "gpu": structures("10x1x1-x0,10x1x1,10x2x1-x0,10x2x1,20x2x1-x0,30x2x1-x0,20x2x1,20x4x1,50x4x1,50x4x2")}
 START = {"rho": LIBRARY_SETTING.rho, "mu": LIBRARY_SETTING.mu, "gamma": 0.05}  # gamma-bar: set, from 0
+STOP_AT, STOP_STEP = 0.5, 0.1  # stop_at: set from 1 (TFG's: never stops), then up or down a step
 SCHEDULES = {"rho_schedule": LIBRARY_SETTING.rho_schedule, "mu_schedule": LIBRARY_SETTING.mu_schedule,
              "gamma_schedule": LIBRARY_SETTING.gamma_schedule}
 INTERVAL_STEP, LATEST_START = 0.1, 0.6  # of T: guided over t in [0, T), [0.1 T, T), ... or [0.6 T, T)
@@ -105,9 +107,19 @@ def later(setting: Setting, num_timesteps: int, by: int = 1) -> Setting | None:
     return replace(setting, interval=(start, num_timesteps - 1) if start else None)
 
 
+def stops(stop_at: float) -> list[float]:
+    """stop_at's moves: from 1 to STOP_AT, else a STOP_STEP up (to 1 from 1 - STOP_STEP) and down
+    (to STOP_STEP at the lowest)."""
+    if stop_at == 1:
+        return [STOP_AT]
+    up, down = round(stop_at + STOP_STEP, 2), round(stop_at - STOP_STEP, 2)
+    return [1.0 if up > 1 - STOP_STEP / 2 else up, *([down] if down >= STOP_STEP else [])]
+
+
 def children(setting: Setting, structure: Structure, num_timesteps: int) -> list[Setting]:
     """The settings one doubling away (0 -> the start value; rho stays 0 where the structure holds
-    it there), the one with constant strength schedules, and those guided later and earlier."""
+    it there), the one with constant strength schedules, those stopping at another probability
+    (stops), and those guided later and earlier."""
     names = ("rho", "mu", "gamma") if structure.through_unet else ("mu", "gamma")
     guide = setting.guide
     doubled = [replace(setting, guide=replace(guide, **{name: getattr(guide, name) * 2 if getattr(guide, name)
@@ -115,8 +127,9 @@ def children(setting: Setting, structure: Structure, num_timesteps: int) -> list
                for name in names]
     flat = replace(setting, guide=replace(guide, mu_schedule="constant",
                                           **({"rho_schedule": "constant"} if guide.rho else {})))
+    stopped = [replace(setting, guide=replace(guide, stop_at=p)) for p in stops(guide.stop_at)]
     moved = [later(setting, num_timesteps, by) for by in (1, -1)]
-    return [*doubled, *([flat] if flat != setting else []), *filter(None, moved)]
+    return [*doubled, *([flat] if flat != setting else []), *stopped, *filter(None, moved)]
 
 
 def by_fidelity(m: Measurement) -> tuple[float, float]:
@@ -289,6 +302,15 @@ def compare_methods(search: Search, structure: Structure) -> list[Measurement]:
             for method in METHODS if method != "tfg"]
 
 
+def unstopped(search: Search, chosen: Measurement) -> Measurement | None:
+    """The chosen setting with TFG's push that never stops (stop_at 1) on the decision sample, what
+    the stop changes; None where the chosen setting does not stop."""
+    guide = chosen.setting.guide
+    if guide.stop_at == 1:
+        return None
+    return search.measured(replace(chosen.setting, guide=replace(guide, stop_at=1.0)), search.decision)
+
+
 def equal_time(setting: Setting, noise_aware: Setting) -> Setting:
     """setting with the steps the noise-aware default's time per image buys (at least one), by
     the step costs: a noise-aware step is one plain guided step, a training-free one
@@ -361,11 +383,13 @@ def guide_text(folder: Path, record: dict) -> str:
 
 
 def results_page(choice: Choice, methods: list[Measurement], screened: list[Measurement], run: str,
-                 structure: Structure, guide: str, equal: dict[Setting, Measurement]) -> str:
+                 structure: Structure, guide: str, equal: dict[Setting, Measurement],
+                 never_stops: Measurement | None) -> str:
     """TRAINING_FREE.md: the decision table (every structure's final beam on the decision sample,
-    its best in bold, beside the noise-aware default), each named method at its best strength, the
-    chosen setting and each method at the noise-aware default's time (equal: at_equal_time's), and
-    the screening measurements."""
+    its best in bold, beside the noise-aware default), the chosen setting beside itself with a push
+    that never stops (never_stops: unstopped's), each named method at its best strength, the chosen
+    setting and each method at the noise-aware default's time (equal: at_equal_time's), and the
+    screening measurements."""
     base = choice.noise_aware
     base_time = base.sample_seconds / base.images
 
@@ -387,6 +411,8 @@ def results_page(choice: Choice, methods: list[Measurement], screened: list[Meas
         f"**Chosen:** {choice.chosen.setting.label()}: {choice.reason}.", "",
         f"## Decision sample ({base.images} images per setting, the same noise): each structure's final beam, "
         "its best in bold", "", *head, row(base), *(row(m, m in choice.tried) for m in choice.beams), "",
+        *(["## The stop: the chosen setting, and the same with TFG's push that never stops (stop_at 1), from the "
+           "same noise", "", *head, row(base), row(choice.chosen), row(never_stops), ""] if never_stops else []),
         "## Each named method at its best strength (methods_structure: the cheapest searched structure with "
         "recurrence; its steps, and its repeats where the method takes them), beside TFG's best there", "",
         *head, row(base), *(row(m) for m in at_structure(choice, structure) if methods), *(row(m) for m in methods), "",
@@ -403,11 +429,12 @@ def readme_markers(folder: Path) -> tuple[str, str]:
 
 
 def readme_table(choice: Choice, methods: list[Measurement], folder: Path, page: str,
-                 structure: Structure, equal: dict[Setting, Measurement]) -> str:
+                 structure: Structure, equal: dict[Setting, Measurement],
+                 never_stops: Measurement | None) -> str:
     """The README's table for one bundle: the noise-aware default, the chosen training-free setting
-    and each named method at its best strength, on the decision sample, with the fidelity each
-    reaches at the noise-aware default's time (equal: at_equal_time's); page: the results page's
-    path from the README."""
+    (and the same never stopping, never_stops: unstopped's) and each named method at its best
+    strength, on the decision sample, with the fidelity each reaches at the noise-aware default's
+    time (equal: at_equal_time's); page: the results page's path from the README."""
     base = choice.noise_aware
     base_time = base.sample_seconds / base.images
 
@@ -425,5 +452,6 @@ def readme_table(choice: Choice, methods: list[Measurement], folder: Path, page:
         "| guide | setting | fidelity | Frechet distance | per image | time / noise-aware | fidelity at the noise-aware "
         "time |", "|---|---|---:|---:|---:|---:|---:|",
         row("noise-aware default", base), row("training-free default", chosen),
+        *([row("the same, never stopping (TFG's)", never_stops)] if never_stops else []),
         *(row("TFG, as the methods below", m) for m in at_structure(choice, structure) if methods and m is not chosen),
         *(row(m.setting.guide.variant.title, m) for m in methods)])

@@ -14,6 +14,11 @@ N_recur times:
     x_t <- sqrt(alpha_t) x_{t-1} + sqrt(1 - alpha_t) z   between repetitions (alpha_t = alpha-bar_t / alpha-bar_{t-1})
 
 S is the solver's own step (DDIM or DDPM) from x_t with x-hat_0: the x-hat_0 shift keeps its eps.
+One addition here, not TFG's: stop_at, a probability at which the push ends. Each gradient is that
+of min(log f~, log stop_at), so an image the guide already gives probability stop_at or more is
+left alone (at 1, TFG's step: log f~ < 0). A guide keeps pushing a recognised image toward what it
+finds most typical of the class, which costs the samples their variety; stopping it there keeps it
+(docs/latent/training-free/TRAINING_FREE.md measures the difference).
 rho_t = rho s_t n / sum(s) over the run's n steps, with s_t = 1 (constant), alpha_t (increase) or
 beta_t = 1 - alpha_t (decrease), and mu_t likewise; gamma_t = gamma-bar (constant) or gamma-bar
 sqrt(1 - alpha-bar_t) (decrease). The named methods are its special cases, each with its own
@@ -53,6 +58,7 @@ STRENGTH_SCHEDULES = ("constant", "increase", "decrease")   # s_t = 1, alpha_t, 
 SMOOTHING_SCHEDULES = ("constant", "decrease")               # gamma-bar, gamma-bar sqrt(1 - alpha-bar_t)
 MAX_STRENGTH = 1e4
 MAX_REPEATS = 16                                             # N_recur, N_iter, mc_samples
+MIN_STOP_AT = 0.01
 
 
 class Form(NamedTuple):
@@ -74,7 +80,7 @@ class Variant(NamedTuple):
 METHODS = {
     "tfg": Variant("TFG", "Ye et al. 2024", Form("tfg", "tfg", "none"),
                    ("rho", "mu", "gamma", "recurrences", "iterations", "mc_samples", "rho_schedule", "mu_schedule",
-                    "gamma_schedule"), {}),
+                    "gamma_schedule", "stop_at"), {}),
     "dps": Variant("DPS", "Chung et al. 2023", Form("x", "tfg", "log-prob"), ("rho",), {"mu": 0.0, "iterations": 0}),
     "lgd": Variant("LGD", "Song et al. 2023", Form("x", "tfg", "draws"), ("rho", "mc_samples"),
                    {"mu": 0.0, "iterations": 0, "gamma": 1.0, "gamma_schedule": "decrease"}),
@@ -100,6 +106,7 @@ class TrainingFree:
     rho_schedule: str = "constant"   # STRENGTH_SCHEDULES
     mu_schedule: str = "constant"
     gamma_schedule: str = "constant"  # SMOOTHING_SCHEDULES
+    stop_at: float = 1.0             # no push where f~(c | x-hat_0) >= stop_at (1: always pushes, TFG's)
 
     def __post_init__(self):
         choice(self.method, "training-free method", tuple(METHODS))
@@ -111,6 +118,7 @@ class TrainingFree:
         choice(self.rho_schedule, "rho schedule", STRENGTH_SCHEDULES)
         choice(self.mu_schedule, "mu schedule", STRENGTH_SCHEDULES)
         choice(self.gamma_schedule, "gamma schedule", SMOOTHING_SCHEDULES)
+        number(self.stop_at, "stop at", MIN_STOP_AT, 1)
         variant = METHODS[self.method]
         for name, value in variant.fixed.items():
             if getattr(self, name) != value:
@@ -163,9 +171,10 @@ class TrainingFree:
             if name in free and value != getattr(default, name):
                 shape = getattr(self, f"{name}_schedule")
                 words.append(f"{name} {value:g}" + ("" if shape == "constant" else f" ({shape})"))
-        for name, symbol in (("recurrences", "N_recur"), ("iterations", "N_iter"), ("mc_samples", "draws")):
+        for name, symbol in (("recurrences", "N_recur"), ("iterations", "N_iter"), ("mc_samples", "draws"),
+                             ("stop_at", "stop at")):
             if name in free and getattr(self, name) != getattr(default, name):
-                words.append(f"{symbol} {getattr(self, name)}")
+                words.append(f"{symbol} {getattr(self, name):g}")
         return " ".join(words)
 
 
@@ -215,13 +224,15 @@ class TrainingFreeGuidance(ClassifierFreeGuidance):
 
     def log_f(self, x0: torch.Tensor, draws: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
         """(B,) log f~(c | x0) = log mean_k f(c | decode(x0 + gamma delta_k)), or log f(c | decode(x0))
-        with no draws; differentiable."""
+        with no draws, at most log stop_at (its gradient 0 above); differentiable."""
         points = torch.cat([x0 + d for d in draws]) if draws else x0
         logits = self.guide(self.decode(points))
         log_probs = torch.log_softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
         n = max(len(draws), 1)
         chosen = log_probs.gather(1, labels.repeat(n)[:, None])[:, 0].reshape(n, len(x0))
-        return torch.logsumexp(chosen, dim=0) - math.log(n)
+        log_f = torch.logsumexp(chosen, dim=0) - math.log(n)
+        stop_at = self.setting.stop_at
+        return log_f if stop_at == 1 else log_f.clamp(max=math.log(stop_at))
 
     def _grad(self, x0: torch.Tensor, draws: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():
