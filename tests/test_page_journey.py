@@ -61,7 +61,8 @@ def run(page, tab: str) -> str:
     page.locator(f"#{tab}-button").click()
     deadline = time.monotonic() + 120  # bounds a broken page only
     while page.evaluate("window.__ends") == ends or "done" not in page.locator(f"#{tab}-status").inner_text():
-        assert time.monotonic() < deadline, page.locator(f"#{tab}-status").inner_text()
+        assert time.monotonic() < deadline, (page.locator(f"#{tab}-status").inner_text(),
+                                             page.locator(".toast-body").all_inner_texts())  # an error's message
         time.sleep(0.05)
     return page.locator(f"#{tab}-status").inner_text()
 
