@@ -21,13 +21,12 @@ from guidescope.parsing import (class_index, interval_text, parse_classes, parse
 from guidescope.request import (CheckedRequest, Conditioning, Request, Row, check, check_cfg_scale, check_interval,
                                 check_scale, make_schedule)
 
-from .settings import (COMPARE_CHOICES, GUIDE_CHOICES, LIMITS, ROW_VALUES, UNET_CHOICES, AppDefaults, Limits,
-                       Settings)
+from .settings import (COMPARE_CHOICES, GUIDE_CHOICES, LIMITS, PAGE_METHOD_PARAMETERS, ROW_VALUES, UNET_CHOICES,
+                       AppDefaults, Limits, Settings)
 
 UNETS = tuple(value for _, value in UNET_CHOICES)
 GUIDES = tuple(value for _, value in GUIDE_CHOICES)
-# The training-free numbers on the page, and the values at which a row's name leaves them out.
-PAGE_METHOD_PARAMETERS = ("rho", "mu", "recurrences", "iterations", "gamma", "stop_at")
+# The values of the page's training-free numbers (PAGE_METHOD_PARAMETERS) at which a row's name leaves them out.
 UNSHOWN_AT = {"recurrences": 1, "iterations": 1, "gamma": 0, "stop_at": 1}
 COMPARE_MODES = tuple(value for _, value in COMPARE_CHOICES)
 

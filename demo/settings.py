@@ -25,6 +25,7 @@ THRESHOLD_CHOICES = (("clip (pixels: to [-1, 1]; latents: to their measured rang
                      ("none", "none"))
 GUIDE_CHOICES = (("noise-aware classifier p(c | x_t, t)", "noise-aware"),
                  ("clean classifier through x̂_0 (training-free)", "training-free"))
+PAGE_METHOD_PARAMETERS = ("rho", "mu", "recurrences", "iterations", "gamma", "stop_at")  # TFG's numbers on the page
 METHOD_CHOICES = tuple((f"{v.title} ({v.paper})", name) for name, v in METHODS.items())
 COMPARE_CHOICES = (("classifier guidance w", "classifier"),
                    ("classifier-free w_cfg", "classifier-free"),
@@ -220,8 +221,7 @@ def app_defaults(folder: str | Path | None) -> AppDefaults:
     guide = training_free.get("guide") if isinstance(training_free.get("guide"), dict) else {}
     chosen = {**{f"training_free_{name}": training_free[name]
                  for name in ("sampler", "steps", "threshold", "interval", "schedule") if name in training_free},
-              **{name: guide[name] for name in ("method", "rho", "mu", "recurrences", "iterations", "gamma", "stop_at")
-                 if name in guide},
+              **{name: guide[name] for name in ("method", *PAGE_METHOD_PARAMETERS) if name in guide},
               **({"strength_schedule": guide["mu_schedule"]} if "mu_schedule" in guide else {}),
               **chosen}
     names = {f.name for f in fields(AppDefaults)}

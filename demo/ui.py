@@ -2,6 +2,7 @@
 on the right. Only generate and compare are public API endpoints."""
 from __future__ import annotations
 
+import json
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple
@@ -213,8 +214,9 @@ def _mode_sampler(handlers: Handlers, name: str, mode: str, sampler: str) -> tup
     return chosen, gr.Slider(interactive=chosen == "ddim")
 
 
-def _row_example(mode: str) -> str:
-    return ROW_VALUES[mode].example
+# Picking a Compare mode puts its example in the box in the browser, at once: a round trip to the
+# server could land after a Compare click that follows it, which would then run the last mode's rows.
+ROW_EXAMPLE_JS = f"(mode) => ({json.dumps({mode: values.example for mode, values in ROW_VALUES.items()})})[mode]"
 
 
 SAMPLE_CAPTIONS = {"pixel": "$x_t$, the current noisy images",
@@ -487,7 +489,7 @@ def _wire(handlers: Handlers, page: Page, concurrency_limit: int) -> None:
                           controls.num_images, controls.interval, controls.schedule], **UNQUEUED)
     # The label follows the mode however it changes; picking a mode also puts its example in the box.
     page.mode.change(_row_values, page.mode, page.strengths, **UNQUEUED)
-    page.mode.input(_row_example, page.mode, page.strengths, **UNQUEUED)
+    page.mode.input(None, page.mode, page.strengths, js=ROW_EXAMPLE_JS, **UNQUEUED)
     page.mode.input(partial(_mode_sampler, handlers), [page.model, page.mode, controls.sampler],
                     [controls.sampler, controls.eta], **UNQUEUED)
     for example, button in zip(EXAMPLES, page.examples):

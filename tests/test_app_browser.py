@@ -25,6 +25,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 COUNT_FRAMES = """
 window.__frames = 0;
 window.__ends = 0;
+window.__errors = [];
 window.__sessions = [];
 const pageFetch = window.fetch;
 window.fetch = async (...args) => {
@@ -43,7 +44,13 @@ window.fetch = async (...args) => {
       const events = text.split("\\n\\n");
       text = events.pop();
       window.__frames += events.filter(e => e.includes('"msg":"process_generating"')).length;
-      window.__ends += events.filter(e => e.includes('"msg":"process_completed"')).length;
+      for (const e of events.filter(e => e.includes('"msg":"process_completed"'))) {
+        window.__ends += 1;
+        try {  // a run that failed: its message, kept (the page's toast fades)
+          const data = JSON.parse(e.slice(e.indexOf("{")));
+          if (data.success === false) window.__errors.push((data.output && data.output.error) || "(no message)");
+        } catch (error) { window.__errors.push("(unreadable: " + e.slice(0, 200) + ")"); }
+      }
     }
   })();
   return new Response(passed, {status: response.status, statusText: response.statusText, headers: response.headers});

@@ -489,10 +489,10 @@ def test_the_decision_weighs_the_threshold_with_the_step_count():
     assert d.to_json("cpu")["threshold"] == "dynamic"
 
 
-def test_the_training_free_search_decides_and_resumes(tiny, tmp_path):
+def test_the_training_free_search_decides_and_resumes(tiny, tmp_path, capsys):
     """--training-free: a beam per structure on the screening images, each structure's best on the
     decision images beside the noise-aware default, the page and the defaults' record; a rerun
-    resumes from search.json without drawing again."""
+    resumes from search.json without drawing again, and refuses a log made with another guide or seed."""
     from guidescope.evaluation import search
     from guidescope.guide import TrainingFree
     from guidescope.networks.guide_classifier import GuideClassifier, GuideClassifierConfig
@@ -514,7 +514,9 @@ def test_the_training_free_search_decides_and_resumes(tiny, tmp_path):
     table = readme.read_text()
     assert "stale" not in table and table.startswith("intro\n") and table.endswith("outro\n")
     assert all(f"| {name} |" in table for name in ("noise-aware default", "training-free default", "DPS", "MPGD"))
-    records = json.loads((out / "search.json").read_text())
+    log = json.loads((out / "search.json").read_text())
+    records = log["records"]
+    assert log["made_with"] == search.made_with(folder, folder, 0, BUDGETS["smoke"].resamples)
     structures = search.STRUCTURES["smoke"]
     guided = [(r["per_class"], Measurement.from_json(r["measurement"])) for r in records
               if r["measurement"]["setting"]["guide"]]
@@ -566,6 +568,19 @@ def test_the_training_free_search_decides_and_resumes(tiny, tmp_path):
     before = (out / "search.json").read_bytes()
     assert smoke(folder, out, "--training-free", "--defaults", defaults, "--images-per-class", 1) == 0
     assert (out / "search.json").read_bytes() == before
+    # a log measured with another guide classifier or seed is refused, not reused, and kept as it was
+    capsys.readouterr()
+    assert smoke(folder, out, "--training-free", "--defaults", defaults, "--images-per-class", 1, "--seed", 1) == 2
+    assert "holds measurements made with another seed; choose another --out" in capsys.readouterr().err
+    torch.manual_seed(1)
+    retrained = GuideClassifier(guide.config)
+    checkpoints.save(retrained, folder, "guide_classifier", class_names=list(CLASSES))
+    assert smoke(folder, out, "--training-free", "--defaults", defaults, "--images-per-class", 1) == 2
+    assert "made with another guide_classifier;" in capsys.readouterr().err
+    assert (out / "search.json").read_bytes() == before
+    (out / "search.json").write_text(json.dumps(records))  # a log without its networks' record
+    assert smoke(folder, out, "--training-free", "--defaults", defaults, "--images-per-class", 1) == 2
+    assert "is not a search log of this version" in capsys.readouterr().err
 
 
 def test_a_searched_structure_is_read_from_its_text_and_ordered_by_cost(capsys):

@@ -57,14 +57,26 @@ def page(browser, server):  # noqa: F811
 
 def run(page, tab: str) -> str:
     """Press the tab's button and wait for the run to end (the status says done); its status."""
-    ends = page.evaluate("window.__ends")
+    ends, errors = page.evaluate("[window.__ends, window.__errors.length]")
     page.locator(f"#{tab}-button").click()
     deadline = time.monotonic() + 120  # bounds a broken page only
     while page.evaluate("window.__ends") == ends or "done" not in page.locator(f"#{tab}-status").inner_text():
-        assert time.monotonic() < deadline, (page.locator(f"#{tab}-status").inner_text(),
-                                             page.locator(".toast-body").all_inner_texts())  # an error's message
+        failed = page.evaluate(f"window.__errors.slice({errors})")  # a run ended in the server's message
+        assert not failed and time.monotonic() < deadline, (page.locator(f"#{tab}-status").inner_text(), failed)
         time.sleep(0.05)
     return page.locator(f"#{tab}-status").inner_text()
+
+
+def pick_mode(page, mode: str) -> None:
+    """Pick a Compare mode as a person does, and wait, as they would, until its example is in the
+    box (the page puts it there in the browser; the wait only bounds a broken page)."""
+    page.locator("#compare-mode").get_by_label({value: label for label, value in COMPARE_CHOICES}[mode],
+                                               exact=True).check()
+    box = page.locator("#compare-rows textarea")
+    deadline = time.monotonic() + 30
+    while box.input_value() != ROW_VALUES[mode].example:
+        assert time.monotonic() < deadline, box.input_value()
+        time.sleep(0.05)
 
 
 def drawn(page, elem_id: str, rows: list[str]) -> tuple[list[str], list[str]]:
@@ -120,8 +132,7 @@ def test_every_compare_mode_draws_a_line_and_a_legend_entry_per_row(page, mode):
     page.get_by_role("tab", name="Compare").click()
     set_number(page, "steps", 2)
     set_number(page, "images", 1)
-    page.locator("#compare-mode").get_by_label({value: label for label, value in COMPARE_CHOICES}[mode],
-                                               exact=True).check()
+    pick_mode(page, mode)
     rows = expected_rows(mode, ROW_VALUES[mode].example, steps=2, num_images=1)
     for _ in range(2):  # twice in a row: the second run draws its own too
         run(page, "compare")
@@ -241,16 +252,10 @@ def test_the_guide_comparison_sets_each_guide_on_the_same_noise_and_draws_its_ch
     page.get_by_role("tab", name="Compare").click()
     set_number(page, "steps", 2)
     set_number(page, "images", 1)
-    page.locator("#compare-mode").get_by_label({value: label for label, value in COMPARE_CHOICES}["methods"],
-                                               exact=True).check()
+    pick_mode(page, "methods")
     deadline = time.monotonic() + 30  # comparing guides puts the sampler back to one they run with
     while not page.locator("#sampler").get_by_label("DDIM", exact=True).is_checked():
         assert time.monotonic() < deadline
-        time.sleep(0.05)
-    box = page.locator("#compare-rows textarea")
-    deadline = time.monotonic() + 30  # the mode puts its example in the box a moment later
-    while box.input_value() != ROW_VALUES["methods"].example:
-        assert time.monotonic() < deadline, box.input_value()
         time.sleep(0.05)
     rows = expected_rows("methods", ROW_VALUES["methods"].example, steps=2, num_images=1)
     assert rows[0].startswith("noise-aware") and len(rows) == 3

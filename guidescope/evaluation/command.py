@@ -167,9 +167,10 @@ def search_training_free(args: argparse.Namespace, bundle: Bundle, budget: Budge
     sizes = (search.SCREENING * budget.images_per_class, budget.decision_images_per_class)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    guide = Path(args.guide_classifier or bundle.folder)
     found = search.Search(bundle, search.noise_aware_default(bundle.folder), sizes,
                           tuple(real_reference(features, n * classes) for n in sizes), out / "search.json", args.seed,
-                          budget.resamples)
+                          budget.resamples, made_with=search.made_with(bundle.folder, guide, args.seed, budget.resamples))
     structures = args.structures or search.STRUCTURES[budget.name]
     choice = search.decide(found, structures)
     at = search.methods_structure(structures)
@@ -177,7 +178,6 @@ def search_training_free(args: argparse.Namespace, bundle: Bundle, budget: Budge
     equal = {} if args.skip_methods else search.at_equal_time(found, [choice.chosen, *methods])
     never_stops = search.unstopped(found, choice.chosen)
     screened = [m for (n, setting), m in found.found.items() if n == sizes[0] and setting.guide is not None]
-    guide = Path(args.guide_classifier or bundle.folder)
     page = search.results_page(choice, methods, screened, f"{command} ({_device_text(bundle.device)})", at,
                                search.guide_text(guide, read_config(guide, "guide_classifier")), equal, never_stops)
     (out / "TRAINING_FREE.md").write_text(page)

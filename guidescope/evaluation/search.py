@@ -22,7 +22,8 @@ luckiest of them, and the decision sample says which holds. The chosen setting i
 (cheapest) whose fidelity reaches FIDELITY_GOAL with a Frechet distance at most FD_WITHIN times the
 noise-aware default's; where none does, the closest (toward_target). Every measurement is logged
 to OUT/search.json, which a rerun resumes from; the choice goes to the folder's defaults.json under
-"training_free" (guidescope.evaluation.command).
+"training_free" (guidescope.evaluation.command). A log made with other networks (a retrained guide
+classifier, say), another seed or other resamples is refused rather than reused (made_with).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..bundle import default_value, read_defaults
+from ..checkpoints import file_digest
 from ..guide import TrainingFree
 from ..guide.training_free import LIBRARY_SETTING, METHODS
 from ..metrics import RealReference
@@ -76,6 +78,16 @@ class Structure(NamedTuple):
     def holds(self, setting: Setting) -> bool:
         guide = setting.guide
         return (setting.steps, guide.recurrences, guide.iterations, guide.rho > 0) == tuple(self)
+
+
+def made_with(folder: Path, guide: Path, seed: int, resamples: int) -> dict:
+    """What a search's measurements depend on besides their settings: each network's weights (the
+    sha256 of folder's *.safetensors, the guide classifier's from guide), the seed and the
+    bootstrap's resamples."""
+    files = {path.stem: path for path in sorted(Path(folder).glob("*.safetensors"))}
+    files["guide_classifier"] = Path(guide) / "guide_classifier.safetensors"
+    return {**{name: file_digest(path) for name, path in files.items() if path.exists()},
+            "seed": seed, "resamples": resamples}
 
 
 def structures(texts: str) -> tuple[Structure, ...]:
@@ -148,17 +160,35 @@ class Search:
     """The search's measurements, kept in a JSON log and reused where a rerun asks for them again."""
 
     def __init__(self, bundle, noise_aware: Setting, sizes: tuple[int, int], references: tuple[RealReference, RealReference],
-                 path: Path, seed: int, resamples: int, log=print):
+                 path: Path, seed: int, resamples: int, log=print, made_with: dict | None = None):
+        """made_with (made_with()) is what the measurements depend on besides their setting: a log
+        made with other networks, seed or resamples is refused, never reused."""
         self.bundle, self.noise_aware = bundle, noise_aware
         self.threshold = noise_aware.threshold  # the noise-aware default's: the latent model needs x-hat_0 thresholded
         self.screen, self.decision = sizes      # images per class: in the beam, for the decision
         self.references = dict(zip(sizes, references))  # the real side of the metrics, by images per class
-        self.path, self.seed, self.resamples, self.log = path, seed, resamples, log
-        self.records = json.loads(path.read_text()) if path.exists() else []
+        self.path, self.seed, self.resamples, self.log, self.made_with = path, seed, resamples, log, made_with
+        self.records = self._read(path, made_with)
         self.found: dict[tuple[int, Setting], Measurement] = {}  # (images per class, setting) -> measurement
         for record in self.records:
             m = Measurement.from_json(record["measurement"])
             self.found.setdefault((record["per_class"], m.setting), m)
+
+    @staticmethod
+    def _read(path: Path, made_with: dict | None) -> list[dict]:
+        """The log's records; ValueError where it was made with something else (or is no search log)."""
+        if not path.exists():
+            return []
+        log = json.loads(path.read_text())
+        if not isinstance(log, dict) or "records" not in log:
+            raise ValueError(f"{path} is not a search log of this version (it does not say what it was measured with); "
+                             "choose another --out, or delete it to search afresh")
+        before = log.get("made_with") or {}
+        differ = sorted(name for name in {*before, *(made_with or {})} if before.get(name) != (made_with or {}).get(name))
+        if differ:
+            raise ValueError(f"{path} holds measurements made with another {', '.join(differ)}; choose another --out, "
+                             "or delete it to search afresh")
+        return log["records"]
 
     def rank(self, m: Measurement) -> tuple[bool, float, float]:
         """The beam's order of screening measurements: within FD_WITHIN x the noise-aware default's
@@ -182,7 +212,8 @@ class Search:
         m, _ = measure(self.bundle, setting, self.references[per_class], per_class, self.seed, self.resamples)
         self.found[per_class, setting] = m
         self.records.append({"per_class": per_class, "measurement": m.to_json()})
-        self.path.write_text(json.dumps(self.records, indent=1))
+        records = ",\n".join(json.dumps(record) for record in self.records)  # a line each: a rerun's diff adds lines
+        self.path.write_text(f'{{"made_with": {json.dumps(self.made_with)},\n"records": [\n{records}\n]}}\n')
         self.log(f"{setting.label()} [{per_class}/class]: fidelity {m.show('fidelity')}, Frechet distance "
                  f"{m.show('fd')} ({m.sample_seconds / m.images:.3f} s/image)")
         return m
