@@ -29,8 +29,10 @@ CHART_WIDTH = 340               # CSS px of a whole chart, axes and padding in: 
                                 # (354 px), and two side by side a 1400 px page
 CHART_PADDING = {"top": 30, "left": 5, "right": 5, "bottom": 5}  # CSS px around the chart: the panel's label
                                 # floats over its top 26 px, where the lines near p = 1 would run under it
-LEGEND_WIDTH = 200              # CSS px of a legend label before it is cut ("TFG ρ=2 μ=2 (unconditional)" fits);
-                                # the legend sits under the plot, two labels a line, so long labels fit the panel
+LEGEND_WIDTHS = {1: CHART_WIDTH - 40, 2: 200}  # CSS px of a legend label before it is cut, by labels a line: the
+                                # legend sits under the plot, one label a line for up to LEGEND_SINGLE rows (a
+                                # training-free row's name is long), else two ("TFG ρ=2 μ=2 (unconditional)" fits)
+LEGEND_SINGLE = 3
 CHART_RAMPS = {"w": ((0x8e, 0xc0, 0xe4), (0x08, 0x30, 0x6b)),      # light to dark blue
                "w_cfg": ((0xfd, 0xae, 0x6b), (0x7f, 0x27, 0x04))}  # light to dark orange
 CATEGORY_COLORS = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f",  # Tableau 10, for rows that
@@ -207,10 +209,11 @@ def line_chart(recording: Recording, data: pd.DataFrame, y: str, title: str, y_d
     earlier value and swaps only the data, so a new run's rows were drawn under the last run's
     legend, or not at all.)"""
     colors, rows = chart_colors(recording.run), list(recording.run.labels)  # the legend in row order
+    columns = 1 if len(rows) <= LEGEND_SINGLE else 2
     return alt.Chart(data).mark_line(point=len(recording.frames) <= 1).encode(
         x=alt.X(f"{CHART_X}:Q", title="step", scale=alt.Scale(domain=[0, recording.run.request.steps])),
         y=alt.Y(f"{y}:Q", title=title, scale=alt.Scale(domain=y_domain) if y_domain else alt.Undefined),
-        color=alt.Color(f"{CHART_COLOR}:N", title="row", sort=rows, legend=alt.Legend(labelLimit=LEGEND_WIDTH, orient="bottom", columns=2),
+        color=alt.Color(f"{CHART_COLOR}:N", title="row", sort=rows, legend=alt.Legend(labelLimit=LEGEND_WIDTHS[columns], orient="bottom", columns=columns),
                         scale=alt.Scale(domain=rows, range=[colors[row] for row in rows])),
     ).properties(width=CHART_WIDTH, height=200, padding=CHART_PADDING, autosize={"type": "fit-x", "contains": "padding"},
                  usermeta={"embedOptions": {"renderer": "svg"}})  # lines a test can read

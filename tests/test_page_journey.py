@@ -292,9 +292,13 @@ def test_choosing_the_clean_classifier_shows_its_parameters_and_a_one_step_sampl
     assert page.locator("#strength-schedule").get_by_label("constant", exact=True).is_checked()
     set_number(page, "steps", 3)
     set_number(page, "rho", 3)
+    set_number(page, "gamma", 0.2)
+    set_number(page, "stop-at", 0.7)
     status = run(page, "generate")
-    assert "TFG ρ=3 μ=2" in status and "DDIM" in status
-    assert drawn(page, "generate-clean-chart", [status.split(" · ")[4]])[1] == [status.split(" · ")[4]]
+    label = status.split(" · ")[4]
+    assert label == "TFG ρ=3 μ=2 γ̄=0.2 stop at p=0.7 (unconditional)" and "DDIM" in status
+    for chart in ("generate-chart", "generate-clean-chart"):  # the whole name in the legend, uncut
+        assert drawn(page, chart, [label]) == ([label], [label]), chart
     page.locator("#guide").get_by_label("noise-aware classifier p(c | x_t, t)").check()
     page.locator(".method-group").first.wait_for(state="hidden")
     assert page.locator("#sampler").get_by_label("UniPC", exact=True).is_checked()

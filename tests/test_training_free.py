@@ -270,6 +270,21 @@ def test_the_stream_merges_the_charts_quantities(bundle):  # noqa: F811
     assert (torch.stack([step.guidance_norm[2:] for step in steps]).sum(0) > 0).all()
 
 
+def test_the_noisy_classifiers_belief_is_charted_outside_a_training_free_rows_interval_too(bundle):  # noqa: F811
+    """The page's p(c | x_t) line of a training-free row runs to the last step, as a noise-aware
+    row's does, where its guidance interval ends earlier; the images are those of no diagnostics."""
+    from guidescope.generation import stream
+    hi = bundle.num_timesteps - 1
+    row = Row(1, guide=SETTINGS["tfg"], schedule=Schedule("constant", (hi // 2, hi)))
+    request = Request((row,), images_per_row=2, steps=4, sampler="ddpm")
+    steps = list(stream(bundle, request))
+    guided = [step.guidance_norm is not None and bool((step.guidance_norm > 0).all()) for step in steps]
+    assert guided == [True, True, False, False]  # the interval covers the first half of the steps
+    assert all(torch.isfinite(step.log_prob).all() for step in steps)
+    quiet = list(stream(bundle, request, diagnostics=False))
+    assert torch.equal(quiet[-1].sample, steps[-1].sample)
+
+
 def test_a_bundle_without_a_clean_classifier_refuses_training_free_rows_at_once(checkpoint_dir, tmp_path):  # noqa: F811
     from guidescope.bundle import load_bundle
     from guidescope.generation import stream

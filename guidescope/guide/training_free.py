@@ -245,8 +245,10 @@ class TrainingFreeGuidance(ClassifierFreeGuidance):
         factor = guidance.factor(int(timestep[0])).to(x.device, x.dtype)
         rho = setting.rho * _strength_schedule(diffusion, setting.rho_schedule)[i] * factor
         mu = setting.mu * _strength_schedule(diffusion, setting.mu_schedule)[i] * factor
-        if not ((rho != 0).any() or ((mu != 0).any() and setting.iterations)):
-            return super().step(x, i, solver, guidance, noise, history)
+        if not ((rho != 0).any() or ((mu != 0).any() and setting.iterations)):  # unguided here (its interval)
+            move = super().step(x, i, solver, guidance, noise, history)
+            log_prob = self._noisy_log_prob(x, timestep, guidance.class_labels.to(x.device), guidance)
+            return move._replace(prediction=move.prediction._replace(log_prob=log_prob))
         abar, abar_prev = float(diffusion.alphas_cumprod[i]), float(diffusion.alphas_cumprod_prev[i])
         alpha = abar / abar_prev
         x_t = x
