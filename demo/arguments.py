@@ -112,8 +112,8 @@ def training_free_of_page(s: Settings) -> TrainingFree:
     all, with the library's values for the rest (guidescope.guide.training_free.LIBRARY_SETTING):
     each number the page shows is checked, once, whichever guide and method the rows take (a row
     takes the method's part of it, TrainingFree.as_method). ValueError names a bad value."""
-    page = {"rho": _real(s.rho), "mu": _real(s.mu), "recurrences": _whole(s.recurrences),
-            "iterations": _whole(s.iterations), "gamma": _real(s.gamma), "stop_at": _real(s.stop_at)}
+    page = {name: (_whole if isinstance(getattr(LIBRARY_SETTING, name), int) else _real)(getattr(s, name))
+            for name in PAGE_METHOD_PARAMETERS}  # a count is whole, a strength or probability real
     page["rho_schedule"] = page["mu_schedule"] = choice(s.strength_schedule, "strength schedule", STRENGTH_SCHEDULES)
     return TrainingFree.make("tfg", **{name: page.get(name, getattr(LIBRARY_SETTING, name))
                                        for name in METHODS["tfg"].free})

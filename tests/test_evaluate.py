@@ -516,7 +516,7 @@ def test_the_training_free_search_decides_and_resumes(tiny, tmp_path, capsys):
     assert all(f"| {name} |" in table for name in ("noise-aware default", "training-free default", "DPS", "MPGD"))
     log = json.loads((out / "search.json").read_text())
     records = log["records"]
-    assert log["made_with"] == search.made_with(folder, folder, 0, BUDGETS["smoke"].resamples)
+    assert log["made_with"] == {**search.networks(folder, folder), "seed": 0, "resamples": BUDGETS["smoke"].resamples}
     structures = search.STRUCTURES["smoke"]
     guided = [(r["per_class"], Measurement.from_json(r["measurement"])) for r in records
               if r["measurement"]["setting"]["guide"]]

@@ -170,7 +170,7 @@ def search_training_free(args: argparse.Namespace, bundle: Bundle, budget: Budge
     guide = Path(args.guide_classifier or bundle.folder)
     found = search.Search(bundle, search.noise_aware_default(bundle.folder), sizes,
                           tuple(real_reference(features, n * classes) for n in sizes), out / "search.json", args.seed,
-                          budget.resamples, made_with=search.made_with(bundle.folder, guide, args.seed, budget.resamples))
+                          budget.resamples, networks=search.networks(bundle.folder, guide))
     structures = args.structures or search.STRUCTURES[budget.name]
     choice = search.decide(found, structures)
     at = search.methods_structure(structures)

@@ -23,7 +23,7 @@ luckiest of them, and the decision sample says which holds. The chosen setting i
 noise-aware default's; where none does, the closest (toward_target). Every measurement is logged
 to OUT/search.json, which a rerun resumes from; the choice goes to the folder's defaults.json under
 "training_free" (guidescope.evaluation.command). A log made with other networks (a retrained guide
-classifier, say), another seed or other resamples is refused rather than reused (made_with).
+classifier, say), another seed or other resamples is refused rather than reused (Search.made_with).
 """
 from __future__ import annotations
 
@@ -80,14 +80,12 @@ class Structure(NamedTuple):
         return (setting.steps, guide.recurrences, guide.iterations, guide.rho > 0) == tuple(self)
 
 
-def made_with(folder: Path, guide: Path, seed: int, resamples: int) -> dict:
-    """What a search's measurements depend on besides their settings: each network's weights (the
-    sha256 of folder's *.safetensors, the guide classifier's from guide), the seed and the
-    bootstrap's resamples."""
+def networks(folder: Path, guide: Path) -> dict[str, str]:
+    """The networks a search measures with, by name: the sha256 of folder's *.safetensors, the
+    guide classifier's from guide."""
     files = {path.stem: path for path in sorted(Path(folder).glob("*.safetensors"))}
     files["guide_classifier"] = Path(guide) / "guide_classifier.safetensors"
-    return {**{name: file_digest(path) for name, path in files.items() if path.exists()},
-            "seed": seed, "resamples": resamples}
+    return {name: file_digest(path) for name, path in files.items() if path.exists()}
 
 
 def structures(texts: str) -> tuple[Structure, ...]:
@@ -160,22 +158,23 @@ class Search:
     """The search's measurements, kept in a JSON log and reused where a rerun asks for them again."""
 
     def __init__(self, bundle, noise_aware: Setting, sizes: tuple[int, int], references: tuple[RealReference, RealReference],
-                 path: Path, seed: int, resamples: int, log=print, made_with: dict | None = None):
-        """made_with (made_with()) is what the measurements depend on besides their setting: a log
-        made with other networks, seed or resamples is refused, never reused."""
+                 path: Path, seed: int, resamples: int, log=print, networks: dict[str, str] | None = None):
+        """made_with, what the measurements depend on besides their settings, is the networks
+        (networks()), the seed and the resamples: a log made with others is refused, never reused."""
         self.bundle, self.noise_aware = bundle, noise_aware
         self.threshold = noise_aware.threshold  # the noise-aware default's: the latent model needs x-hat_0 thresholded
         self.screen, self.decision = sizes      # images per class: in the beam, for the decision
         self.references = dict(zip(sizes, references))  # the real side of the metrics, by images per class
-        self.path, self.seed, self.resamples, self.log, self.made_with = path, seed, resamples, log, made_with
-        self.records = self._read(path, made_with)
+        self.path, self.seed, self.resamples, self.log = path, seed, resamples, log
+        self.made_with = {**(networks or {}), "seed": seed, "resamples": resamples}
+        self.records = self._read(path, self.made_with)
         self.found: dict[tuple[int, Setting], Measurement] = {}  # (images per class, setting) -> measurement
         for record in self.records:
             m = Measurement.from_json(record["measurement"])
             self.found.setdefault((record["per_class"], m.setting), m)
 
     @staticmethod
-    def _read(path: Path, made_with: dict | None) -> list[dict]:
+    def _read(path: Path, made_with: dict) -> list[dict]:
         """The log's records; ValueError where it was made with something else (or is no search log)."""
         if not path.exists():
             return []
@@ -184,7 +183,7 @@ class Search:
             raise ValueError(f"{path} is not a search log of this version (it does not say what it was measured with); "
                              "choose another --out, or delete it to search afresh")
         before = log.get("made_with") or {}
-        differ = sorted(name for name in {*before, *(made_with or {})} if before.get(name) != (made_with or {}).get(name))
+        differ = sorted(name for name in {*before, *made_with} if before.get(name) != made_with.get(name))
         if differ:
             raise ValueError(f"{path} holds measurements made with another {', '.join(differ)}; choose another --out, "
                              "or delete it to search afresh")
