@@ -20,6 +20,7 @@ from guidescope.parsing import (class_index, interval_text, parse_classes, parse
                                 parse_numbers)
 from guidescope.request import (CheckedRequest, Conditioning, Request, Row, check, check_cfg_scale, check_interval,
                                 check_scale, make_schedule)
+from guidescope.samplers import sampler_title
 
 from .settings import (COMPARE_CHOICES, GUIDE_CHOICES, LIMITS, PAGE_METHOD_PARAMETERS, ROW_VALUES, UNET_CHOICES,
                        AppDefaults, Limits, Settings)
@@ -50,11 +51,14 @@ class Run:
         return self.class_names[labels.pop()] if len(labels) == 1 else None
 
     def parameters(self) -> str:
-        """The request as one line of JSON, each row with its label and class name (embedded in
-        the PNG of the samples)."""
+        """The request as one line of JSON, each row with its label and class name, and its own
+        sampler and steps where it has them (embedded in the PNG of the samples)."""
         record = asdict(self.checked.request)
         for row, label in zip(record["rows"], self.labels):
             row["label"], row["class_name"] = label, self.class_names[row["class_label"]]
+            for own in ("sampler", "steps"):  # the request's, unless the row has its own
+                if row[own] is None:
+                    del row[own]
         return json.dumps(record, ensure_ascii=False)
 
 
@@ -68,6 +72,7 @@ class LeftColumn(NamedTuple):
     num_timesteps: int
     conditioning: Conditioning
     max_chars: int
+    evaluated: AppDefaults            # the model's evaluated settings (what the "evaluated" rows run)
 
 
 def _real(value):
@@ -83,7 +88,7 @@ def _whole(value):
 
 
 def _left_column(settings: Settings, class_names: tuple[str, ...], num_timesteps: int, conditioning: Conditioning,
-                 limits: Limits) -> LeftColumn:
+                 limits: Limits, evaluated: AppDefaults) -> LeftColumn:
     s = settings
     label = class_index(s.class_name, class_names)
     unet = choice(s.unet, "unet", UNETS)
@@ -104,7 +109,7 @@ def _left_column(settings: Settings, class_names: tuple[str, ...], num_timesteps
               make_schedule(s.schedule, interval, num_timesteps), Threshold(s.threshold, _real(s.threshold_percentile)),
               guide=guide)
     return LeftColumn(row, _real(s.scale), page_setting, interval, class_names, num_timesteps, conditioning,
-                      limits.max_text_chars)
+                      limits.max_text_chars, evaluated)
 
 
 def training_free_of_page(s: Settings) -> TrainingFree:
@@ -128,8 +133,11 @@ def _run(rows: list[Row], describe: Describe | list[tuple[str, str]], settings: 
     row). Raises ValueError for anything the library or the app's limits refuse."""
     s = settings
     n = integer(s.num_images, "number of images", 1, limits.max_images_per_row)  # the app's own cap
-    request = Request(tuple(rows), images_per_row=n, steps=_whole(s.steps), sampler=s.sampler, eta=s.eta,
-                      seed=_whole(s.seed))
+    steps, sampler = _whole(s.steps), s.sampler
+    if all(row.steps is not None for row in rows):  # each row at its own: the run is as long as the longest
+        longest = max(rows, key=lambda row: row.steps)
+        steps, sampler = longest.steps, longest.sampler
+    request = Request(tuple(rows), images_per_row=n, steps=steps, sampler=sampler, eta=s.eta, seed=_whole(s.seed))
     checked = check(request, len(left.class_names), left.num_timesteps, left.conditioning)
     _within_limits(request, limits)
     names = [describe(row) for row in rows] if callable(describe) else describe
@@ -167,9 +175,10 @@ def method_label(setting: TrainingFree) -> str:
 
 
 def generate_run(settings: Settings, *, class_names: tuple[str, ...], num_timesteps: int,
-                 conditioning: Conditioning = Conditioning(), limits: Limits = LIMITS) -> Run:
+                 conditioning: Conditioning = Conditioning(), limits: Limits = LIMITS,
+                 evaluated: AppDefaults = AppDefaults()) -> Run:
     """One row: classifier guidance w on top of the chosen UNet (and its w_cfg)."""
-    left = _left_column(settings, class_names, num_timesteps, conditioning, limits)
+    left = _left_column(settings, class_names, num_timesteps, conditioning, limits, evaluated)
     return _run([left.row], _unet_label, settings, left, limits)
 
 
@@ -250,17 +259,42 @@ def _vary_guide(text, left: LeftColumn) -> list[tuple[Row, str, str]]:
     return rows
 
 
+def _at_evaluated(text, left: LeftColumn) -> list[tuple[Row, str, str]]:
+    """One row per guide at the model's evaluated setting, each with its own sampler and steps:
+    the noise-aware default, the training-free one, or the latter at the steps the noise-aware
+    default's time buys by the step costs (TrainingFree.steps_costing: an estimate, the table gives
+    the seconds measured). Only the class, images and seed are the page's."""
+    d, label, T = left.evaluated, left.row.class_label, left.num_timesteps
+    noise_aware = Row(label, d.scale, None if d.unet == "unconditional" else d.cfg_scale,
+                      make_schedule(d.schedule, parse_interval(d.interval), T),
+                      Threshold(d.threshold, d.threshold_percentile), sampler=d.sampler, steps=d.steps)
+    guide = training_free_of_page(d.settings(left.class_names)).as_method(d.method)
+    free = Row(label, schedule=make_schedule(d.training_free_schedule, parse_interval(d.training_free_interval), T),
+               threshold=Threshold(d.training_free_threshold, d.threshold_percentile), guide=guide,
+               sampler=d.training_free_sampler, steps=d.training_free_steps)
+    plain_steps = d.steps * (2 if noise_aware.cfg_scale else 1)  # classifier-free guidance runs the UNet twice
+    equal = replace(free, steps=guide.steps_costing(plain_steps))
+    rows = {"noise-aware": (noise_aware, f"noise-aware w={d.scale:g}"), "training-free": (free, method_label(guide)),
+            "equal-time": (equal, f"≈ equal time: {method_label(guide)}")}
+    names = parse_list(text, "guides", ROW_VALUES["evaluated"].example, tuple(rows),
+                       lambda item: choice(item.casefold(), "guide", tuple(rows)), left.max_chars)
+    # The sampler and steps first: what tells the rows apart stays in view where a legend cuts a name.
+    return [(row, f"{sampler_title(row.sampler)} {row.steps}, {name}", "")
+            for row, name in (rows[name] for name in names)]
+
+
 VARY = {"classifier": _vary_w, "classifier-free": _vary_cfg, "classifier-vs-free": _classifier_vs_free,
         "interval": _vary_interval, "schedule": _vary_schedule, "threshold": _vary_threshold, "class": _vary_class,
-        "methods": _vary_guide}
+        "methods": _vary_guide, "evaluated": _at_evaluated}
 
 
 def compare_run(settings: Settings, strengths, mode, *, class_names: tuple[str, ...], num_timesteps: int,
-                conditioning: Conditioning = Conditioning(), limits: Limits = LIMITS) -> Run:
+                conditioning: Conditioning = Conditioning(), limits: Limits = LIMITS,
+                evaluated: AppDefaults = AppDefaults()) -> Run:
     """Rows that differ in what `mode` names; strengths is the text of their values, which
-    settings.ROW_VALUES describes per mode. Each row is otherwise set as the settings column says;
-    settings a mode does not use are still checked."""
-    left = _left_column(settings, class_names, num_timesteps, conditioning, limits)
+    settings.ROW_VALUES describes per mode. Each row is otherwise set as the settings column says
+    (the "evaluated" rows as evaluated says); settings a mode does not use are still checked."""
+    left = _left_column(settings, class_names, num_timesteps, conditioning, limits, evaluated)
     rows = VARY[choice(mode, "compare", COMPARE_MODES)](strengths, left)
     return _run([row for row, _, _ in rows], [(label, shade) for _, label, shade in rows], settings, left, limits)
 
@@ -270,5 +304,6 @@ def check_defaults(defaults: AppDefaults, class_names: tuple[str, ...], num_time
     """Raise ValueError when the page's first Generate or Compare would be refused."""
     settings = defaults.settings(class_names)
     generate_run(settings, class_names=class_names, num_timesteps=num_timesteps, limits=limits)
-    compare_run(settings, defaults.strengths, defaults.compare, class_names=class_names, num_timesteps=num_timesteps,
-                limits=limits)
+    for mode, rows in ((defaults.compare, defaults.strengths), ("evaluated", ROW_VALUES["evaluated"].example)):
+        compare_run(settings, rows, mode, class_names=class_names, num_timesteps=num_timesteps, limits=limits,
+                    evaluated=defaults)

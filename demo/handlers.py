@@ -89,7 +89,7 @@ class StreamOutputs(NamedTuple):
         clean_chart = _plot(render.line_chart(recording, render.clean_chart(recording), render.CHART_Y,
                                               "p(c | x̂_0), clean classifier", [0, 1]))
         return cls(x_t=images.x_t, pred_xstart=images.pred_xstart, status=render.status(recording, frame),
-                   chart=chart, table=render.table(recording, with_evaluator), push=images.push,
+                   chart=chart, table=render.table(recording, with_evaluator, frame=frame), push=images.push,
                    push_note=render.push_note(push_frame, recording.run.request.steps if final else None),
                    norm_chart=norm_chart, recording=recording,
                    row_labels=render.row_labels(recording.run, images.x_t.height), clean_chart=clean_chart)
@@ -130,7 +130,7 @@ class FrameView(NamedTuple):
         images = render.frame_images(recording, frame)
         return cls(x_t=images.x_t, pred_xstart=images.pred_xstart, status=render.status(recording, frame),
                    push=images.push, push_note=render.push_note(frame),
-                   table=render.table(recording, with_evaluator, runs.frame_stats(recording, frame)))
+                   table=render.table(recording, with_evaluator, runs.frame_stats(recording, frame), frame))
 
 
 @contextlib.contextmanager
@@ -156,7 +156,7 @@ def run_of(build: Build, model: Model, limits: Limits) -> Run:
     """A checked Run on model's bundle: the app's one call into demo/arguments.py. Raises ValueError."""
     bundle = model.bundle
     return build(class_names=bundle.class_names, num_timesteps=bundle.num_timesteps,
-                 conditioning=bundle.conditioning, limits=limits)
+                 conditioning=bundle.conditioning, limits=limits, evaluated=model.defaults)
 
 
 def defaults_run(model: Model, limits: Limits, **changes) -> Run:
@@ -248,8 +248,11 @@ class Handlers:
         "classifier" w ("0, 1, 2, 4, 8"); "classifier-free" w_cfg on the conditional UNet;
         "classifier-vs-free" per strength s, classifier guidance w = s alone, then classifier-free
         w_cfg = s alone; "interval" ("full, 0-500, 500-999"); "schedule" and "threshold" (their
-        names, or "all"); "class" ("Bag, Sneaker" or "all"). The other arguments are as for
-        generate and set what the rows share; num_images is per row.
+        names, or "all"); "class" ("Bag, Sneaker" or "all"); "methods" ("noise-aware, tfg, mpgd": each
+        guide at the arguments it takes); "evaluated" ("noise-aware, training-free, equal-time": each
+        guide at the model's evaluated setting, with its own sampler and steps, or the training-free
+        one at the noise-aware one's time; only class_name, num_images and seed are used). The other
+        arguments are as for generate and set what the rows share; num_images is per row.
         """)
 
     def serve(self, build: Build, model, request: gr.Request | None,

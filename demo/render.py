@@ -38,7 +38,7 @@ CHART_RAMPS = {"w": ((0x8e, 0xc0, 0xe4), (0x08, 0x30, 0x6b)),      # light to da
 CATEGORY_COLORS = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f",  # Tableau 10, for rows that
                    "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac")  # differ in kind, not strength
 PUSH_BACKGROUND = 160           # grey between the push tiles, whose 0 is white
-TABLE_COLUMNS = ("row", "classifier", "evaluator", "diversity")  # the first two: mean p(c | x)
+TABLE_COLUMNS = ("row", "classifier", "evaluator", "diversity", "s / image")  # the first two: mean p(c | x)
 
 
 def _diverging_colors() -> np.ndarray:
@@ -104,8 +104,8 @@ def row_labels(run: Run, grid_height: int, display: Display = DISPLAY) -> str:
         return ""
     top = display.pad * upscale_of(run, display)
     row = (grid_height - top) / len(run.labels)
-    lines = "".join(f'<div class="row-label" style="height:{row:g}px;line-height:{row - top:g}px">{html.escape(label)}</div>'
-                    for label in run.labels)
+    lines = "".join(f'<div class="row-label" title="{html.escape(label)}" style="height:{row:g}px;'
+                    f'line-height:{row - top:g}px">{html.escape(label)}</div>' for label in run.labels)
     return f'<div class="row-labels" style="padding-top:{top}px">{lines}</div>'
 
 
@@ -199,7 +199,14 @@ def _per_step(recording: Recording, values, y: str, upto: int | None) -> pd.Data
         steps = np.repeat([f.index + 1 for f in frames], len(labels)).astype(int)
         found, count = np.concatenate([values(f) for f in frames]), len(frames)
     # A string dtype, so the row column stays nominal even when empty (pandas makes [] float).
-    return pd.DataFrame({CHART_X: steps, y: found, CHART_COLOR: pd.Series(labels * count, dtype="string")})
+    data = pd.DataFrame({CHART_X: steps, y: found, CHART_COLOR: pd.Series(labels * count, dtype="string")})
+    request = recording.run.request
+    if frames and any(request.steps_of(row) != request.steps for row in request.rows):
+        # A row of fewer steps is drawn at the steps where it took one of its own (Request.step_of).
+        took = [f.index == 0 or request.step_of(row, f.index) != request.step_of(row, f.index - 1)
+                for f in frames for row in request.rows]
+        data = data[took]
+    return data
 
 
 def line_chart(recording: Recording, data: pd.DataFrame, y: str, title: str, y_domain: list | None = None) -> alt.Chart:
@@ -210,8 +217,12 @@ def line_chart(recording: Recording, data: pd.DataFrame, y: str, title: str, y_d
     legend, or not at all.)"""
     colors, rows = chart_colors(recording.run), list(recording.run.labels)  # the legend in row order
     columns = 1 if len(rows) <= LEGEND_SINGLE else 2
-    return alt.Chart(data).mark_line(point=len(recording.frames) <= 1).encode(
-        x=alt.X(f"{CHART_X}:Q", title="step", scale=alt.Scale(domain=[0, recording.run.request.steps])),
+    request = recording.run.request
+    mixed = any(request.steps_of(row) != request.steps for row in request.rows)
+    # Points where a line may hold one (the first frame; a row of one step beside longer ones).
+    return alt.Chart(data).mark_line(point=len(recording.frames) <= 1 or mixed).encode(
+        x=alt.X(f"{CHART_X}:Q", title="step of the longest row (the others by progress)" if mixed else "step",
+                scale=alt.Scale(domain=[0, request.steps])),
         y=alt.Y(f"{y}:Q", title=title, scale=alt.Scale(domain=y_domain) if y_domain else alt.Undefined),
         color=alt.Color(f"{CHART_COLOR}:N", title="row", sort=rows, legend=alt.Legend(labelLimit=LEGEND_WIDTHS[columns], orient="bottom", columns=columns),
                         scale=alt.Scale(domain=rows, range=[colors[row] for row in rows])),
@@ -259,17 +270,21 @@ def table_columns(with_evaluator: bool) -> list[str]:
     return [column for column in TABLE_COLUMNS if with_evaluator or column != "evaluator"]
 
 
-def table(recording: Recording, with_evaluator: bool, stats: RowStats | None = None) -> pd.DataFrame:
+def table(recording: Recording, with_evaluator: bool, stats: RowStats | None = None,
+          frame: Frame | None = None) -> pd.DataFrame:
     """One line per row: the mean confidence in the row's class under the guidance classifier and
-    under the evaluator, and the row's diversity, from stats (default recording.stats; "–" where
-    not known yet)."""
+    under the evaluator, and the row's diversity, from stats (default recording.stats), and its
+    sampling seconds per image up to frame (default the last); "–" where not known yet."""
     labels, stats = recording.run.labels, stats or recording.stats
     unknown = np.full(len(labels), np.nan)
     if stats is None:
         stats = RowStats(unknown, None, unknown)
     evaluator = unknown if stats.evaluator_prob is None else stats.evaluator_prob
-    lines = [(label, _cell(p), _cell(e), _cell(d))
-             for label, p, e, d in zip(labels, stats.classifier_prob, evaluator, stats.diversity)]
+    if frame is None and recording.frames:
+        frame = recording.frames[-1]
+    seconds = unknown if frame is None or frame.seconds is None else frame.seconds
+    lines = [(label, _cell(p), _cell(e), _cell(d), _cell(t))
+             for label, p, e, d, t in zip(labels, stats.classifier_prob, evaluator, stats.diversity, seconds)]
     frame = pd.DataFrame(lines, columns=list(TABLE_COLUMNS))
     return frame[table_columns(with_evaluator)]
 

@@ -81,6 +81,7 @@ class Frame(NamedTuple):
     images: np.ndarray | None = None  # latent bundles, last step: the decoded samples (B, C, H, W) uint8
     clean_prob: np.ndarray | None = None  # (rows,) mean p(c | x-hat_0) of the clean guide classifier (decoded
                                 # x-hat_0 on a latent bundle), where the bundle has one
+    seconds: np.ndarray | None = None  # (rows,) each row's sampling seconds per image so far
 
 
 class RowStats(NamedTuple):
@@ -122,9 +123,10 @@ class Recording:
         prob = None if step.log_prob is None else step.log_prob.exp()
         stats = _row_means(prob, rows, np.nan), _row_means(step.guidance_norm, rows, 0.0)
         clean = self._clean_prob(step)
+        seconds = None if step.seconds is None else _row_means(step.seconds, rows, np.nan)
         if not self.latent:
             frame = Frame(step.index, step.timestep, to_uint8(step.sample), to_uint8(step.pred_xstart),
-                          push(step.guidance_term, tuple(step.sample.shape)), *stats, clean_prob=clean)
+                          push(step.guidance_term, tuple(step.sample.shape)), *stats, clean_prob=clean, seconds=seconds)
         else:
             side = self.codec.image_shape[-1]
             term = None if step.guidance_term is None else mosaic(step.guidance_term, side)
@@ -133,7 +135,7 @@ class Recording:
                           push(term, (len(step.sample), 1, side, side)), *stats,
                           latent_xstart=step.pred_xstart.detach().to("cpu", torch.float32),
                           images=to_uint8(self.codec.decode(step.sample) if images is None else images)
-                          if last else None, clean_prob=clean)
+                          if last else None, clean_prob=clean, seconds=seconds)
             if last and torch.equal(step.pred_xstart, step.sample):  # every sampler's last step: not decoded twice
                 self._decoded[step.index] = frame.images
         self.frames.append(frame)

@@ -34,7 +34,8 @@ COMPARE_CHOICES = (("classifier guidance w", "classifier"),
                    ("schedule shape", "schedule"),
                    ("x̂_0 threshold", "threshold"),
                    ("target class", "class"),
-                   ("guide: noise-aware vs clean classifier methods", "methods"))
+                   ("guide: noise-aware vs clean classifier methods", "methods"),
+                   ("guide: each at its evaluated setting, or at equal time", "evaluated"))
 
 
 class RowValues(NamedTuple):
@@ -65,6 +66,12 @@ ROW_VALUES = {
     "methods": RowValues("guides, one row each", "noise-aware, tfg, mpgd",
                          f"noise-aware (at w) or the clean classifier's methods: {', '.join(METHODS)}, each at the "
                          "parameters on the left that it takes; on the DDIM or DDPM sampler"),
+    "evaluated": RowValues("guides at this model's evaluated settings, one row each", "noise-aware, training-free, equal-time",
+                           "noise-aware or training-free, each at the setting the evaluation chose for this model (its own "
+                           "sampler, steps, strengths, threshold and interval: about the same fidelity, at their own "
+                           "costs), or equal-time, the training-free setting at the steps the noise-aware one's time "
+                           "buys; from the same noise, at the class, images and seed on the left (the other settings "
+                           "there are not used)"),
 }
 
 

@@ -41,14 +41,15 @@ class Timings:
 
     def seconds(self, model: str, run: Run) -> float | None:
         """The estimated sampling time of run on model: its image-steps (two for a classifier-free
-        row, which runs the UNet twice; a clean classifier's row, its TrainingFree.step_cost) at the
-        measured cost of one in a full batch; None where not measured."""
+        row, which runs the UNet twice; a clean classifier's row, its TrainingFree.step_cost), each
+        row at its steps, at the measured cost of one in a full batch; None where not measured."""
         per = self.batch_step_seconds.get(model)
         if per is None:
             return None
         request = run.request
-        passes = sum((2 if row.cfg_scale else 1) * (row.guide.step_cost() if row.guide else 1) for row in request.rows)
-        return per * passes * request.images_per_row * request.steps
+        passes = sum((2 if row.cfg_scale else 1) * (row.guide.step_cost() if row.guide else 1) * request.steps_of(row)
+                     for row in request.rows)
+        return per * passes * request.images_per_row
 
     def check_bound(self, model: str, run: Run, max_seconds: float) -> None:
         """Raise ValueError naming the bound when run would hold the server longer than max_seconds
@@ -58,10 +59,15 @@ class Timings:
             return
         request = run.request
         images = len(request.rows) * request.images_per_row
-        fits = max(1, int(max_seconds / (seconds / request.steps) + 1e-9))  # the most steps within the bound
+        per_row = int(max_seconds / (seconds / request.images_per_row) + 1e-9)  # the most images a row within the bound
+        if all(row.steps is not None for row in request.rows):  # each row at its own steps: only images can give
+            advice = f"use at most {per_row} images per row" if per_row else "use fewer rows"
+        else:
+            fits = max(1, int(max_seconds / (seconds / request.steps) + 1e-9))  # the most steps within the bound
+            advice = f"use at most {fits} steps, or fewer images"
         raise ValueError(f"this request would take about {seconds:.0f} s here ({images} images x {request.steps} "
                          f"steps); one request may take at most {max_seconds:g} s, so that nobody waits longer "
-                         f"for theirs: use at most {fits} steps, or fewer images")
+                         f"for theirs: {advice}")
 
     def time_runs(self) -> None:
         """Time one Generate at each model's defaults (after a warm-up run), for live mode. A model

@@ -34,12 +34,16 @@ CSS = """
 .pixelated img { width: auto !important; height: auto !important; max-width: none !important;
                  max-height: none !important; object-fit: none !important; }
 .labelled-grid { flex-wrap: nowrap !important; gap: 4px !important; }
-.row-label-column { flex: 0 0 auto !important; min-width: 0 !important; width: auto !important; }
-.row-labels { font-size: 13px; white-space: nowrap; text-align: right; }
+.row-label-column { flex: 0 1 auto !important; min-width: 0 !important; width: auto !important; }
+.labelled-grid > .pixelated { flex: 0 0 auto !important; width: fit-content !important; max-width: 70% !important; }  /* the grid at its size, the
+                                    labels in the rest: at least 30% */
+.row-labels { font-size: 13px; white-space: nowrap; text-align: right; overflow: hidden; }
+.row-label { overflow: hidden; text-overflow: ellipsis; }  /* a long name yields to its grid; its title shows it whole */
 /* A narrow screen puts the tabs (the run button and the images) above the settings. */
 @media (max-width: 760px) {
   .main-row { flex-direction: column-reverse !important; }
-  .image-row, .chart-row { flex-direction: column !important; }  /* x_t above x-hat_0, charts one above the other */
+  .image-row, .chart-row, .push-row { flex-direction: column !important; }  /* x_t above x-hat_0, charts one above
+                                    the other, the status and table below the push: the table's numbers need the width */
   .main-row .tabs, .main-row .tabitem, .main-row .column, .main-row .row { min-width: 0 !important;
                                                                             max-width: 100% !important; }
 }
@@ -205,13 +209,17 @@ def _row_values(mode: str) -> gr.Textbox:
     return gr.Textbox(label=ROW_VALUES[mode].label, info=ROW_VALUES[mode].info)
 
 
-def _mode_sampler(handlers: Handlers, name: str, mode: str, sampler: str) -> tuple:
+def _mode_chosen(handlers: Handlers, name: str, mode: str, sampler: str) -> tuple:
     """Comparing guides puts a multistep sampler back to the model's training-free one (a clean
-    classifier's recurrence needs a one-step sampler); otherwise nothing changes."""
+    classifier's recurrence needs a one-step sampler); comparing them at their evaluated settings
+    sets the images to the training-free guide's few (its steps cost several plain ones); otherwise
+    nothing changes. (sampler, eta, images)"""
+    d = handlers.pick(name).defaults
+    if mode == "evaluated":
+        return gr.update(), gr.update(), d.training_free_num_images
     if mode != "methods" or sampler in TrainingFreeGuidance.samplers:
-        return gr.update(), gr.update()
-    chosen = handlers.pick(name).defaults.training_free_sampler
-    return chosen, gr.Slider(interactive=chosen == "ddim")
+        return gr.update(), gr.update(), gr.update()
+    return d.training_free_sampler, gr.Slider(interactive=d.training_free_sampler == "ddim"), gr.update()
 
 
 # Picking a Compare mode puts its example in the box in the browser, at once: a round trip to the
@@ -250,7 +258,7 @@ def _output_panel(prefix: str, with_evaluator: bool, space: str = "pixel") -> tu
         with gr.Column(scale=10, min_width=200):
             xstart_caption = gr.Markdown(XSTART_CAPTIONS[space], latex_delimiters=LATEX)
             pred_xstart = gr.Image(label="x̂_0 (predicted from x_t)", elem_id=f"{prefix}-x0", **images)
-    with gr.Row():
+    with gr.Row(elem_classes="push-row"):
         with gr.Column(min_width=200):
             push_caption = gr.Markdown(PUSH_CAPTIONS[space], latex_delimiters=LATEX)
             push = gr.Image(label="push k_t w(t) g", elem_id=f"{prefix}-push", **images)
@@ -259,8 +267,10 @@ def _output_panel(prefix: str, with_evaluator: bool, space: str = "pixel") -> tu
             status = gr.Markdown(label="status", elem_id=f"{prefix}-status")
             detail_note = gr.Markdown(elem_id=f"{prefix}-detail-note")
             detail = gr.Image(label="one image, large", visible=False, elem_id=f"{prefix}-detail", **images)
-            table = gr.Dataframe(headers=render.table_columns(with_evaluator), interactive=False, wrap=True,
-                                 label="per row: mean p(c | x) under each network, and diversity",
+            columns = render.table_columns(with_evaluator)  # a row's name wraps; its numbers stay in view
+            table = gr.Dataframe(headers=columns, interactive=False, wrap=True,
+                                 column_widths=["40%", *[f"{60 / (len(columns) - 1):.0f}%"] * (len(columns) - 1)],
+                                 label="per row: mean p(c | x) under each network, diversity and seconds per image",
                                  elem_id=f"{prefix}-table")
     with gr.Row(elem_classes="chart-row"):
         chart = gr.Plot(label="guidance classifier's belief in the class", elem_id=f"{prefix}-chart")
@@ -490,8 +500,8 @@ def _wire(handlers: Handlers, page: Page, concurrency_limit: int) -> None:
     # The label follows the mode however it changes; picking a mode also puts its example in the box.
     page.mode.change(_row_values, page.mode, page.strengths, **UNQUEUED)
     page.mode.input(None, page.mode, page.strengths, js=ROW_EXAMPLE_JS, **UNQUEUED)
-    page.mode.input(partial(_mode_sampler, handlers), [page.model, page.mode, controls.sampler],
-                    [controls.sampler, controls.eta], **UNQUEUED)
+    page.mode.input(partial(_mode_chosen, handlers), [page.model, page.mode, controls.sampler],
+                    [controls.sampler, controls.eta, controls.num_images], **UNQUEUED)
     for example, button in zip(EXAMPLES, page.examples):
         button.click(partial(_load_example, handlers, example), page.model,
                      [*controls.values(), page.strengths, page.mode, page.tabs], queue=False, api_visibility="private")

@@ -12,6 +12,7 @@ so image i of a seed is the same from every caller and any batch size.
 from __future__ import annotations
 
 import math
+import time
 from typing import Callable, Iterator, NamedTuple, Sequence
 
 import torch
@@ -42,37 +43,59 @@ def _checked(bundle: Bundle, request: Request | CheckedRequest) -> Request:
 
 
 def _groups(request: Request, items: Sequence[int]) -> list[list[int]]:
-    """The items by guidance method: the noise-aware rows together, each training-free setting (with
-    its schedule: the recurrence acts where the schedule does) apart; in order of first appearance."""
+    """The items by sample loop: by sampler and steps, then by guidance method (the noise-aware rows
+    together, each training-free setting with its schedule apart: the recurrence acts where the
+    schedule does); in order of first appearance."""
     groups: dict = {}
     for k in items:
         row = request.row_of(k)
-        groups.setdefault(None if row.guide is None else (row.guide, row.schedule), []).append(k)
+        method = None if row.guide is None else (row.guide, row.schedule)
+        groups.setdefault((request.sampler_of(row), request.steps_of(row), method), []).append(k)
     return list(groups.values())
 
 
 def _group_steps(bundle: Bundle, request: Request, items: Sequence[int], diagnostics: bool) -> Iterator[Step]:
-    guide = request.row_of(items[0]).guide
-    method = bundle.denoiser() if guide is None else bundle.training_free(guide)
-    return sample_loop(method, bundle.diffusion(request.steps), (len(items), *bundle.sample_shape),
+    """One group's sample loop, each Step with its items' seconds so far (the loop's, shared evenly)."""
+    row = request.row_of(items[0])
+    method = bundle.denoiser() if row.guide is None else bundle.training_free(row.guide)
+    sampler = request.sampler_of(row)
+    loop = sample_loop(method, bundle.diffusion(request.steps_of(row)), (len(items), *bundle.sample_shape),
                        request.guidance(items, diagnostics, bundle.codec.clip_bound), request.noise(items),
-                       request.sampler, request.eta, bundle.variance, bundle.device)
+                       sampler, request.eta if sampler == "ddim" else 0.0, bundle.variance, bundle.device)
+    seconds = 0.0
+    while True:
+        start = time.perf_counter()
+        step = next(loop, None)
+        if step is None:
+            return
+        seconds += time.perf_counter() - start
+        yield step._replace(seconds=torch.full((len(items),), seconds / len(items)))
 
 
 def _steps(bundle: Bundle, request: Request, items: Sequence[int], diagnostics: bool) -> Iterator[Step]:
-    """Every item's steps: one sample loop per guidance method (_groups), run in lockstep and
-    merged back into item order, so a batch may mix methods from the same noise."""
+    """Every item's steps: one sample loop per group (_groups), run side by side and merged back
+    into item order, so a batch may mix methods, samplers and step counts from the same noise. At
+    each of the request's steps a group takes its step where it has reached it (Request.step_of)
+    and otherwise shows its last one again."""
     groups = _groups(request, items)
-    if len(groups) == 1:
+    if len(groups) == 1 and request.steps_of(request.row_of(items[0])) == request.steps:
         yield from _group_steps(bundle, request, items, diagnostics)
         return
     order = torch.tensor([k for group in groups for k in group]).argsort()
-    for parts in zip(*(_group_steps(bundle, request, group, diagnostics) for group in groups)):
-        yield _merged(parts, order)
+    loops = [_group_steps(bundle, request, group, diagnostics) for group in groups]
+    rows = [request.row_of(group[0]) for group in groups]
+    parts: list[Step | None] = [None] * len(groups)
+    for index in range(request.steps):
+        for g, (loop, row) in enumerate(zip(loops, rows)):
+            if parts[g] is None or parts[g].index < request.step_of(row, index):
+                parts[g] = next(loop)
+        longest = next((p for p, row in zip(parts, rows) if request.steps_of(row) == request.steps), parts[0])
+        yield _merged(parts, order)._replace(index=index, timestep=longest.timestep)
 
 
 def _merged(parts: Sequence[Step], order: torch.Tensor) -> Step:
-    """One Step of the groups' Steps, its items in request order (order: their permutation). A
+    """One Step of the groups' Steps (at the first one's index and timestep), its items in request
+    order (order: their permutation). A
     quantity one group lacks is 0 there (the guidance norm and term of unguided items), or NaN (a
     log-probability no classifier gave)."""
     def joined(name: str, missing: float):
@@ -86,7 +109,7 @@ def _merged(parts: Sequence[Step], order: torch.Tensor) -> Step:
     first = parts[0]
     return Step(first.index, first.timestep, torch.cat([p.sample for p in parts])[order],
                 torch.cat([p.pred_xstart for p in parts])[order], joined("log_prob", math.nan),
-                joined("guidance_norm", 0.0), joined("guidance_term", 0.0))
+                joined("guidance_norm", 0.0), joined("guidance_term", 0.0), joined("seconds", 0.0))
 
 
 def stream(bundle: Bundle, request: Request | CheckedRequest, diagnostics: bool = True) -> Iterator[Step]:

@@ -3,7 +3,9 @@
 A Request is rows of guidance settings, images_per_row images each, sharing one sampler, step
 count and seed. Image j of a row is image first_image + j of the seed's run (guidescope.noise), so
 rows with the same first_image start from the same x_T and see the same noise at every step:
-they differ only by their guidance.
+they differ only by their guidance. A row may instead take its own sampler and fewer steps (each
+method at its own evaluated setting, or at another's time): it starts from the same x_T and runs
+beside the others by progress (Request.step_of).
 
 Every caller (the app's endpoints, the command line, the evaluation, the benchmarks) builds a
 Request and hands it to guidescope.generation (guidescope.parsing translates text into its values).
@@ -66,6 +68,8 @@ class Row:
     first_image: int = 0                # image j of the row is image first_image + j of the seed's run
     guide: TrainingFree | None = None   # None: the noise-aware classifier at strength w; a setting:
                                         # a clean classifier through x-hat_0 (w must then be 0)
+    sampler: str | None = None          # None: the request's; else this row's own
+    steps: int | None = None            # None: the request's; else this row's own, at most the request's
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,20 @@ class Request:
     def row_of(self, item: int) -> Row:
         """Item k of the request (row-major: row k // n, image k % n)."""
         return self.rows[item // self.images_per_row]
+
+    def sampler_of(self, row: Row) -> str:
+        return self.sampler if row.sampler is None else row.sampler
+
+    def steps_of(self, row: Row) -> int:
+        return self.steps if row.steps is None else row.steps
+
+    def step_of(self, row: Row, index: int) -> int:
+        """The step (0-based) a row has reached at the request's step `index` (of K): a row of S <= K
+        steps advances by progress, to its first step j whose share (j + 1) / S reaches the
+        request's (index + 1) / K; so it takes its first step at index 0 and its last by K - 1
+        (S = K: each step at its own index)."""
+        steps = self.steps_of(row)
+        return -(-(index + 1) * steps // self.steps) - 1
 
     def noise(self, items: Sequence[int]) -> ItemNoise:
         """The noise of the given items: item k draws from stream first_image + k % n of the seed."""
@@ -157,6 +175,8 @@ def _row_checks(row: Row, num_classes: int, num_timesteps: int, conditioning: Co
     yield ("first_image",), lambda: exact_integer(row.first_image, "first image", 0, 2**62)
     if row.guide is not None:
         yield ("guide", "scale"), lambda: _check_training_free(row)
+    if row.sampler is not None:
+        yield ("sampler",), lambda: choice(row.sampler, "sampler", SAMPLERS)
 
 
 def _check_training_free(row: Row) -> None:
@@ -168,12 +188,18 @@ def _check_training_free(row: Row) -> None:
 
 
 def _check_sampler(request: Request) -> None:
-    """A guidance method runs only with the samplers it names."""
-    for row in request.rows:
-        if row.guide is not None and request.sampler not in TrainingFreeGuidance.samplers:
+    """A guidance method runs only with the samplers it names; a row takes at most the request's
+    steps; eta needs a row that runs DDIM."""
+    for k, row in enumerate(request.rows):
+        where = "" if len(request.rows) == 1 else f" (row {k + 1} of {len(request.rows)})"
+        if row.steps is not None:
+            exact_integer(row.steps, f"a row's steps{where}", 1, request.steps)
+        if row.guide is not None and request.sampler_of(row) not in TrainingFreeGuidance.samplers:
             raise ValueError(f"{row.guide.variant.title} re-noises one step at a time (its recurrence), so it runs "
                              f"with the {' or '.join(s.upper() for s in TrainingFreeGuidance.samplers)} sampler; "
-                             f"got {request.sampler}")
+                             f"got {request.sampler_of(row)}{where if row.sampler is not None else ''}")
+    if request.eta != 0 and all(request.sampler_of(row) != "ddim" for row in request.rows):
+        raise ValueError("eta applies to the DDIM sampler only")
 
 
 class CheckedRequest(NamedTuple):
@@ -196,8 +222,6 @@ def check(request: Request, num_classes: int, num_timesteps: int,
     exact_integer(request.steps, "steps", 1, num_timesteps)
     choice(request.sampler, "sampler", SAMPLERS)
     number(request.eta, "eta", 0, 1)
-    if request.sampler != "ddim" and request.eta != 0:
-        raise ValueError("eta applies to the DDIM sampler only")
     exact_integer(request.seed, "seed", 0, MAX_SEED)
     if request.max_guidance_norm is not None:
         number(request.max_guidance_norm, "guidance norm clip", 1e-6, math.inf)

@@ -39,6 +39,8 @@ class Step(NamedTuple):
     guidance_norm: torch.Tensor | None   # (B,) L2 norm of the classifier guidance term
     guidance_term: torch.Tensor | None   # (B, C, H, W) what the guidance changed: the noise-aware
                                          # term k_t w(t) g subtracted from eps (guidescope.guide)
+    seconds: torch.Tensor | None = None  # (B,) each item's sampling time so far, its loop's time shared
+                                         # evenly (guidescope.generation sets it)
 
 
 class Previous(NamedTuple):

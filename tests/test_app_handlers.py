@@ -166,8 +166,9 @@ def test_charts_and_table_follow_the_run(bundle, tmp_path):
     table = frames[-1].table
     assert list(table["row"]) == ["w=0", "w=1", "w=4"]
     assert list(table.columns) == list(render.TABLE_COLUMNS)  # the tiny checkpoint has an evaluator
-    for column in render.TABLE_COLUMNS[1:]:
+    for column in ("classifier", "evaluator", "diversity"):
         assert all(0 <= float(v) <= 1 for v in table[column])
+    assert all(float(v) > 0 for v in table["s / image"])
 
 
 def test_compare_rows_share_their_noise(bundle, tmp_path):
@@ -184,6 +185,54 @@ def test_compare_rows_share_their_noise(bundle, tmp_path):
                                                   sampler="ddpm")))
         alone_tiles = tile_rows(alone[-1].x_t, rows=1, cols=3)  # 3 images lie in one row of 3
         assert np.abs(alone_tiles[0].astype(int) - final[row]).max() <= 1
+
+
+def test_the_evaluated_rows_run_each_guide_at_the_models_own_setting_from_the_same_noise(bundle, tmp_path):
+    """Compare "evaluated": the noise-aware default (UniPC 3) beside the training-free default (DDPM 6)
+    and the latter at equal time, each row with its own sampler and steps; every row is what
+    generate gives at that setting alone, charted at its own steps, with its seconds per image."""
+    evaluated = AppDefaults(scale=4.0, sampler="unipc", steps=3, threshold="clip", rho=0.0, mu=8.0, recurrences=2,
+                            training_free_sampler="ddpm", training_free_steps=6, training_free_interval="500-999")
+    handlers = make_handlers(bundle, tmp_path)
+    handlers.models[handlers.model.name] = handlers.model = handlers.model._replace(defaults=evaluated)
+    frames = list(handlers.compare(**compare_args(strengths="noise-aware, training-free, equal-time", mode="evaluated",
+                                                  num_images=2, sampler="ddim", steps=40, scale=9.0)))
+    run = frames[-1].recording.run
+    assert [(handlers.model.bundle.class_names[r.class_label], r.sampler, r.steps) for r in run.request.rows] == [
+        ("Sneaker", "unipc", 3), ("Sneaker", "ddpm", 6), ("Sneaker", "ddpm", 1)]  # 3 plain steps buy one of 5
+    assert run.labels == ("UniPC 3, noise-aware w=4", "DDPM 6, TFG ρ=0 μ=8 N_recur=2",
+                          "DDPM 1, ≈ equal time: TFG ρ=0 μ=8 N_recur=2")
+    assert (run.request.steps, run.request.sampler) == (6, "ddpm") and len(frames) == 1 + 6
+    final = tile_rows(frames[-1].x_t, rows=3, cols=2)
+    alone = [Request((replace(row, sampler=None, steps=None),), images_per_row=2, steps=row.steps, sampler=row.sampler,
+                     seed=5) for row in run.request.rows]
+    for k, request in enumerate(alone):
+        images = generation.generate(bundle, request).images[:, 0].numpy()  # (2, H, W) uint8, grey
+        shown = final[k] if final.ndim == 4 else final[k][..., 0]
+        assert np.abs(images.astype(int) - shown).max() <= 1
+    chart = chart_table(frames[-1].chart)
+    points = chart.groupby(render.CHART_COLOR)[render.CHART_X].apply(list)
+    assert points[run.labels[0]] == [1, 3, 5] and points[run.labels[1]] == [1, 2, 3, 4, 5, 6]
+    assert points[run.labels[2]] == [1]
+    table = frames[-1].table
+    assert all(float(v) > 0 for v in table["s / image"])
+
+
+def test_the_evaluated_rows_are_estimated_at_their_own_steps_and_a_refusal_names_the_images_that_fit():
+    """The request bound counts each row at its own steps; where the rows bring their own steps, the
+    refusal asks for fewer images (the page's steps are not theirs)."""
+    from demo.timing import Timings
+    evaluated = AppDefaults(scale=4.0, sampler="unipc", steps=10, rho=0.0, mu=8.0, recurrences=2,
+                            training_free_sampler="ddpm", training_free_steps=20)
+    settings = {name: value for name, value in compare_args(num_images=4).items() if name not in ("strengths", "mode")}
+    run = arguments.compare_run(Settings(**settings), "noise-aware, training-free", "evaluated", class_names=CLASS_NAMES,
+                                num_timesteps=NUM_TIMESTEPS, evaluated=evaluated)
+    timings = Timings([], DISPLAY, None)
+    timings.batch_step_seconds["m"] = 0.01
+    cost = run.request.rows[1].guide.step_cost()  # 2 x (1 + 1.5): x-hat_0 steps, twice
+    assert timings.seconds("m", run) == pytest.approx(0.01 * 4 * (10 + cost * 20))
+    with pytest.raises(ValueError, match=r"would take about 4 s here \(8 images x 20 steps\); .* use at most 2 images per row$"):
+        timings.check_bound("m", run, 2.5)
 
 
 def test_classifier_vs_free_runs_each_method_alone_with_one_unet_pass_for_the_unconditional_rows(bundle, tmp_path):
@@ -609,7 +658,7 @@ def test_the_page_exposes_generate_and_compare_only_with_the_new_arguments_last(
     assert f"UNet on {bundle.backend}" in info.value and "running on cpu" in info.value
     assert [o["label"] for o in api["/generate"]["returns"]][:5] == [
         "x_t", "x̂_0 (predicted from x_t)", "status", "guidance classifier's belief in the class",
-        "per row: mean p(c | x) under each network, and diversity"]  # as before the push was added
+        "per row: mean p(c | x) under each network, diversity and seconds per image"]  # as before the push was added
 
 
 def test_launch_defaults_are_local_and_private(monkeypatch):

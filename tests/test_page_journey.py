@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 
 import pytest
 from test_app_browser import COUNT_FRAMES, browser, set_number  # noqa: F401
@@ -273,6 +274,40 @@ def test_the_guide_comparison_sets_each_guide_on_the_same_noise_and_draws_its_ch
     loaded(page, "compare-xt")
     start = tiles(page, "compare-xt", len(rows))
     assert start[0] == start[1] == start[2]  # from the same noise
+
+
+def test_each_guide_at_its_evaluated_setting_runs_beside_the_others_and_charts_its_own_steps(page, tmp_path):
+    """Compare -> each at its evaluated setting, on the latent bundle: the noise-aware default (UniPC 5),
+    the training-free default (DDIM 4) and the latter at equal time, as rows from the same noise; each
+    line drawn in the three charts at the steps its row takes, and each row's seconds per image in
+    the table, twice in a row."""
+    from demo.settings import app_defaults
+    (tmp_path / "defaults.json").write_text(json.dumps(LATENT_DEFAULTS))
+    page.locator("#model").get_by_label("latent space: z_t").check()
+    page.locator("#info", has_text="samples latent z_t").wait_for()
+    page.get_by_role("tab", name="Compare").click()
+    set_number(page, "images", 1)
+    pick_mode(page, "evaluated")
+    evaluated = app_defaults(tmp_path)
+    rows = list(arguments.compare_run(replace(evaluated, num_images=1).settings(CLASS_NAMES), ROW_VALUES["evaluated"].example,
+                                      "evaluated", class_names=CLASS_NAMES, num_timesteps=NUM_TIMESTEPS,
+                                      evaluated=evaluated).labels)
+    assert rows[0] == "UniPC 5, noise-aware w=3" and rows[1].startswith("DDIM 4, TFG")
+    assert rows[2].startswith("DDIM 1, ≈ equal time: TFG")
+    for _ in range(2):
+        status = run(page, "compare")
+        assert "step 5 of 5" in status
+        for chart in ("compare-chart", "compare-clean-chart", "compare-norm-chart"):
+            assert drawn(page, chart, rows) == (sorted(rows), rows), chart
+        points = page.evaluate("""() => [...document.querySelectorAll("#compare-chart [aria-roledescription='line mark']")]
+            .map(l => (l.getAttribute('d') || '').split(/[ML]/).filter(Boolean).length)""")
+        assert sorted(points) == [1, 4, 5]  # each row's line has a point per step it took
+        table = page.evaluate("""() => { const t = document.querySelector('#compare-table');
+            const col = [...t.querySelectorAll('th[title]')].map(h => h.getAttribute('title')).indexOf('s / image');
+            return [...t.querySelectorAll('[role=row].virtual-row')]
+              .map(r => r.querySelector(`[role=gridcell][data-col="${col}"]`).innerText.trim()); }""")
+        assert len(table) == 3 and all(float(value) > 0 for value in table), table
+    assert page.evaluate("() => [...document.querySelectorAll('#compare-row-labels .row-label')].map(l => l.innerText)") == rows
 
 
 def test_choosing_the_clean_classifier_shows_its_parameters_and_a_one_step_sampler(page):

@@ -7,6 +7,8 @@ import json
 import math
 from pathlib import Path
 
+import re
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -249,6 +251,45 @@ def test_rows_of_different_methods_in_one_request_are_each_as_alone(bundle):  # 
     alone = torch.cat([_images(bundle, [row]) for row in rows])
     assert torch.equal(together, alone)
     assert not torch.equal(together[2:4], together[6:8])  # guided by the clean classifier, not left alone
+
+
+def test_rows_of_their_own_sampler_and_steps_are_each_as_alone_from_the_same_noise(bundle):  # noqa: F811
+    """Each method at its own setting (the page's matched comparison): a noise-aware row on UniPC at
+    3 steps beside a training-free row on DDPM at 5 and another at 1, in one request, is each what
+    it is alone; the stream has the longest row's steps, and a shorter row advances by progress."""
+    from guidescope.generation import stream
+    rows = [Row(0, scale=2.0, sampler="unipc", steps=3), Row(1, guide=SETTINGS["tfg"]),
+            Row(1, guide=SETTINGS["tfg"], steps=1)]
+    together = _images(bundle, rows, sampler="ddpm", steps=5)
+    alone = [_images(bundle, [Row(0, scale=2.0)], sampler="unipc", steps=3),
+             _images(bundle, [rows[1]], sampler="ddpm", steps=5), _images(bundle, [rows[1]], sampler="ddpm", steps=1)]
+    assert torch.equal(together, torch.cat(alone))
+    request = Request(tuple(rows), images_per_row=2, steps=5, sampler="ddpm")
+    assert [[request.step_of(row, k) for k in range(5)] for row in rows] == [
+        [0, 1, 1, 2, 2], [0, 1, 2, 3, 4], [0, 0, 0, 0, 0]]
+    steps = list(stream(bundle, request))
+    assert [step.index for step in steps] == [0, 1, 2, 3, 4]
+    assert not torch.equal(steps[0].sample[:2], steps[1].sample[:2])
+    assert torch.equal(steps[1].sample[:2], steps[2].sample[:2])  # the 3-step row waits a step
+    assert all(torch.equal(steps[0].sample[4:], step.sample[4:]) for step in steps)  # the 1-step row is done
+    seconds = steps[-1].seconds
+    assert seconds.shape == (6,) and (seconds > 0).all() and seconds[2] > seconds[4]  # 5 recurrent steps cost more than 1
+
+
+@pytest.mark.parametrize("request_fields, row_fields, message", [
+    ({"steps": 4}, {"steps": 5}, "a row's steps must be an integer from 1 to 4, got 5"),
+    ({"steps": 4}, {"steps": 0}, "a row's steps must be an integer from 1 to 4, got 0"),
+    ({}, {"sampler": "euler"}, "sampler must be one of"),
+    ({"sampler": "ddpm"}, {"sampler": "unipc", "guide": TrainingFree.make("mpgd", mu=1.0)},
+     "runs with the DDIM or DDPM sampler; got unipc"),
+    ({"sampler": "ddim", "eta": 0.5}, {"sampler": "ddpm"}, "eta applies to the DDIM sampler only"),
+])
+def test_a_rows_own_sampler_or_steps_is_checked(request_fields, row_fields, message):
+    from guidescope.request import check
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check(Request((Row(0, **row_fields),), **request_fields), 3, 1000)
+    check(Request((Row(0, **{**row_fields, "sampler": "ddim"}) if "eta" in request_fields else Row(0),),
+                  **request_fields), 3, 1000)  # eta with a row on DDIM is taken
 
 
 def test_a_training_free_row_at_no_strength_is_the_unguided_row(bundle):  # noqa: F811

@@ -345,7 +345,7 @@ def equal_time(setting: Setting, noise_aware: Setting) -> Setting:
     """setting with the steps the noise-aware default's time per image buys (at least one), by
     the step costs: a noise-aware step is one plain guided step, a training-free one
     TrainingFree.step_cost of them."""
-    return replace(setting, steps=max(1, int(noise_aware.steps / setting.guide.step_cost())))
+    return replace(setting, steps=setting.guide.steps_costing(noise_aware.steps))
 
 
 def at_equal_time(search: Search, measurements: list[Measurement]) -> dict[Setting, Measurement]:

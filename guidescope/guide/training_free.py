@@ -160,6 +160,11 @@ class TrainingFree:
         on_x0 = max(self.iterations - bool(self.rho), 0) if self.mu else 0
         return self.recurrences * (through_unet + 1.5 * on_x0)
 
+    def steps_costing(self, plain_steps: int) -> int:
+        """The steps of this setting that cost what plain_steps plain guided steps do, by
+        step_cost (at least one): a training-free row at another guide's time."""
+        return max(1, int(plain_steps / self.step_cost()))
+
     def describe(self) -> str:
         """'TFG rho 2 (increase) mu 2 (increase) N_recur 2 N_iter 1': the method and the parameters a
         person sets, each strength's schedule beside it where it is not constant, those at their
