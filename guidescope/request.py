@@ -76,9 +76,9 @@ class Row:
 class Request:
     rows: tuple[Row, ...]
     images_per_row: int = 8
-    steps: int = SAMPLING_DEFAULTS.steps
-    sampler: str = SAMPLING_DEFAULTS.sampler
-    eta: float = SAMPLING_DEFAULTS.eta           # DDIM noise, 0 to 1
+    steps: int = SAMPLING_DEFAULTS.steps         # the run's: a row of its own steps takes at most these
+    sampler: str = SAMPLING_DEFAULTS.sampler     # the rows' that have none of their own
+    eta: float = SAMPLING_DEFAULTS.eta           # DDIM noise, 0 to 1, for the rows on DDIM
     seed: int = SAMPLING_DEFAULTS.seed
     max_guidance_norm: float | None = None
 
