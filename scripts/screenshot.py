@@ -3,12 +3,14 @@ run in headless Chromium, on a desktop (1400 px wide, the whole page) and on a p
 first screen).
 
     python scripts/screenshot.py [--checkpoints DIR ...] [--model NAME] [--tab compare|generate]
-                                 [--out docs/screenshot.png] [--narrow-out docs/screenshot-narrow.png]
+                                 [--mode MODE] [--out docs/screenshot.png] [--narrow-out docs/screenshot-narrow.png]
 
 Starts `python app.py` on a free local port (by default on the shipped models, as `python app.py`
 does), opens it in Debian's Chromium (/usr/bin/chromium) through Playwright, picks --model when
-given, presses Generate or Compare with that model's default settings, waits for the run to finish
-and saves the screenshot; then the same at the narrow width with Generate ("" skips it).
+given, presses Generate or Compare with that model's default settings (Compare: in --mode, as the page
+picks it), waits for the run to finish and saves the screenshot; then the same at the narrow width
+with Generate ("" skips it). docs/screenshot-guides.png is
+`--model latent --mode evaluated --out docs/screenshot-guides.png --narrow-out ""`.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from pathlib import Path
 from playwright.sync_api import sync_playwright
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from demo.arguments import COMPARE_MODES  # noqa: E402
 from scripts.launcher import running_app  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
@@ -33,6 +36,9 @@ def shoot(browser, url: str, args, tab: str, viewport: dict, out: str, full_page
         page.locator("#model").locator(f"input[value='{args.model}']").check()
         page.wait_for_timeout(1000)  # the controls take the model's defaults
     page.get_by_role("tab", name=tab.capitalize()).click()
+    if tab == "compare" and args.mode:
+        page.locator("#compare-mode").locator(f"input[value='{args.mode}']").check()
+        page.wait_for_timeout(1000)  # the mode's rows, and what it sets, are in place
     page.locator(f"#{tab}-button").click()
     # The status line says "done" once the last frame has arrived; downloads appear after.
     status = page.locator(f"#{tab}-status [data-testid=markdown]")
@@ -51,6 +57,7 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoints", action="append", default=None, help="as app.py's (default: the shipped ones)")
     p.add_argument("--model", default=None, help="the model to pick on the page (default: the one it opens on)")
     p.add_argument("--tab", choices=("compare", "generate"), default="compare")
+    p.add_argument("--mode", choices=COMPARE_MODES, default=None, help="the Compare mode to pick (default: the page's)")
     p.add_argument("--out", default="docs/screenshot.png")
     p.add_argument("--narrow-out", default="docs/screenshot-narrow.png", help='the phone-width one ("" skips it)')
     p.add_argument("--threads", type=int, default=2)

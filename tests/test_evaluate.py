@@ -549,6 +549,25 @@ def test_the_training_free_search_decides_and_resumes(tiny, tmp_path, capsys):
     (tmp_path / "record").mkdir()
     shutil.copy(defaults, tmp_path / "record" / "defaults.json")
     assert search.training_free_default(tmp_path / "record") == chosen_setting  # read back as the chosen Setting
+    # scripts/measure_training_free.py measures changes to that setting on the same decision sample: unchanged,
+    # it repeats the search's own measurements of the noise-aware default and the chosen setting
+    from scripts.measure_training_free import main as measure_setting
+    assert not (folder / "defaults.json").exists()  # the noise-aware default is the library's
+    (folder / "defaults.json").write_text(json.dumps({"training_free": record}))
+    capsys.readouterr()
+    assert measure_setting(["--checkpoints", str(folder), "--budget", "smoke", "--threads", str(torch.get_num_threads()),
+                            "{}", '{"stop_at": 0.5, "interval": [50, 99]}']) == 0
+    printed = capsys.readouterr().out.splitlines()
+    logged = {(n, m.setting): m for n, m in guided}
+    decision_n = BUDGETS["smoke"].decision_images_per_class
+    noise_aware_logged = next(Measurement.from_json(r["measurement"]) for r in records
+                              if r["per_class"] == decision_n and not r["measurement"]["setting"]["guide"])
+    for text, m in zip(printed, (noise_aware_logged, logged[decision_n, chosen_setting])):
+        assert text.startswith(f"{m.setting.label()}: fidelity {m.show('fidelity')}, Frechet distance {m.show('fd')} ")
+    assert len(printed) == 3 and "stop at 0.5" in printed[2] and "50-99" in printed[2]
+    with pytest.raises(SystemExit):
+        measure_setting(["--checkpoints", str(folder), "--budget", "smoke", '{"nu": 1}'])
+    assert "unknown names nu; a setting changes sampler, steps" in capsys.readouterr().err
     page = (out / "TRAINING_FREE.md").read_text()
     assert f"**Chosen:** DDPM {record['steps']}, {chosen.describe()}" in page and page.count("| DDPM ") + page.count("| **DDPM ") >= len(guided)
     assert all(f"| DDPM {record['steps']}, {title}" in page for title in ("DPS", "LGD", "FreeDoM", "MPGD", "Universal"))
