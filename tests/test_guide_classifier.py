@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import randomize
 from test_train import SINGLE, read_log, stripes
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -202,7 +203,7 @@ def test_both_bundles_ship_the_clean_guide_and_it_classifies_real_held_out_image
 
 def test_an_adversarial_move_stays_in_its_ball_and_raises_the_loss():
     task = TASKS["guide_classifier"](adversarial_radius=1.5, adversarial_steps=3)
-    net = tiny(seed=4)
+    net = randomize(tiny(seed=4), seed=4)  # every weight drawn: timm's initialisation (near-identity blocks) varies by version
     torch.manual_seed(5)
     x, y = torch.rand(6, 1, 8, 8) * 2 - 1, torch.randint(0, 3, (6,))
     moved = task.adversarial(net, x, y)
@@ -210,7 +211,11 @@ def test_an_adversarial_move_stays_in_its_ball_and_raises_the_loss():
     assert (distance <= 1.5 + 1e-5).all() and (distance > 0.5).all(), distance
     assert moved.min() >= -1 and moved.max() <= 1 and not moved.requires_grad
     loss = [F.cross_entropy(net(v), y, reduction="none", label_smoothing=0.1) for v in (x, moved)]
-    assert (loss[1] > loss[0]).all(), loss
+    assert loss[1].mean() > loss[0].mean(), loss  # PGD's large steps may overshoot for one image, not for the batch
+    # a small step moves each image up its own loss's gradient, so every image's loss rises
+    small = TASKS["guide_classifier"](adversarial_radius=0.05, adversarial_steps=1).adversarial(net, x, y)
+    nudged = F.cross_entropy(net(small), y, reduction="none", label_smoothing=0.1)
+    assert (nudged > loss[0]).all(), (nudged, loss[0])
     assert all(p.grad is None for p in net.parameters())  # the move leaves the weights' gradients alone
 
 
