@@ -95,9 +95,8 @@ def _steps(bundle: Bundle, request: Request, items: Sequence[int], diagnostics: 
 
 def _merged(parts: Sequence[Step], order: torch.Tensor) -> Step:
     """One Step of the groups' Steps (at the first one's index and timestep), its items in request
-    order (order: their permutation). A
-    quantity one group lacks is 0 there (the guidance norm and term of unguided items), or NaN (a
-    log-probability no classifier gave)."""
+    order (order: their permutation). A quantity one group lacks is 0 there (the guidance norm and
+    term of unguided items), or NaN (a log-probability no classifier gave)."""
     def joined(name: str, missing: float):
         values = [getattr(p, name) for p in parts]
         if all(v is None for v in values):
