@@ -201,10 +201,11 @@ def _per_step(recording: Recording, values, y: str, upto: int | None) -> pd.Data
     # A string dtype, so the row column stays nominal even when empty (pandas makes [] float).
     data = pd.DataFrame({CHART_X: steps, y: found, CHART_COLOR: pd.Series(labels * count, dtype="string")})
     request = recording.run.request
-    if frames and any(request.steps_of(row) != request.steps for row in request.rows):
-        # A row of fewer steps is drawn at the steps where it took one of its own (Request.step_of).
-        took = [f.index == 0 or request.step_of(row, f.index) != request.step_of(row, f.index - 1)
-                for f in frames for row in request.rows]
+    if frames and request.uneven:
+        # A row of fewer steps is drawn at the frames where it took one of its own (Request.step_of)
+        # since the frame drawn before.
+        took = [before is None or request.step_of(row, f.index) != request.step_of(row, before.index)
+                for before, f in zip([None, *frames[:-1]], frames) for row in request.rows]
         data = data[took]
     return data
 
@@ -218,10 +219,9 @@ def line_chart(recording: Recording, data: pd.DataFrame, y: str, title: str, y_d
     colors, rows = chart_colors(recording.run), list(recording.run.labels)  # the legend in row order
     columns = 1 if len(rows) <= LEGEND_SINGLE else 2
     request = recording.run.request
-    mixed = any(request.steps_of(row) != request.steps for row in request.rows)
     # Points where a line may hold one (the first frame; a row of one step beside longer ones).
-    return alt.Chart(data).mark_line(point=len(recording.frames) <= 1 or mixed).encode(
-        x=alt.X(f"{CHART_X}:Q", title="step of the longest row (the others by progress)" if mixed else "step",
+    return alt.Chart(data).mark_line(point=len(recording.frames) <= 1 or request.uneven).encode(
+        x=alt.X(f"{CHART_X}:Q", title="step of the longest row (the others by progress)" if request.uneven else "step",
                 scale=alt.Scale(domain=[0, request.steps])),
         y=alt.Y(f"{y}:Q", title=title, scale=alt.Scale(domain=y_domain) if y_domain else alt.Undefined),
         color=alt.Color(f"{CHART_COLOR}:N", title="row", sort=rows, legend=alt.Legend(labelLimit=LEGEND_WIDTHS[columns], orient="bottom", columns=columns),

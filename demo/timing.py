@@ -59,8 +59,8 @@ class Timings:
             return
         request = run.request
         images = len(request.rows) * request.images_per_row
-        per_row = int(max_seconds / (seconds / request.images_per_row) + 1e-9)  # the most images a row within the bound
         if all(row.steps is not None for row in request.rows):  # each row at its own steps: only images can give
+            per_row = int(max_seconds / (seconds / request.images_per_row) + 1e-9)  # the most images a row within it
             advice = f"use at most {per_row} images per row" if per_row else "use fewer rows"
         else:
             fits = max(1, int(max_seconds / (seconds / request.steps) + 1e-9))  # the most steps within the bound

@@ -97,6 +97,11 @@ class Request:
     def steps_of(self, row: Row) -> int:
         return self.steps if row.steps is None else row.steps
 
+    @property
+    def uneven(self) -> bool:
+        """Whether some row takes fewer steps than the request (step_of spreads them over its steps)."""
+        return any(self.steps_of(row) != self.steps for row in self.rows)
+
     def step_of(self, row: Row, index: int) -> int:
         """The step (0-based) a row has reached at the request's step `index` (of K): a row of S <= K
         steps advances by progress, to its first step j whose share (j + 1) / S reaches the

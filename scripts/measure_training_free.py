@@ -47,9 +47,7 @@ def changed(base: Setting, text: str) -> Setting:
     unknown = sorted(set(changes) - {*RUN_FIELDS, *GUIDE_FIELDS})
     if unknown:
         raise ValueError(f"unknown names {', '.join(unknown)}; a setting changes {', '.join(RUN_FIELDS + GUIDE_FIELDS)}")
-    run = {name: changes[name] for name in RUN_FIELDS if name in changes}
-    if run.get("interval") is not None:
-        run["interval"] = tuple(run["interval"])
+    run = {name: changes[name] for name in RUN_FIELDS if name in changes}  # Setting takes JSON's list as an interval
     guide = {name: changes[name] for name in GUIDE_FIELDS if name in changes}
     return replace(base, **run, guide=replace(base.guide, **guide))
 

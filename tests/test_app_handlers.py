@@ -218,6 +218,16 @@ def test_the_evaluated_rows_run_each_guide_at_the_models_own_setting_from_the_sa
     assert all(float(v) > 0 for v in table["s / image"])
 
 
+def test_a_row_of_fewer_steps_keeps_a_point_per_step_in_a_thinned_chart():
+    """A chart thins a long run's frames to CHART_MAX_STEPS; a row of 7 steps beside one of 401 still
+    shows each of its 7 steps (where it took one since the frame drawn before)."""
+    request = Request((Row(0), Row(0, steps=7)), steps=2 * render.CHART_MAX_STEPS + 1)
+    frames = [SimpleNamespace(index=k, class_prob=np.zeros(2)) for k in range(request.steps)]
+    recording = SimpleNamespace(frames=frames, run=SimpleNamespace(labels=("long", "short"), request=request))
+    points = render.chart(recording).groupby(render.CHART_COLOR).size().to_dict()
+    assert points == {"long": render.CHART_MAX_STEPS, "short": 7}
+
+
 def test_the_evaluated_rows_are_estimated_at_their_own_steps_and_a_refusal_names_the_images_that_fit():
     """The request bound counts each row at its own steps; where the rows bring their own steps, the
     refusal asks for fewer images (the page's steps are not theirs)."""
